@@ -1,0 +1,263 @@
+"""The ``lineage`` command: a thin layer that parses options, calls one library function, prints.
+
+Errors reach the user as one line, ``Error: …``, with exit code 1. ``--json`` prints data on stdout;
+progress bars and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import duckdb
+
+from kernels import BACKENDS
+from scanner import __version__
+from scanner.errors import ScanError
+from scanner.lineage import paper_score, rank
+from scanner.store import Store
+
+
+class UsageError(Exception):
+    """A command was given something it cannot use (not a scan error)."""
+
+
+def _clean(value):
+    """JSON-safe: NaN/Inf become null, tuples become lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _print_json(data) -> None:
+    json.dump(_clean(data), sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _print_table(columns: list[str], rows: list[tuple]) -> None:
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+# ---- commands -----------------------------------------------------------------------------------------
+
+def cmd_scan(args) -> int:
+    from scanner.scan import scan_sources
+
+    report = scan_sources(args.sources, Store(args.db), backend=args.backend, force=args.force,
+                          progress=not args.quiet)
+    for sig in report.failed:
+        print(f"Error: {sig.error}", file=sys.stderr)
+    if args.json:
+        _print_json({
+            "scanned": [{"model": s.model, "revision": s.revision, "source": s.source, "status": s.status,
+                         "error": s.error, "n_layers": s.n_layers, "bytes_read": s.bytes_read}
+                        for s in report.scanned],
+            "skipped": [{"model": m, "revision": r} for m, r in report.skipped],
+        })
+    else:
+        ok = [s for s in report.scanned if s.ok]
+        if ok:
+            _print_table(["model", "revision", "family", "layers", "dtype", "MB read"],
+                         [(s.model, s.revision, s.family, s.n_layers, s.dtype, f"{s.bytes_read / 1e6:.1f}")
+                          for s in ok])
+        print(f"scanned {len(ok)}, skipped {len(report.skipped)} already stored, "
+              f"failed {len(report.failed)}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def compare_result(a, b) -> dict:
+    result = paper_score(a.curves, b.curves)
+    return {
+        "a": f"{a.model}@{a.revision}", "b": f"{b.model}@{b.revision}",
+        "paper_score": result.score,
+        # The calibrated score, p-value and verdict come with the lineage engine; null until then.
+        "score": None, "p_value": None, "verdict": None,
+        "per_role": result.per_role,
+        "alignment": [{"layer": i, "position": p} for i, p in result.alignment],
+        "layers": [len(next(iter(a.curves.values()), [])), len(next(iter(b.curves.values()), []))],
+    }
+
+
+def cmd_compare(args) -> int:
+    from scanner.scan import signature_for
+
+    store = Store(args.db)
+    a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
+    out = compare_result(a, b)
+    if args.plot:
+        from scanner.plot import plot_curves
+
+        plot_curves([a, b], args.plot, title=f"{a.model} vs {b.model}: paper_score "
+                    f"{_fmt(out['paper_score'])}", per_role=out["per_role"])
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{out['a']}  vs  {out['b']}  ({out['layers'][0]} vs {out['layers'][1]} layers)")
+    print(f"paper_score  {_fmt(out['paper_score'])}")
+    for role, r in out["per_role"].items():
+        print(f"  {role}  r = {_fmt(r)}")
+    if args.plot:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_match(args) -> int:
+    from scanner.scan import signature_for
+
+    store = Store(args.db)
+    query = signature_for(args.source, store, args.backend)
+    matches = rank(query, store.curves(), top=args.top)
+    rows = [{"model": m.model, "revision": m.revision, "paper_score": m.result.score,
+             "score": None, "p_value": None, "verdict": None} for m in matches]
+    if args.json:
+        _print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
+    else:
+        print(f"nearest to {query.model}@{query.revision} by paper_score:")
+        _print_table(["model", "revision", "paper_score"],
+                     [(r["model"], r["revision"], r["paper_score"]) for r in rows])
+    return 0
+
+
+READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def run_sql(store: Store, query: str) -> tuple[list[str], list[tuple]]:
+    """Run read-only SQL over the store's views; any statement but SELECT/EXPLAIN is refused."""
+    with store.connect() as con:
+        statements = con.extract_statements(query)
+        if not statements:
+            raise UsageError("empty SQL")
+        for stmt in statements:
+            if stmt.type not in READ_ONLY:
+                raise UsageError(f"only SELECT queries are allowed here, not {stmt.type.name}")
+        result = None
+        for stmt in statements:
+            result = con.execute(stmt.query)
+        columns = [d[0] for d in result.description]
+        return columns, result.fetchall()
+
+
+def cmd_sql(args) -> int:
+    query = args.query if args.query not in (None, "-") else sys.stdin.read()
+    columns, rows = run_sql(Store(args.db), query)
+    if args.json:
+        _print_json([dict(zip(columns, r)) for r in rows])
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        _print_table(columns, rows)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from scanner.plot import plot_curves
+    from scanner.scan import signature_for
+
+    store = Store(args.db)
+    sigs = [signature_for(s, store, args.backend) for s in args.sources]
+    plot_curves(sigs, args.out, title="per-layer std of attention projections")
+    print(f"plot written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from scanner.demo.run import run_demo
+
+    report = run_demo(args.out, Store(args.db), backend=args.backend, progress=not args.quiet)
+    if args.json:
+        _print_json({"rows": [row.__dict__ for row in report.rows], "plot": str(report.plot),
+                     "stranger_score": report.stranger_score, "stranger_pair": report.stranger_pair})
+        return 0
+    _print_table(["model", "relation", "true parent", "paper_score to parent", "best match", "parent rank",
+                  "family right"],
+                 [(r.model, r.relation, r.parent, r.parent_score, r.best_match, r.parent_rank,
+                   "yes" if r.family_hit else "NO") for r in report.rows])
+    rows = report.rows
+    print(f"\nbest match in the right family: {sum(r.family_hit for r in rows)}/{len(rows)}; "
+          f"true parent ranked first: {report.top1}/{len(rows)}")
+    print(f"highest paper_score between unrelated models: {report.stranger_score:.4f} "
+          f"({' vs '.join(report.stranger_pair)})")
+    print(f"store: {args.db}   plot: {report.plot}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
+                        help="signature store directory (default ./lineage-db, env LINEAGE_DB)")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("--backend", choices=BACKENDS, default="auto", help="moments backend")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    parser = argparse.ArgumentParser(prog="lineage", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lineage-scanner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", parents=[common], help="scan checkpoints into signatures in the store")
+    p.add_argument("sources", nargs="+", help="model directory, .safetensors, index.json or .gguf")
+    p.add_argument("--force", action="store_true", help="re-scan models already in the store")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("compare", parents=[common], help="score two models (paths or stored ids)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--plot", metavar="FILE.png", help="draw both models' normalized curves per role")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("match", parents=[common], help="nearest relatives of a model in the store")
+    p.add_argument("source")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("sql", parents=[common], help="read-only SQL over the views "
+                       "signatures, layers, errors, scans")
+    p.add_argument("query", nargs="?", help="SQL text; '-' or nothing reads stdin")
+    p.add_argument("--csv", action="store_true", help="CSV output")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("plot", parents=[common], help="per-layer curves of one or more models")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", parents=[common], help="build the demo zoo, scan it, print the lineage table")
+    p.add_argument("--out", default="./lineage-demo", help="where the zoo is written")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ScanError, UsageError, duckdb.Error) as exc:
+        print(f"Error: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

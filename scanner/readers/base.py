@@ -1,0 +1,53 @@
+"""What every reader offers: the tensor list from the header alone, and tensors read on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a header describes it. ``start``/``end`` are absolute byte offsets in ``file``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
+    start: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+class Reader(Protocol):
+    """A checkpoint opened for scanning. Only ``read`` touches tensor data."""
+
+    path: str
+
+    def tensors(self) -> dict[str, TensorInfo]: ...
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor as floats (native 16/32-bit dtype, or float32 after dequantization)."""
+        ...
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process's memory once its statistics are taken."""
+        ...
+
+    def fingerprint(self) -> bytes:
+        """Bytes that identify the checkpoint's content without reading its data (headers, sizes)."""
+        ...
+
+    def close(self) -> None: ...

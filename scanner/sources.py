@@ -1,0 +1,128 @@
+"""Turn what a user names into an opened checkpoint with an immutable identity.
+
+A local source is a directory holding ``config.json`` and safetensors or GGUF weights, a single
+``.safetensors`` file, a ``model.safetensors.index.json``, or a ``.gguf`` file. Its identity is (model id,
+revision): the id is the directory (or file stem) name, the revision a hash of the headers and config,
+so a changed checkpoint gets a new revision without its data being read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scanner.errors import ConfigError, SourceError, UnsafeFormatError
+from scanner.readers.base import Reader
+from scanner.readers.gguf_file import GgufFile
+from scanner.readers.local import ShardedSafetensors
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass
+class OpenedModel:
+    """A checkpoint ready to scan: identity, config and a reader over its tensors."""
+
+    model: str
+    revision: str
+    source: str
+    format: str
+    config: dict
+    reader: Reader
+    declared_base: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def open_local(text: str | Path) -> OpenedModel:
+    """Open a local checkpoint; raises a :class:`scanner.errors.ScanError` naming the file at fault."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise SourceError(path, "no such file or directory")
+    path = path.resolve()
+    if path.is_dir():
+        return _open_directory(path)
+    name = path.name
+    if name.endswith(PICKLE_SUFFIXES):
+        raise _pickle_refusal(path)
+    if name.endswith(".gguf"):
+        reader = GgufFile(path)
+        return _opened(path.stem, path, "gguf", reader.metadata, reader, [])
+    if name.endswith(".index.json"):
+        reader = ShardedSafetensors.from_index(path)
+        return _opened(path.parent.name, path, "safetensors", _config_beside(path), reader, _card(path.parent))
+    if name.endswith(".safetensors"):
+        reader = ShardedSafetensors([path])
+        return _opened(path.stem, path, "safetensors", _config_beside(path), reader, _card(path.parent))
+    raise SourceError(path, "not a checkpoint (expected a directory, .safetensors, "
+                            f"{INDEX_NAME} or .gguf)")
+
+
+def _open_directory(path: Path) -> OpenedModel:
+    entries = sorted(p for p in path.iterdir() if p.is_file())
+    if not entries:
+        raise SourceError(path, "empty directory")
+    ggufs = [p for p in entries if p.name.endswith(".gguf")]
+    shards = [p for p in entries if p.name.endswith(".safetensors")]
+    index = path / INDEX_NAME
+    if not shards and not ggufs:
+        pickles = [p for p in entries if p.name.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise _pickle_refusal(pickles[0])
+        raise SourceError(path, "no .safetensors or .gguf weights in directory")
+    if not shards:
+        if len(ggufs) > 1:
+            raise SourceError(path, f"{len(ggufs)} .gguf files; name the one to scan")
+        reader = GgufFile(ggufs[0])
+        return _opened(path.name, path, "gguf", reader.metadata, reader, _card(path))
+    config = _read_config(path / "config.json")
+    reader = ShardedSafetensors.from_index(index) if index.is_file() else ShardedSafetensors(shards)
+    return _opened(path.name, path, "safetensors", config, reader, _card(path))
+
+
+def _opened(model: str, path: Path, fmt: str, config: dict, reader: Reader, base: list[str]) -> OpenedModel:
+    digest = hashlib.sha256(reader.fingerprint())
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return OpenedModel(model, digest.hexdigest()[:16], str(path), fmt, config, reader, base)
+
+
+def _pickle_refusal(path: Path) -> UnsafeFormatError:
+    return UnsafeFormatError(path, "pickle-based weights are refused (unpickling can run arbitrary code); "
+                                   "convert the checkpoint to safetensors")
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(path, "config.json missing")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(path, f"malformed JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(path, f"config is a JSON {type(config).__name__}, not an object")
+    return config
+
+
+def _config_beside(weights: Path) -> dict:
+    """A lone weights file may sit in a model directory; without a config the layout infers sizes."""
+    config = weights.parent / "config.json"
+    return _read_config(config) if config.is_file() else {}
+
+
+def _card(directory: Path) -> list[str]:
+    """``base_model`` declared in the model card's YAML front matter (README.md), as a list."""
+    readme = directory / "README.md"
+    if not readme.is_file():
+        return []
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme) or {}
+    except Exception:  # a card with broken YAML declares nothing; the weights still scan
+        return []
+    base = meta.get("base_model") or []
+    return [base] if isinstance(base, str) else [str(b) for b in base]

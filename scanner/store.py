@@ -1,0 +1,159 @@
+"""The signature store: an append-only Parquet dataset, read through DuckDB views.
+
+Layout under ``--db``: ``signatures/*.parquet`` (one row per scan of a model, errors included) and
+``layers/*.parquet`` (long form: one row per scan × layer × role). Each file is written under a
+temporary name and renamed, so readers never see half a file. A batch's layers land before its
+signatures, and a scan counts as done only once its signature row exists.
+
+Re-scans append; the views keep the newest row per (model, revision), so ``--force`` never rewrites.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scanner.errors import SourceError
+from scanner.layouts import CURVE_ROLES
+from scanner.lineage import EMBED_DIM
+from scanner.signature import Signature
+
+#: Bumped whenever a column is added; old files stay readable (views union by name).
+SCHEMA_VERSION = 1
+
+SIGNATURES_SCHEMA = pa.schema([
+    ("model", pa.string()), ("revision", pa.string()), ("source", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("format", pa.string()),
+    ("family", pa.string()), ("architecture", pa.string()),
+    ("n_layers", pa.int32()), ("hidden_size", pa.int32()), ("n_heads", pa.int32()),
+    ("n_kv_heads", pa.int32()), ("head_dim", pa.int32()), ("dtype", pa.string()), ("params", pa.int64()),
+    ("declared_base", pa.list_(pa.string())),
+    ("curves", pa.struct([(role, pa.list_(pa.float64())) for role in CURVE_ROLES])),
+    ("embedding", pa.list_(pa.float32(), EMBED_DIM)),
+    ("bytes_read", pa.int64()), ("sampled", pa.bool_()), ("scanner_version", pa.string()),
+    ("scanned_at", pa.timestamp("us", tz="UTC")), ("scan_id", pa.string()), ("schema_version", pa.int16()),
+])
+
+LAYERS_SCHEMA = pa.schema([
+    ("scan_id", pa.string()), ("model", pa.string()), ("revision", pa.string()),
+    ("layer", pa.int32()), ("role", pa.string()), ("numel", pa.int64()),
+    ("mean", pa.float64()), ("std", pa.float64()), ("min", pa.float64()), ("max", pa.float64()),
+    ("absmax", pa.float64()), ("skew", pa.float64()), ("kurtosis", pa.float64()),
+])
+
+VIEWS = {
+    "scans": "SELECT * REPLACE (embedding::FLOAT[{dim}] AS embedding) FROM signatures_files",
+    "latest": "SELECT * FROM scans "
+              "QUALIFY row_number() OVER (PARTITION BY model, revision ORDER BY scanned_at DESC, scan_id) = 1",
+    "signatures": "SELECT * EXCLUDE (error) FROM latest WHERE status = 'ok'",
+    "errors": "SELECT model, revision, source, status, error, scanned_at FROM latest WHERE status <> 'ok'",
+    "layers": "SELECT l.* FROM layers_files l SEMI JOIN signatures s ON l.scan_id = s.scan_id",
+}
+
+
+def _signature_rows(sigs: list[Signature]) -> pa.Table:
+    rows = []
+    for s in sigs:
+        rows.append({
+            "model": s.model, "revision": s.revision, "source": s.source, "status": s.status,
+            "error": s.error, "format": s.format, "family": s.family, "architecture": s.architecture,
+            "n_layers": s.n_layers, "hidden_size": s.hidden_size, "n_heads": s.n_heads,
+            "n_kv_heads": s.n_kv_heads, "head_dim": s.head_dim, "dtype": s.dtype, "params": s.params,
+            "declared_base": s.declared_base,
+            "curves": {role: s.curves.get(role) for role in CURVE_ROLES} if s.curves else None,
+            "embedding": s.embedding, "bytes_read": s.bytes_read, "sampled": s.sampled,
+            "scanner_version": s.scanner_version, "scanned_at": s.scanned_at, "scan_id": s.scan_id,
+            "schema_version": SCHEMA_VERSION,
+        })
+    return pa.Table.from_pylist(rows, schema=SIGNATURES_SCHEMA)
+
+
+def _layer_rows(sigs: list[Signature]) -> pa.Table:
+    rows = []
+    for s in sigs:
+        for stat in s.layers:
+            m = stat.moments
+            rows.append({
+                "scan_id": s.scan_id, "model": s.model, "revision": s.revision, "layer": stat.layer,
+                "role": stat.role, "numel": m.count, "mean": m.mean, "std": m.std, "min": m.min,
+                "max": m.max, "absmax": m.absmax, "skew": m.skew, "kurtosis": m.kurtosis,
+            })
+    return pa.Table.from_pylist(rows, schema=LAYERS_SCHEMA)
+
+
+class Store:
+    """A Parquet dataset directory (``--db``) with DuckDB views over it."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _files(self, table: str) -> list[str]:
+        folder = self.root / table
+        return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+    def write(self, sigs: Iterable[Signature]) -> int:
+        """Append signatures (and their layers) as new files; returns how many rows were written."""
+        sigs = list(sigs)
+        if not sigs:
+            return 0
+        stem = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        layers = _layer_rows(sigs)
+        if layers.num_rows:
+            self._write_atomic("layers", stem, layers)
+        self._write_atomic("signatures", stem, _signature_rows(sigs))
+        return len(sigs)
+
+    def _write_atomic(self, table: str, stem: str, data: pa.Table) -> None:
+        folder = self.root / table
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{stem}.parquet.tmp"
+        pq.write_table(data, tmp, compression="zstd")
+        os.replace(tmp, folder / f"{stem}.parquet")
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the store's views defined."""
+        con = duckdb.connect()
+        for table, schema in (("signatures", SIGNATURES_SCHEMA), ("layers", LAYERS_SCHEMA)):
+            files = self._files(table)
+            if files:
+                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                con.execute(f"CREATE VIEW {table}_files AS SELECT * FROM read_parquet([{listing}], "
+                            "union_by_name = true)")
+            else:
+                con.register(f"{table}_files", schema.empty_table())
+        for name, body in VIEWS.items():
+            con.execute(f"CREATE VIEW {name} AS {body.format(dim=EMBED_DIM)}")
+        return con
+
+    def done(self) -> set[tuple[str, str]]:
+        """(model, revision) pairs already scanned successfully: a re-run skips these."""
+        with self.connect() as con:
+            return {tuple(r) for r in con.execute("SELECT model, revision FROM signatures").fetchall()}
+
+    def load(self, model: str, revision: str | None = None) -> Signature:
+        """A stored signature by model id (newest revision unless one is named)."""
+        where, params = "model = ?", [model]
+        if revision:
+            where, params = where + " AND revision = ?", params + [revision]
+        found = self.curves(where, params, limit=1)
+        if not found:
+            raise SourceError(model, f"not in the store at {self.root}")
+        return found[0]
+
+    def curves(self, where: str = "true", params: list | None = None, limit: int | None = None
+               ) -> list[Signature]:
+        """Stored signatures with their curves (not their layers), newest first."""
+        query = (f"SELECT model, revision, source, n_layers, family, curves FROM signatures WHERE {where} "
+                 f"ORDER BY scanned_at DESC, model" + (f" LIMIT {int(limit)}" if limit else ""))
+        with self.connect() as con:
+            rows = con.execute(query, params or []).fetchall()
+        return [Signature(model, revision, source, n_layers=n_layers, family=family,
+                          curves={k: v for k, v in (curves or {}).items() if v is not None})
+                for model, revision, source, n_layers, family, curves in rows]
