@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 
 import duckdb
 

@@ -19,6 +19,8 @@ from scanner.readers.base import TensorInfo
 #: Roles whose per-layer curves make up a signature; the rest are recorded in the long-form table.
 CURVE_ROLES = ("q", "k", "v", "o")
 
+#: No real model has this many layers; a larger index is a corrupt name, not a reason to allocate.
+MAX_LAYERS = 4096
 LAYER_NAME = re.compile(r"^(?:.*\.)?(?:layers|layer|h|blocks|blk)\.(\d+)\.(.+)$")
 #: Towers of multimodal checkpoints also number their layers; their attention is not the LM's.
 NOT_LANGUAGE = re.compile(r"vision|visual|image|audio|mm_projector|speech")
@@ -143,6 +145,8 @@ def resolve(family: str, tensors: dict[str, TensorInfo], shape: Shape | None, co
         if not match or NOT_LANGUAGE.search(name):
             continue
         layer, rest = int(match.group(1)), match.group(2)
+        if layer >= MAX_LAYERS:
+            raise UnsupportedError(path, f"tensor {name!r} has layer index {layer}, beyond {MAX_LAYERS}")
         target = table.get(rest)
         if isinstance(target, str):
             parts.append(Part(layer, target, name))
@@ -155,8 +159,9 @@ def resolve(family: str, tensors: dict[str, TensorInfo], shape: Shape | None, co
         warnings.warn(f"{path}: unknown architecture {family!r}; attention found by name patterns",
                       stacklevel=2)
     depth = max(p.layer for p in parts) + 1
-    return Layout(family, max(depth, n_layers or 0), tuple(sorted(parts, key=lambda p: (p.layer, p.role))),
-                  fallback)
+    if n_layers is not None and n_layers > depth:
+        raise ConfigError(path, f"config declares {n_layers} layers but attention tensors stop at layer {depth - 1}")
+    return Layout(family, depth, tuple(sorted(parts, key=lambda p: (p.layer, p.role))), fallback)
 
 
 def _split(spec: Fused, layer: int, info: TensorInfo, shape: Shape | None, config: dict,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from scanner.errors import HeaderError
-from scanner.readers.base import TensorInfo
+from scanner.readers.base import TensorInfo, content_digest
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -94,6 +94,9 @@ class GgufFile:
             h.update(f"{key}={self.metadata[key]}\0".encode())
         for info in self._tensors.values():
             h.update(f"{info.name}:{info.dtype}:{info.shape}:{info.start}\0".encode())
+        starts = [t.start for t in self._tensors.values()]
+        if starts:
+            h.update(content_digest(self.path, min(starts), max(t.end for t in self._tensors.values())))
         return h.digest()
 
     def close(self) -> None:

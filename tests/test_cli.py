@@ -1,0 +1,117 @@
+"""The CLI in-process: exact exit codes, JSON shapes, read-only SQL, plots, the demo, help texts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from scanner.cli import build_parser, main
+from tests.conftest import write_llama
+
+
+@pytest.fixture(scope="module")
+def db(zoo, tmp_path_factory):
+    path = tmp_path_factory.mktemp("clidb")
+    assert main(["scan", *[e.path for e in zoo], "--db", str(path), "-q"]) == 0
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compare_json_and_plot(capsys, db, zoo_by_name, tmp_path):
+    png = tmp_path / "cmp.png"
+    code, out, _ = run(capsys, "compare", "llama-a", zoo_by_name["llama-a-pruned"].path, "--db", db, "--json",
+                       "--plot", str(png))
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) >= {"a", "b", "paper_score", "score", "p_value", "verdict", "per_role", "alignment"}
+    assert data["a"].startswith("llama-a@") and data["b"].startswith("llama-a-pruned@")
+    assert 0.9 < data["paper_score"] <= 1 and set(data["per_role"]) == set("qkvo")
+    assert len(data["alignment"]) == 12 and data["alignment"][-1] == {"layer": 11, "position": 7.0}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_compare_human(capsys, db):
+    code, out, _ = run(capsys, "compare", "llama-a", "llama-b", "--db", db)
+    assert code == 0 and "paper_score" in out and "  q  r = " in out
+
+
+def test_compare_unknown_id(capsys, db):
+    code, _, err = run(capsys, "compare", "llama-a", "no-such-model", "--db", db)
+    assert code == 1 and err.strip() == f"Error: no-such-model: not in the store at {db}"
+
+
+def test_match(capsys, db):
+    code, out, _ = run(capsys, "match", "gpt2-a-ft", "--db", db, "--top", "3", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["query"].startswith("gpt2-a-ft@") and len(data["matches"]) == 3
+    assert all(m["model"].startswith("gpt2-a") for m in data["matches"])
+    scores = [m["paper_score"] for m in data["matches"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_sql_json_csv_and_table(capsys, db):
+    q = "SELECT family, count(*) AS n FROM signatures GROUP BY family ORDER BY family"
+    code, out, _ = run(capsys, "sql", q, "--db", db, "--json")
+    rows = json.loads(out)
+    assert code == 0 and {"family": "gguf", "n": 5} in rows and {"family": "mixtral", "n": 4} in rows
+    code, out, _ = run(capsys, "sql", q, "--db", db, "--csv")
+    assert list(csv.reader(io.StringIO(out)))[0] == ["family", "n"]
+    code, out, _ = run(capsys, "sql", "SELECT count(*) AS models FROM signatures", "--db", db)
+    assert out.splitlines()[2].strip() == "30"
+
+
+def test_sql_from_stdin(capsys, db, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("SELECT count(DISTINCT role) AS r FROM layers"))
+    code, out, _ = run(capsys, "sql", "-", "--db", db, "--json")
+    assert code == 0 and json.loads(out)[0]["r"] >= 8
+
+
+@pytest.mark.parametrize("statement", ["CREATE TABLE x (a INT)", "COPY (SELECT 1) TO '/tmp/x.csv'",
+                                       "SELECT 1; DROP VIEW signatures", "ATTACH '/tmp/other.db'"])
+def test_sql_is_read_only(capsys, db, statement):
+    code, _, err = run(capsys, "sql", statement, "--db", db)
+    assert code == 1 and err.startswith("Error: only SELECT queries are allowed")
+
+
+def test_sql_error_is_one_line(capsys, db):
+    code, _, err = run(capsys, "sql", "SELECT nope FROM signatures", "--db", db)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("Error: ")
+
+
+def test_plot(capsys, db, tmp_path):
+    out = tmp_path / "curves.png"
+    code, _, _ = run(capsys, "plot", "qwen2-a", "qwen2-a-ct", "qwen2-a-moe", "--db", db, "--out", str(out))
+    assert code == 0 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scan_json_and_skip(capsys, tmp_path):
+    model = str(write_llama(tmp_path / "tiny"))
+    code, out, _ = run(capsys, "scan", model, "--db", str(tmp_path / "db"), "--json", "-q")
+    data = json.loads(out)
+    assert code == 0 and data["scanned"][0]["status"] == "ok" and data["scanned"][0]["bytes_read"] > 0
+    code, out, _ = run(capsys, "scan", model, "--db", str(tmp_path / "db"), "--json", "-q")
+    assert json.loads(out) == {"scanned": [], "skipped": [{"model": "tiny", "revision": data["scanned"][0]["revision"]}]}
+
+
+def test_demo(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "zoo"), "--db", str(tmp_path / "db"), "-q", "--json")
+    data = json.loads(out)
+    assert code == 0 and len(data["rows"]) == 25
+    assert all(r["family_hit"] for r in data["rows"])
+    assert (tmp_path / "zoo" / "compare.png").is_file() and (tmp_path / "zoo" / "lineage.csv").is_file()
+
+
+def test_every_command_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {"scan", "compare", "match", "sql", "plot", "demo"}
+    for action in sub._choices_actions:
+        assert action.help, f"command {action.dest} has no help text"

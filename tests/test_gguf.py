@@ -1,0 +1,74 @@
+"""GGUF: every quant type the gguf package can dequantize is read and measured like the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf.quants import dequantize
+
+from kernels import get_backend
+from scanner.scan import scan_strict
+from scanner.sources import open_local
+
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+         "IQ4_NL", "IQ4_XS"]
+ROWS, COLS = 16, 256
+
+
+def write_gguf(path, qtype: GGMLQuantizationType, seed: int = 0):
+    """Two layers of attention in ``qtype``. Quantized payloads are random bytes below 0x3C, so every
+    fp16 scale inside them is finite; the reference is the gguf package's own dequantizer."""
+    rng = np.random.default_rng(seed)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_embedding_length(COLS)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(4)
+    expected = {}
+    for i in range(2):
+        for role, name in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
+            if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+                data = (rng.standard_normal((ROWS, COLS)) * 0.02).astype(np.float32 if qtype.name == "F32" else np.float16)
+                writer.add_tensor(f"blk.{i}.{name}.weight", data)
+                values = data
+            else:
+                data = rng.integers(0, 0x3C, (ROWS, COLS // block * type_size), dtype=np.uint8)
+                writer.add_tensor(f"blk.{i}.{name}.weight", data, raw_dtype=qtype)
+                values = dequantize(data, qtype)
+            expected[(i, role)] = np.asarray(values, dtype=np.float64)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_quant_types_match_reference(tmp_path, name):
+    qtype = GGMLQuantizationType[name]
+    path = tmp_path / f"m-{name}.gguf"
+    expected = write_gguf(path, qtype)
+    _, sig = scan_strict(str(path), get_backend("cpu"), set())
+    assert sig.family == "gguf" and sig.architecture == "llama" and sig.dtype == name
+    got = {(s.layer, s.role): s.moments for s in sig.layers}
+    for key, values in expected.items():
+        assert got[key].count == values.size
+        assert got[key].std == pytest.approx(values.std(ddof=1), rel=1e-6)
+        assert got[key].absmax == np.abs(values).max()
+
+
+def test_identity_is_stable_and_content_addressed(tmp_path):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    write_gguf(a, GGMLQuantizationType.Q8_0, seed=1)
+    write_gguf(b, GGMLQuantizationType.Q8_0, seed=1)
+    ra, rb = open_local(a), open_local(b)
+    assert ra.model == "a" and ra.revision == rb.revision
+
+
+def test_changed_weights_change_the_revision(tmp_path):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    write_gguf(a, GGMLQuantizationType.F16, seed=1)
+    write_gguf(b, GGMLQuantizationType.F16, seed=2)
+    assert open_local(a).revision != open_local(b).revision
