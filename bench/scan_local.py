@@ -2,12 +2,13 @@
 
 Naive reference: ``safetensors.torch.load_file`` of the whole state dict, then ``torch.std`` of each
 attention matrix (recent safetensors releases memory-map inside load_file, so it no longer reads the whole
-file); "eager" reads the whole file into memory first, as load_file used to. Both run in fresh subprocesses of this same run (so peak RSS is each one's own), on a
-warm page cache and on a cold one (pages evicted with posix_fadvise). Reported: wall time of the work
-(imports excluded, the same for both), peak RSS, and RSS added by the work over the post-import baseline.
+file); "eager" reads the whole file into memory first, as load_file used to. Each method runs in a fresh
+subprocess of this same run (so peak RSS is each one's own), on a warm page cache and on a cold one (pages
+evicted with posix_fadvise). Reported: wall time of the work
+(imports excluded, the same for all; median of 3 runs), peak RSS, and RSS added by the work over the post-import baseline.
 Also: CPU moments throughput next to ``torch.std`` on the same bf16 tensor, and a plain copy as yardstick.
 
-    python bench/scan_local.py [--dir bench/data] [--layers 12]
+    python bench/scan_local.py [--dir bench/data/llama-1b] [--layers 12]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 t0 = time.perf_counter()
 sd = load_file(PATH)
-stds = [sd[k].std().item() for k in sd if k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))]
+stds = [sd[k].std().item() for k in sd if k.endswith(ATTENTION)]
 """,
     "eager": """
 import torch
@@ -35,7 +36,7 @@ from safetensors.torch import load
 t0 = time.perf_counter()
 with open(PATH, "rb") as f:
     sd = load(f.read())
-stds = [sd[k].std().item() for k in sd if k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))]
+stds = [sd[k].std().item() for k in sd if k.endswith(ATTENTION)]
 """,
     "lineage": """
 from scanner.scan import scan_sources
@@ -50,6 +51,7 @@ assert not report.failed, report.failed[0].error
 """,
 }
 PRELUDE = """import time, json
+ATTENTION = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
 def vm(field):  # per-process figures from /proc (ru_maxrss would carry the parent's peak across exec)
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -59,6 +61,9 @@ EPILOGUE = """
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "peak_rss_mb": vm("VmHWM"), "base_rss_mb": BASE}))
 """
+
+
+REPEATS = 3
 
 
 def make_checkpoint(directory: Path, layers: int) -> Path:
@@ -148,11 +153,16 @@ def main() -> None:
     rows = {}
     for cache in ("warm", "cold"):
         for kind in ("naive", "eager", "lineage"):
-            (warm if cache == "warm" else evict)(weights)
-            rows[(cache, kind)] = run(kind, model, db)
+            runs = []
+            for _ in range(REPEATS):
+                (warm if cache == "warm" else evict)(weights)
+                runs.append(run(kind, model, db))
+            runs.sort(key=lambda r: r["seconds"])
+            rows[(cache, kind)] = runs[REPEATS // 2]  # the median run
     print(f"{'cache':5} {'method':8} {'seconds':>8} {'peak RSS MB':>12} {'added RSS MB':>13}")
     for (cache, kind), r in rows.items():
-        print(f"{cache:5} {kind:8} {r['seconds']:8.3f} {r['peak_rss_mb']:12.0f} {r['peak_rss_mb'] - r['base_rss_mb']:13.0f}")
+        added = r["peak_rss_mb"] - r["base_rss_mb"]
+        print(f"{cache:5} {kind:8} {r['seconds']:8.3f} {r['peak_rss_mb']:12.0f} {added:13.0f}")
     for cache in ("warm", "cold"):
         for ref in ("naive", "eager"):
             n, s = rows[(cache, ref)], rows[(cache, "lineage")]

@@ -25,12 +25,25 @@ def zoo_by_name(zoo):
 
 
 def llama_config(n_layers: int = 2, hidden: int = 64, heads: int = 4, kv: int = 2) -> dict:
-    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
-            "num_attention_heads": heads, "num_key_value_heads": kv, "num_hidden_layers": n_layers}
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "num_hidden_layers": n_layers,
+    }
 
 
-def write_llama(directory: Path, n_layers: int = 2, hidden: int = 64, heads: int = 4, kv: int = 2,
-                seed: int = 0, dtype=torch.bfloat16) -> Path:
+def write_llama(
+    directory: Path,
+    n_layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv: int = 2,
+    seed: int = 0,
+    dtype=torch.bfloat16,
+) -> Path:
     """A tiny llama-style checkpoint directory with config.json."""
     gen = torch.Generator().manual_seed(seed)
     hd = hidden // heads

@@ -37,14 +37,26 @@ CASES = {
     "not_an_object": (lambda p: raw_safetensors(p, [1, 2, 3]), "not an object"),
     "not_json": (lambda p: raw_safetensors(p, b"{nope"), "not valid JSON"),
     "not_utf8": (lambda p: raw_safetensors(p, b'{"\xff": 1}'), "not valid UTF-8"),
-    "overlap": (lambda p: raw_safetensors(p, {
-        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)), "overlaps"),
+    "overlap": (
+        lambda p: raw_safetensors(
+            p,
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            bytes(12),
+        ),
+        "overlaps",
+    ),
     "past_end": (lambda p: raw_safetensors(p, valid_header(), bytes(8)), "truncated file"),
-    "shape_mismatch": (lambda p: raw_safetensors(p, {
-        "w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)), "needs 6 bytes"),
-    "unknown_dtype": (lambda p: raw_safetensors(p, {
-        "w": {"dtype": "F7", "shape": [1], "data_offsets": [0, 1]}}, bytes(1)), "unknown dtype"),
+    "shape_mismatch": (
+        lambda p: raw_safetensors(p, {"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),
+        "needs 6 bytes",
+    ),
+    "unknown_dtype": (
+        lambda p: raw_safetensors(p, {"w": {"dtype": "F7", "shape": [1], "data_offsets": [0, 1]}}, bytes(1)),
+        "unknown dtype",
+    ),
 }
 
 
@@ -75,9 +87,15 @@ def test_nan_inside_a_tensor_is_reported(tmp_path, capsys):
     assert str(path) in line and "model.layers.1.self_attn.k_proj.weight" in line and "1 NaN/Inf" in line
 
 
-@pytest.mark.parametrize("content,expected", [(None, "config.json missing"), ("{broken", "malformed JSON"),
-                                              ("[1]", "not an object"), ('{"num_hidden_layers": -3}',
-                                                                         "positive integer")])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (None, "config.json missing"),
+        ("{broken", "malformed JSON"),
+        ("[1]", "not an object"),
+        ('{"num_hidden_layers": -3}', "positive integer"),
+    ],
+)
 def test_bad_config(tmp_path, capsys, content, expected):
     model = write_llama(tmp_path / "m")
     config = model / "config.json"
@@ -148,3 +166,14 @@ def test_one_bad_model_does_not_stop_the_batch(tmp_path, capsys):
     con = Store(tmp_path / "db").connect()
     assert sorted(r[0] for r in con.execute("SELECT model FROM signatures").fetchall()) == ["a", "b"]
     assert con.execute("SELECT model, status FROM errors").fetchall() == [("bad.safetensors", "bad_header")]
+
+
+def test_index_naming_a_missing_shard(tmp_path, capsys, zoo_by_name):
+    import shutil
+
+    model = shutil.copytree(zoo_by_name["phi3-a"].path, tmp_path / "phi3")
+    (model / "model-00002-of-00002.safetensors").unlink()
+    code, _, err = run_cli(capsys, "scan", str(model), "--db", str(tmp_path / "db"), "-q")
+    line = one_error(err)
+    assert code == 1 and "model.safetensors.index.json" in line
+    assert "names shard model-00002-of-00002.safetensors which does not exist" in line

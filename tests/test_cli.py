@@ -27,8 +27,9 @@ def run(capsys, *argv):
 
 def test_compare_json_and_plot(capsys, db, zoo_by_name, tmp_path):
     png = tmp_path / "cmp.png"
-    code, out, _ = run(capsys, "compare", "llama-a", zoo_by_name["llama-a-pruned"].path, "--db", db, "--json",
-                       "--plot", str(png))
+    code, out, _ = run(
+        capsys, "compare", "llama-a", zoo_by_name["llama-a-pruned"].path, "--db", db, "--json", "--plot", str(png)
+    )
     assert code == 0
     data = json.loads(out)
     assert set(data) >= {"a", "b", "paper_score", "score", "p_value", "verdict", "per_role", "alignment"}
@@ -74,8 +75,15 @@ def test_sql_from_stdin(capsys, db, monkeypatch):
     assert code == 0 and json.loads(out)[0]["r"] >= 8
 
 
-@pytest.mark.parametrize("statement", ["CREATE TABLE x (a INT)", "COPY (SELECT 1) TO '/tmp/x.csv'",
-                                       "SELECT 1; DROP VIEW signatures", "ATTACH '/tmp/other.db'"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE TABLE x (a INT)",
+        "COPY (SELECT 1) TO '/tmp/x.csv'",
+        "SELECT 1; DROP VIEW signatures",
+        "ATTACH '/tmp/other.db'",
+    ],
+)
 def test_sql_is_read_only(capsys, db, statement):
     code, _, err = run(capsys, "sql", statement, "--db", db)
     assert code == 1 and err.startswith("Error: only SELECT queries are allowed")
@@ -98,7 +106,10 @@ def test_scan_json_and_skip(capsys, tmp_path):
     data = json.loads(out)
     assert code == 0 and data["scanned"][0]["status"] == "ok" and data["scanned"][0]["bytes_read"] > 0
     code, out, _ = run(capsys, "scan", model, "--db", str(tmp_path / "db"), "--json", "-q")
-    assert json.loads(out) == {"scanned": [], "skipped": [{"model": "tiny", "revision": data["scanned"][0]["revision"]}]}
+    assert json.loads(out) == {
+        "scanned": [],
+        "skipped": [{"model": "tiny", "revision": data["scanned"][0]["revision"]}],
+    }
 
 
 def test_demo(capsys, tmp_path):

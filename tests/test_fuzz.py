@@ -18,14 +18,21 @@ from tests.conftest import write_llama
 from tests.test_gguf import write_gguf
 
 BACKEND = get_backend("cpu")
-SETTINGS = settings(max_examples=1500, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=1500,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def mutations(header_len: int):
     edit = st.tuples(st.integers(0, header_len - 1), st.integers(0, 255))
-    return st.tuples(st.lists(edit, min_size=1, max_size=6), st.one_of(st.none(), st.integers(0, 4096)),
-                     st.one_of(st.none(), st.integers(0, 2**64 - 1)))
+    return st.tuples(
+        st.lists(edit, min_size=1, max_size=6),
+        st.one_of(st.none(), st.integers(0, 4096)),
+        st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    )
 
 
 def mutate(original: bytes, edits, cut, prefix) -> bytes:

@@ -11,8 +11,23 @@ from kernels import get_backend
 from scanner.scan import scan_strict
 from scanner.sources import open_local
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-         "IQ4_NL", "IQ4_XS"]
+TYPES = [
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "IQ4_NL",
+    "IQ4_XS",
+]
 ROWS, COLS = 16, 256
 
 
@@ -30,7 +45,9 @@ def write_gguf(path, qtype: GGMLQuantizationType, seed: int = 0):
     for i in range(2):
         for role, name in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
             if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-                data = (rng.standard_normal((ROWS, COLS)) * 0.02).astype(np.float32 if qtype.name == "F32" else np.float16)
+                data = (rng.standard_normal((ROWS, COLS)) * 0.02).astype(
+                    np.float32 if qtype.name == "F32" else np.float16
+                )
                 writer.add_tensor(f"blk.{i}.{name}.weight", data)
                 values = data
             else:

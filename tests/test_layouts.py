@@ -20,19 +20,26 @@ NAMES = {
     "qwen3": ["model.layers.{i}.self_attn.q_norm.weight", "model.layers.{i}.self_attn.q_proj.weight"],
     "gemma": ["model.layers.{i}.self_attn.q_proj.weight"],
     "gemma2": ["model.layers.{i}.self_attn.k_proj.weight"],
-    "gemma3": ["language_model.model.layers.{i}.self_attn.q_proj.weight",
-               "vision_tower.vision_model.encoder.layers.{i}.self_attn.q_proj.weight"],
+    "gemma3": [
+        "language_model.model.layers.{i}.self_attn.q_proj.weight",
+        "vision_tower.vision_model.encoder.layers.{i}.self_attn.q_proj.weight",
+    ],
     "mixtral": ["model.layers.{i}.self_attn.o_proj.weight"],
     "qwen2_moe": ["model.layers.{i}.self_attn.q_proj.weight"],
     "qwen3_moe": ["model.layers.{i}.self_attn.k_norm.weight", "model.layers.{i}.self_attn.k_proj.weight"],
-    "bert": ["bert.encoder.layer.{i}.attention.self.query.weight",
-             "bert.encoder.layer.{i}.attention.output.dense.weight"],
+    "bert": [
+        "bert.encoder.layer.{i}.attention.self.query.weight",
+        "bert.encoder.layer.{i}.attention.output.dense.weight",
+    ],
     "roberta": ["roberta.encoder.layer.{i}.attention.self.key.weight"],
     "mpnet": ["mpnet.encoder.layer.{i}.attention.attn.q.weight", "mpnet.encoder.layer.{i}.attention.attn.o.weight"],
     "gpt2": ["h.{i}.attn.c_proj.weight"],
     "gpt_neox": ["gpt_neox.layers.{i}.attention.dense.weight"],
     "falcon": ["transformer.h.{i}.self_attention.dense.weight"],
-    "deepseek_v3": ["model.layers.{i}.self_attn.q_b_proj.weight", "model.layers.{i}.self_attn.kv_a_proj_with_mqa.weight"],
+    "deepseek_v3": [
+        "model.layers.{i}.self_attn.q_b_proj.weight",
+        "model.layers.{i}.self_attn.kv_a_proj_with_mqa.weight",
+    ],
     "gguf": ["blk.{i}.attn_q.weight", "blk.{i}.attn_output.weight", "blk.{i}.attn_norm.weight"],
 }
 
@@ -99,7 +106,9 @@ def test_gpt_neox_interleaves_per_head():
     heads, hd = 4, 3
     blocks = torch.randn(heads, 3, hd, 10) * torch.tensor([1.0, 3.0, 5.0]).view(1, 3, 1, 1)
     fused = blocks.reshape(heads * 3 * hd, 10)
-    out = split_moments("gpt_neox", "gpt_neox.layers.0.attention.query_key_value.weight", fused, Shape(heads, heads, hd))
+    out = split_moments(
+        "gpt_neox", "gpt_neox.layers.0.attention.query_key_value.weight", fused, Shape(heads, heads, hd)
+    )
     check(out, {r: blocks[:, i].numpy() for i, r in enumerate("qkv")})
 
 
@@ -109,17 +118,29 @@ def test_falcon_grouped_query():
     blocks[:, per_group] *= 3
     blocks[:, per_group + 1] *= 5
     fused = blocks.reshape(-1, 10)
-    out = split_moments("falcon", "transformer.h.0.self_attention.query_key_value.weight", fused,
-                        Shape(groups * per_group, groups, hd), {"new_decoder_architecture": True})
-    check(out, {"q": blocks[:, :per_group].numpy(), "k": blocks[:, per_group].numpy(),
-                "v": blocks[:, per_group + 1].numpy()})
+    out = split_moments(
+        "falcon",
+        "transformer.h.0.self_attention.query_key_value.weight",
+        fused,
+        Shape(groups * per_group, groups, hd),
+        {"new_decoder_architecture": True},
+    )
+    check(
+        out,
+        {"q": blocks[:, :per_group].numpy(), "k": blocks[:, per_group].numpy(), "v": blocks[:, per_group + 1].numpy()},
+    )
 
 
 def test_deepseek_mla_kv_split():
     heads, k_dim, v_dim = 3, 4, 2
     per_head = torch.cat([torch.randn(heads, k_dim, 8), torch.randn(heads, v_dim, 8) * 4], dim=1)
-    out = split_moments("deepseek_v2", "model.layers.0.self_attn.kv_b_proj.weight", per_head.reshape(-1, 8),
-                        Shape(heads, heads, 8), {"qk_nope_head_dim": k_dim, "v_head_dim": v_dim})
+    out = split_moments(
+        "deepseek_v2",
+        "model.layers.0.self_attn.kv_b_proj.weight",
+        per_head.reshape(-1, 8),
+        Shape(heads, heads, 8),
+        {"qk_nope_head_dim": k_dim, "v_head_dim": v_dim},
+    )
     check(out, {"k": per_head[:, :k_dim].numpy(), "v": per_head[:, k_dim:].numpy()})
 
 

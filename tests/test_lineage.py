@@ -26,8 +26,12 @@ def naive_curves(directory) -> dict[str, list[float]]:
     """The seed method's input as its authors computed it: load everything, torch.std per matrix."""
     tensors = load_file(directory / "model.safetensors")
     layers = 1 + max(int(k.split(".")[2]) for k in tensors if k.startswith("model.layers."))
-    return {r: [tensors[f"model.layers.{i}.self_attn.{r}_proj.weight"].to(torch.float64).std().item()
-                for i in range(layers)] for r in "qkvo"}
+    return {
+        r: [
+            tensors[f"model.layers.{i}.self_attn.{r}_proj.weight"].to(torch.float64).std().item() for i in range(layers)
+        ]
+        for r in "qkvo"
+    }
 
 
 def naive_paper_score(a: dict, b: dict) -> float:

@@ -24,9 +24,15 @@ def reference(values: np.ndarray) -> dict:
     x = values.astype(np.float64).ravel()
     x = x[np.isfinite(x)]
     d = x - x.mean()
-    return {"count": x.size, "mean": x.mean(), "std": x.std(ddof=1), "min": x.min(), "max": x.max(),
-            "skew": math.sqrt(x.size) * (d**3).sum() / ((d**2).sum() ** 1.5),
-            "kurtosis": x.size * (d**4).sum() / ((d**2).sum() ** 2)}
+    return {
+        "count": x.size,
+        "mean": x.mean(),
+        "std": x.std(ddof=1),
+        "min": x.min(),
+        "max": x.max(),
+        "skew": math.sqrt(x.size) * (d**3).sum() / ((d**2).sum() ** 1.5),
+        "kurtosis": x.size * (d**4).sum() / ((d**2).sum() ** 2),
+    }
 
 
 CASES = [((1823, 781), 0.0, 0.02), ((4097,), 3.0, 5e-2), ((3, 5, 7), -2.0, 3.0)]

@@ -29,10 +29,11 @@ def test_scan_skip_force_and_views(tmp_path):
     assert con.execute("SELECT count(*) FROM layers").fetchone()[0] == 15
     newest = con.execute("SELECT scan_id FROM signatures").fetchone()[0]
     assert newest == forced.scanned[0].scan_id
-    row = con.execute("SELECT n_layers, n_heads, n_kv_heads, head_dim, dtype, params, len(curves.q), "
-                      "array_length(embedding) FROM signatures").fetchone()
-    assert row == (3, 4, 2, 16, "BF16", sum(t.numel() for t in load_file(model / "model.safetensors").values()),
-                   3, 128)
+    row = con.execute(
+        "SELECT n_layers, n_heads, n_kv_heads, head_dim, dtype, params, len(curves.q), "
+        "array_length(embedding) FROM signatures"
+    ).fetchone()
+    assert row == (3, 4, 2, 16, "BF16", sum(t.numel() for t in load_file(model / "model.safetensors").values()), 3, 128)
 
 
 def test_layers_match_torch_std(tmp_path):
@@ -72,3 +73,21 @@ def test_empty_store_has_typed_empty_views(tmp_path):
     con = Store(tmp_path / "nothing").connect()
     for view in ("signatures", "layers", "errors", "scans"):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone()[0] == 0
+
+
+def test_every_way_of_naming_a_checkpoint_gives_the_same_curves(tmp_path, zoo_by_name):
+    from kernels import get_backend
+    from scanner.scan import scan_strict
+
+    backend = get_backend("cpu")
+    sharded = Path(zoo_by_name["phi3-a"].path)
+    _, by_dir = scan_strict(str(sharded), backend, set())
+    _, by_index = scan_strict(str(sharded / "model.safetensors.index.json"), backend, set())
+    assert by_dir.curves == by_index.curves and by_dir.family == "phi3"
+    single = Path(zoo_by_name["llama-a"].path)
+    _, a = scan_strict(str(single), backend, set())
+    _, b = scan_strict(str(single / "model.safetensors"), backend, set())
+    assert a.curves == b.curves and (a.model, b.model) == ("llama-a", "model")
+    assert a.declared_base == [] and scan_strict(zoo_by_name["llama-a-ft"].path, backend, set())[1].declared_base == [
+        "llama-a"
+    ]
