@@ -4,8 +4,8 @@ Naive reference: ``safetensors.torch.load_file`` of the whole state dict, then `
 attention matrix (recent safetensors releases memory-map inside load_file, so it no longer reads the whole
 file); "eager" reads the whole file into memory first, as load_file used to. Each method runs in a fresh
 subprocess of this same run (so peak RSS is each one's own), on a warm page cache and on a cold one (pages
-evicted with posix_fadvise). Reported: wall time of the work
-(imports excluded, the same for all; median of 3 runs), peak RSS, and RSS added by the work over the post-import baseline.
+evicted with posix_fadvise). Reported: wall time of the work (imports excluded, the same for all; median
+of 3 runs), peak RSS, and RSS added by the work over the post-import baseline.
 Also: CPU moments throughput next to ``torch.std`` on the same bf16 tensor, and a plain copy as yardstick.
 
     python bench/scan_local.py [--dir bench/data/llama-1b] [--layers 12]

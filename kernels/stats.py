@@ -16,7 +16,6 @@ import numpy as np
 
 #: Order of the float64 partial row shared by all backends.
 FIELDS = ("count", "mean", "m2", "m3", "m4", "min", "max", "nonfinite")
-EMPTY_PARTIAL = (0.0, 0.0, 0.0, 0.0, 0.0, math.inf, -math.inf, 0.0)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -94,10 +94,6 @@ class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    def _files(self, table: str) -> list[str]:
-        folder = self.root / table
-        return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
-
     def write(self, sigs: Iterable[Signature]) -> int:
         """Append signatures (and their layers) as new files; returns how many rows were written."""
         sigs = list(sigs)
@@ -121,10 +117,10 @@ class Store:
         """An in-memory DuckDB connection with the store's views defined."""
         con = duckdb.connect()
         for table, schema in (("signatures", SIGNATURES_SCHEMA), ("layers", LAYERS_SCHEMA)):
-            files = self._files(table)
-            if files:
-                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f"CREATE VIEW {table}_files AS SELECT * FROM read_parquet([{listing}], "
+            folder = self.root / table
+            if any(folder.glob("*.parquet")):  # temporary files (.name.parquet.tmp) never match
+                pattern = str(folder / "*.parquet").replace("'", "''")
+                con.execute(f"CREATE VIEW {table}_files AS SELECT * FROM read_parquet('{pattern}', "
                             "union_by_name = true)")
             else:
                 con.register(f"{table}_files", schema.empty_table())

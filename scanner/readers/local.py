@@ -92,7 +92,6 @@ class ShardedSafetensors:
                 if name in self._owner:
                     raise HeaderError(f.path, f"tensor {name!r} also appears in {self._owner[name].path}")
                 self._owner[name] = f
-        self.metadata = {k: v for f in self._files for k, v in f.metadata.items()}
 
     @classmethod
     def from_index(cls, index: Path) -> ShardedSafetensors:
