@@ -177,3 +177,16 @@ def test_index_naming_a_missing_shard(tmp_path, capsys, zoo_by_name):
     line = one_error(err)
     assert code == 1 and "model.safetensors.index.json" in line
     assert "names shard model-00002-of-00002.safetensors which does not exist" in line
+
+
+def test_truncated_gguf(tmp_path, capsys):
+    from gguf import GGMLQuantizationType
+
+    from tests.test_gguf import write_gguf
+
+    path = tmp_path / "cut.gguf"
+    write_gguf(path, GGMLQuantizationType.Q8_0)
+    path.write_bytes(path.read_bytes()[:-1000])
+    code, _, err = run_cli(capsys, "scan", str(path), "--db", str(tmp_path / "db"), "-q")
+    line = one_error(err)
+    assert code == 1 and str(path) in line and "truncated" in line
