@@ -6,7 +6,7 @@ file); "eager" reads the whole file into memory first, as load_file used to. Eac
 subprocess of this same run (so peak RSS is each one's own), on a warm page cache and on a cold one (pages
 evicted with posix_fadvise). Reported: wall time of the work (imports excluded, the same for all; median
 of 3 runs), peak RSS, and RSS added by the work over the post-import baseline.
-Also: CPU moments throughput next to ``torch.std`` on the same bf16 tensor, and a plain copy as yardstick.
+Ends with the CPU moments throughput of ``bench/kernel_cpu.py``.
 
     python bench/scan_local.py [--dir bench/data/llama-1b] [--layers 12]
 """
@@ -19,8 +19,9 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from kernel_cpu import report, throughput
 
 WORK = {
     "naive": """
@@ -119,28 +120,6 @@ def run(kind: str, model: Path, db: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def throughput() -> dict:
-    import torch
-
-    from kernels.moments_cpu import CpuBackend
-
-    x = torch.randn(128 << 20, dtype=torch.float32).mul_(0.02).bfloat16()  # 256 MiB of bf16
-    nbytes = x.numel() * 2
-    backend = CpuBackend()
-    backend.partials([x[:1000]])
-
-    def best(fn, reps=5):
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return nbytes / min(times) / 1e9
-
-    return {"moments_gbps": best(lambda: backend.partials([x])), "torch_std_gbps": best(lambda: x.std()),
-            "copy_gbps": best(lambda: x.clone()), "threads": torch.get_num_threads()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="bench/data/llama-1b")
@@ -169,10 +148,7 @@ def main() -> None:
             print(f"{cache}: lineage vs {ref}: {n['seconds'] / s['seconds']:.1f}x faster; peak RSS ratio "
                   f"{s['peak_rss_mb'] / n['peak_rss_mb']:.2f}, added-RSS ratio "
                   f"{(s['peak_rss_mb'] - s['base_rss_mb']) / (n['peak_rss_mb'] - n['base_rss_mb']):.3f}")
-    t = throughput()
-    print(f"bf16 moments (CPU backend): {t['moments_gbps']:.2f} GB/s; torch.std: {t['torch_std_gbps']:.2f} GB/s "
-          f"({t['moments_gbps'] / t['torch_std_gbps']:.1f}x); copy: {t['copy_gbps']:.2f} GB/s "
-          f"({t['moments_gbps'] / t['copy_gbps']:.0%} of copy), torch threads {t['threads']}")
+    report(throughput())
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Moments backends. Each returns one partial row (see :mod:`kernels.stats`) per input tensor.
 
-``cpu`` is always available; ``triton`` needs CUDA and the ``gpu`` extra. :func:`get_backend` picks the
-GPU backend when CUDA is present, unless told otherwise.
+``cpu`` (numba) is always available. ``triton`` runs the fused kernel of :mod:`kernels.moments_triton`
+on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (tests). ``auto`` picks ``triton`` when CUDA and
+Triton are present, else ``cpu``. Triton is imported only when chosen, so ``import scanner`` works on a
+machine without a GPU or without the ``gpu`` extra.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import torch
@@ -13,18 +16,42 @@ import torch
 
 class MomentsBackend(Protocol):
     name: str
+    #: True when a whole model's segments should be handed over in one call (one launch)
+    batched: bool
 
     def partials(self, tensors: list[torch.Tensor]) -> list[tuple[float, ...]]:
         """One float64 partial row (``kernels.stats.FIELDS``) per tensor, in input order."""
         ...
 
 
-BACKENDS = ("auto", "cpu")
+BACKENDS = ("auto", "cpu", "triton")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend asked for cannot run here (no GPU, or Triton not installed)."""
 
 
 def get_backend(name: str = "auto") -> MomentsBackend:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "triton" if torch.cuda.is_available() and _has_triton() else "cpu"
+    if name == "triton":
+        if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+            raise BackendUnavailable("the triton backend needs a CUDA GPU (or TRITON_INTERPRET=1 to emulate one)")
+        if not _has_triton():
+            raise BackendUnavailable("the triton backend needs Triton: pip install 'lineage-scanner[gpu]'")
+        from kernels.moments_triton import TritonBackend
+
+        return TritonBackend()
     from kernels.moments_cpu import CpuBackend
 
     return CpuBackend()
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -69,6 +69,12 @@ class Moments:
     nonfinite: int = 0
 
     @classmethod
+    def of_value(cls, x: float) -> Moments:
+        if x != x or abs(x) == math.inf:
+            return cls(nonfinite=1)
+        return cls(1, x, 0.0, 0.0, 0.0, x, x, 0)
+
+    @classmethod
     def from_partial(cls, row) -> Moments:
         n, mean, m2, m3, m4, lo, hi, bad = (float(v) for v in row)
         return cls(int(n), mean, m2, m3, m4, lo, hi, int(bad))

@@ -15,7 +15,7 @@ import sys
 
 import duckdb
 
-from kernels import BACKENDS
+from kernels import BACKENDS, BackendUnavailable
 from scanner import __version__
 from scanner.errors import ScanError
 from scanner.lineage import paper_score, rank
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ScanError, UsageError, duckdb.Error) as exc:
+    except (ScanError, UsageError, BackendUnavailable, duckdb.Error) as exc:
         print(f"Error: {exc}".splitlines()[0], file=sys.stderr)
         return 1
 

@@ -1,8 +1,9 @@
 """Statistics of every attention part of a checkpoint, through a backend from :mod:`kernels`.
 
-Tensors are read one at a time, split into their parts (a fused QKV tensor's row ranges, per head where
-the packing interleaves heads), measured in one backend call per tensor, merged per part, and released
-before the next tensor is read, so memory stays near the largest single tensor.
+Tensors are split into their parts (a fused QKV tensor's row ranges, per head where the packing
+interleaves heads) and measured by the backend, then merged per part. A per-tensor backend (CPU) gets
+one tensor at a time, released before the next is read, so memory stays near the largest tensor; a
+batched backend (Triton) gets a whole model's segments in one call, so one launch covers the model.
 """
 
 from __future__ import annotations
@@ -42,29 +43,34 @@ def segments(tensor: torch.Tensor, part: Part) -> list[torch.Tensor]:
     return [tensor.narrow(axis, start, stop - start) for start, stop in part.ranges]
 
 
+def head_views(tensor: torch.Tensor, head_dim: int, axis: int = 0) -> list[torch.Tensor]:
+    """One view per attention head: rows of Q/K/V (axis 0), columns of O (axis 1)."""
+    return list(tensor.split(head_dim, dim=axis))
+
+
 def measure(reader: Reader, layout: Layout, backend: MomentsBackend) -> Measurement:
     infos = reader.tensors()
     by_tensor: dict[str, list[Part]] = defaultdict(list)
     for part in layout.parts:
         by_tensor[part.tensor].append(part)
+    names = list(by_tensor)
+    batches = [names] if backend.batched else [[name] for name in names]
     stats: list[LayerStat] = []
-    bytes_read = 0
     dtypes: dict[str, int] = defaultdict(int)
-    for name, parts in by_tensor.items():
-        info = infos[name]
-        tensor = reader.read(name)
-        pieces = [segments(tensor, part) for part in parts]
-        partials = iter(backend.partials([s for group in pieces for s in group]))
-        for part, group in zip(parts, pieces):
+    for batch in batches:
+        tensors = {name: reader.read(name) for name in batch}
+        pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
+        partials = iter(backend.partials([s for _, _, group in pieces for s in group]))
+        for name, part, group in pieces:
             total = Moments()
             for _ in group:
                 total = total + Moments.from_partial(next(partials))
             if total.nonfinite:
-                raise NonFiniteError(info.file, f"tensor {name!r} holds {total.nonfinite} NaN/Inf values")
+                raise NonFiniteError(infos[name].file, f"tensor {name!r} holds {total.nonfinite} NaN/Inf values")
             stats.append(LayerStat(part.layer, part.role, total))
-        del tensor, pieces
-        reader.release(name)
-        bytes_read += info.nbytes
-        dtypes[info.dtype] += info.nbytes
+        del tensors, pieces
+        for name in batch:
+            reader.release(name)
+            dtypes[infos[name].dtype] += infos[name].nbytes
     dtype = max(dtypes, key=dtypes.get) if dtypes else "unknown"
-    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), bytes_read, dtype)
+    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), sum(dtypes.values()), dtype)

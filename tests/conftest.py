@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -64,3 +65,11 @@ def raw_safetensors(path: Path, header: object, data: bytes = b"", length: int |
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
     return path
+
+
+# Without a GPU, the Triton backend runs its kernels in Triton's CPU interpreter. Set before any import
+# of triton (the interpreter is chosen at import).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+BACKEND_NAMES = ["cpu", "triton"]

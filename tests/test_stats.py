@@ -1,4 +1,7 @@
-"""Moments: the CPU backend against numpy float64, and the merge law stats(a) + stats(b) = stats(a ∪ b)."""
+"""Moments: every backend against numpy float64, and the merge law stats(a) + stats(b) = stats(a ∪ b).
+
+The same suite runs on the CPU backend and on the Triton kernel (in Triton's interpreter without a GPU).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,18 @@ from hypothesis import strategies as st
 
 from kernels import get_backend
 from kernels.stats import Moments
+from tests.conftest import BACKEND_NAMES
 
 BACKEND = get_backend("cpu")
 
 
-def moments_of(t: torch.Tensor) -> Moments:
-    return Moments.from_partial(BACKEND.partials([t])[0])
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request):
+    return get_backend(request.param)
+
+
+def moments_of(t: torch.Tensor, backend=BACKEND) -> Moments:
+    return Moments.from_partial(backend.partials([t])[0])
 
 
 def reference(values: np.ndarray) -> dict:
@@ -40,50 +49,51 @@ CASES = [((1823, 781), 0.0, 0.02), ((4097,), 3.0, 5e-2), ((3, 5, 7), -2.0, 3.0)]
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,loc,scale", CASES)
-def test_matches_float64_reference(dtype, shape, loc, scale):
-    check_against_reference(dtype, shape, loc, scale)
+def test_matches_float64_reference(backend, dtype, shape, loc, scale):
+    check_against_reference(backend, dtype, shape, loc, scale)
 
 
-def test_large_mean_does_not_swamp_small_spread():
+def test_large_mean_does_not_swamp_small_spread(backend):
     """mean 1e3, std 1e-2: a naive sum-of-squares loses every digit of the std (fp32 only: 16-bit types
     cannot even represent the spread at that magnitude)."""
-    check_against_reference(torch.float32, (100_003,), 1e3, 1e-2)
+    check_against_reference(backend, torch.float32, (100_003,), 1e3, 1e-2)
 
 
-def check_against_reference(dtype, shape, loc, scale):
+def check_against_reference(backend, dtype, shape, loc, scale):
     gen = torch.Generator().manual_seed(1)
     t = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale + loc).to(dtype)
-    m = moments_of(t)
+    m = moments_of(t, backend)
     ref = reference(t.to(torch.float64).numpy())
     assert m.count == ref["count"]
     assert m.std == pytest.approx(ref["std"], rel=1e-6)
-    assert m.mean == pytest.approx(ref["mean"], rel=1e-9, abs=1e-12)
+    # fp32 block partials (Triton) put the mean within ~1e-7 std of the truth; the std itself within 1e-6
+    assert m.mean == pytest.approx(ref["mean"], rel=1e-6, abs=1e-6 * ref["std"])
     assert (m.min, m.max) == (ref["min"], ref["max"])
     assert m.absmax == max(abs(ref["min"]), abs(ref["max"]))
     assert m.skew == pytest.approx(ref["skew"], rel=1e-4, abs=1e-6)
     assert m.kurtosis == pytest.approx(ref["kurtosis"], rel=1e-6)
 
 
-def test_nonfinite_values_are_counted_not_averaged():
+def test_nonfinite_values_are_counted_not_averaged(backend):
     t = torch.randn(10_000, dtype=torch.float32)
     t[17], t[4000], t[9999] = float("nan"), float("inf"), float("-inf")
-    m = moments_of(t.to(torch.bfloat16))
+    m = moments_of(t.to(torch.bfloat16), backend)
     finite = t[torch.isfinite(t)].to(torch.bfloat16).to(torch.float64).numpy()
     assert m.nonfinite == 3
     assert m.count == 9997
     assert m.std == pytest.approx(finite.std(ddof=1), rel=1e-6)
 
 
-def test_empty_and_single_element():
-    assert moments_of(torch.empty(0)).count == 0
-    one = moments_of(torch.tensor([2.5]))
+def test_empty_and_single_element(backend):
+    assert moments_of(torch.empty(0), backend).count == 0
+    one = moments_of(torch.tensor([2.5]), backend)
     assert (one.count, one.mean, one.min, one.max) == (1, 2.5, 2.5, 2.5)
     assert math.isnan(one.std)
 
 
-def test_bit_identical_twice():
+def test_bit_identical_twice(backend):
     t = torch.randn(300_001).to(torch.bfloat16)
-    assert BACKEND.partials([t]) == BACKEND.partials([t])
+    assert backend.partials([t]) == backend.partials([t])
 
 
 @settings(max_examples=200, deadline=None)

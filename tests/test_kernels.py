@@ -1,0 +1,116 @@
+"""Kernel-level checks: one launch over many irregular segments, fp8 inputs, per-head statistics, and
+parity between the CPU and Triton backends on a whole scan (Triton's interpreter without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import get_backend
+from kernels.moments_triton import BLOCK, block_table
+from kernels.stats import Moments
+from scanner.moments import head_views
+from scanner.scan import scan_strict
+
+CPU = get_backend("cpu")
+
+
+@pytest.fixture(scope="module")
+def triton_backend():
+    return get_backend("triton")
+
+
+def test_block_table_covers_every_element_once():
+    lengths = np.array([0, 1, BLOCK, BLOCK + 1, 3 * BLOCK - 7, 0, 5])
+    starts, sizes, per_segment = block_table(lengths)
+    assert per_segment.tolist() == [0, 1, 1, 2, 3, 0, 1]
+    covered = np.zeros(lengths.sum(), dtype=int)
+    for s, n in zip(starts, sizes):
+        covered[s : s + n] += 1
+    assert (covered == 1).all() and (sizes > 0).all() and (sizes <= BLOCK).all()
+
+
+def test_one_launch_over_irregular_segments(triton_backend):
+    gen = torch.Generator().manual_seed(3)
+    sizes = [0, 1, 2, 4095, 4096, 4097, 10_001, 1, 0, 777]
+    tensors = [(torch.randn(n, generator=gen) * (i + 1) + i).to(torch.bfloat16) for i, n in enumerate(sizes)]
+    got = triton_backend.partials(tensors)
+    for t, row in zip(tensors, got):
+        m, ref = Moments.from_partial(row), t.to(torch.float64).numpy()
+        assert m.count == ref.size
+        if ref.size > 1:
+            assert m.std == pytest.approx(ref.std(ddof=1), rel=1e-6)
+        if ref.size:
+            assert (m.min, m.max) == (ref.min(), ref.max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_inputs(triton_backend, dtype):
+    t = (torch.randn(5000) * 2).to(dtype)
+    ref = t.to(torch.float64).numpy()
+    for backend in (CPU, triton_backend):
+        m = Moments.from_partial(backend.partials([t])[0])
+        assert m.std == pytest.approx(ref.std(ddof=1), rel=1e-6) and m.absmax == np.abs(ref).max()
+
+
+def test_nonfinite_in_a_batch_is_counted_per_segment(triton_backend):
+    a, b = torch.randn(9000), torch.randn(100)
+    a[[5, 4500, 8999]] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    rows = [Moments.from_partial(r) for r in triton_backend.partials([a.half(), b.half()])]
+    assert [r.nonfinite for r in rows] == [3, 0] and rows[0].count == 8997
+
+
+def test_per_head_statistics_agree_between_backends(triton_backend):
+    q = (torch.randn(8 * 64, 256) * torch.linspace(0.5, 2.0, 8).repeat_interleave(64)[:, None]).to(torch.bfloat16)
+    heads = head_views(q, 64)
+    cpu = [Moments.from_partial(r) for r in CPU.partials(heads)]
+    gpu = [Moments.from_partial(r) for r in triton_backend.partials(heads)]
+    for h, c, g in zip(heads, cpu, gpu):
+        ref = h.to(torch.float64).numpy()
+        assert c.std == pytest.approx(ref.std(ddof=1), rel=1e-9)
+        assert g.std == pytest.approx(ref.std(ddof=1), rel=1e-6)
+    merged = sum(gpu[1:], gpu[0])
+    assert merged.std == pytest.approx(q.to(torch.float64).std().item(), rel=1e-6)
+
+
+def test_scan_parity_cpu_vs_triton(zoo_by_name, triton_backend):
+    source = zoo_by_name["qwen2-a-pruned"].path  # biases, norms and weights: several segment sizes
+    _, cpu = scan_strict(source, CPU, set())
+    _, gpu = scan_strict(source, triton_backend, set())
+    assert [(s.layer, s.role) for s in cpu.layers] == [(s.layer, s.role) for s in gpu.layers]
+    for c, g in zip(cpu.layers, gpu.layers):
+        assert c.moments.count == g.moments.count
+        assert g.moments.std == pytest.approx(c.moments.std, rel=1e-6)
+        assert (g.moments.min, g.moments.max) == (c.moments.min, c.moments.max)
+
+
+def test_auto_picks_cpu_without_cuda():
+    assert torch.cuda.is_available() or get_backend("auto").name == "cpu"
+
+
+def test_triton_without_a_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    from scanner.cli import main
+    from tests.conftest import write_llama
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    code = main(["scan", str(write_llama(tmp_path / "m")), "--backend", "triton", "--db", str(tmp_path / "db")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == "Error: the triton backend needs a CUDA GPU (or TRITON_INTERPRET=1 to emulate one)\n"
+
+
+def test_cli_scan_with_the_triton_backend(tmp_path, capsys):
+    from scanner.cli import main
+    from scanner.store import Store
+    from tests.conftest import write_llama
+
+    model = write_llama(tmp_path / "m", n_layers=2)
+    assert main(["scan", str(model), "--backend", "triton", "--db", str(tmp_path / "t"), "-q"]) == 0
+    assert main(["scan", str(model), "--backend", "cpu", "--db", str(tmp_path / "c"), "-q"]) == 0
+    query = "SELECT layer, role, numel, std FROM layers ORDER BY layer, role"
+    gpu = Store(tmp_path / "t").connect().execute(query).fetchall()
+    cpu = Store(tmp_path / "c").connect().execute(query).fetchall()
+    assert [r[:3] for r in gpu] == [r[:3] for r in cpu]
+    assert [g[3] for g in gpu] == pytest.approx([c[3] for c in cpu], rel=1e-6, abs=1e-12)
