@@ -52,3 +52,15 @@ class NonFiniteError(ScanError):
     """A tensor holds NaN or Inf values: reported, never averaged into a statistic."""
 
     status = "non_finite"
+
+
+class GatedError(ScanError):
+    """A gated or private Hub repo this token may not read."""
+
+    status = "gated"
+
+
+class RemoteError(ScanError):
+    """The Hub kept failing (429, 5xx, dropped or short bodies) after every retry."""
+
+    status = "network"

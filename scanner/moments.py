@@ -32,7 +32,6 @@ class LayerStat:
 @dataclass(frozen=True)
 class Measurement:
     stats: tuple[LayerStat, ...]
-    bytes_read: int
     dtype: str
 
 
@@ -54,6 +53,7 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend) -> Measurem
     for part in layout.parts:
         by_tensor[part.tensor].append(part)
     names = list(by_tensor)
+    reader.prefetch(names)
     batches = [names] if backend.batched else [[name] for name in names]
     stats: list[LayerStat] = []
     dtypes: dict[str, int] = defaultdict(int)
@@ -73,4 +73,4 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend) -> Measurem
             reader.release(name)
             dtypes[infos[name].dtype] += infos[name].nbytes
     dtype = max(dtypes, key=dtypes.get) if dtypes else "unknown"
-    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), sum(dtypes.values()), dtype)
+    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), dtype)

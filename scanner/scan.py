@@ -16,7 +16,7 @@ from tqdm import tqdm
 from kernels import MomentsBackend, get_backend
 from scanner.errors import ScanError
 from scanner.signature import Signature, build
-from scanner.sources import open_local
+from scanner.sources import OpenedModel, name_of, open_source
 from scanner.store import Store
 
 Key = tuple[str, str]
@@ -38,7 +38,9 @@ def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: boo
 
     Raises :class:`ScanError` on bad input.
     """
-    opened = open_local(source)
+    opened = open_source(source, None if force else done)
+    if not isinstance(opened, OpenedModel):  # a Hub commit already stored: skipped before reading weights
+        return opened, None
     try:
         key = (opened.model, opened.revision)
         if key in done and not force:
@@ -54,7 +56,7 @@ def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool =
     try:
         return scan_strict(source, backend, done, force)
     except ScanError as exc:
-        sig = Signature.failed(Path(source).name, "", source, exc)
+        sig = Signature.failed(*name_of(source), source, exc)
         return (sig.model, sig.revision), sig
 
 
@@ -82,7 +84,7 @@ def scan_sources(sources: list[str], store: Store, backend: str = "auto", force:
 
 def signature_for(text: str, store: Store, backend: str = "auto") -> Signature:
     """A signature for a path (scanned into the store unless already there) or a stored ``model[@rev]``."""
-    if not Path(text).expanduser().exists():
+    if not text.startswith("hf://") and not Path(text).expanduser().exists():
         model, _, revision = text.partition("@")
         return store.load(model, revision or None)
     key, sig = scan_strict(text, get_backend(backend), store.done())

@@ -83,5 +83,5 @@ def build(opened: OpenedModel, backend: MomentsBackend) -> Signature:
         hidden_size=facts.hidden_size, n_heads=facts.n_heads, n_kv_heads=facts.n_kv_heads,
         head_dim=facts.head_dim, dtype=result.dtype, params=sum(t.numel for t in tensors.values()),
         declared_base=opened.declared_base, curves=curves, embedding=embedding(curves),
-        layers=result.stats, bytes_read=result.bytes_read,
+        layers=result.stats, bytes_read=opened.reader.bytes_read,
     )

@@ -126,3 +126,60 @@ def _card(directory: Path) -> list[str]:
         return []
     base = meta.get("base_model") or []
     return [base] if isinstance(base, str) else [str(b) for b in base]
+
+
+def open_source(text: str, done: set[tuple[str, str]] | None = None) -> OpenedModel | tuple[str, str]:
+    """Open a local path or an ``hf://`` reference; for a Hub commit already in ``done``, just its key."""
+    if not str(text).startswith("hf://"):
+        return open_local(text)
+    return open_hub(str(text), done or set())
+
+
+def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, str]:
+    """Resolve ``hf://org/name[@revision]`` to its commit and open its safetensors by range reads."""
+    from scanner.readers.hub import HubClient, HubRef, HubSafetensors, fetch_json, resolve
+
+    ref = HubRef.parse(text)
+    if ref.revision and len(ref.revision) == 40 and (ref.repo_id, ref.revision) in done:
+        return ref.repo_id, ref.revision  # a pinned commit already scanned: not one request
+    client = HubClient(text)
+    info = resolve(ref, client)
+    sha = info.sha
+    if (info.id, sha) in done:
+        return info.id, sha
+    client.source = f"hf://{info.id}@{sha}"
+    files = [s.rfilename for s in info.siblings or []]
+    top = [f for f in files if "/" not in f]
+    if INDEX_NAME in top:
+        index = fetch_json(client, info.id, sha, INDEX_NAME)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConfigError(f"{client.source}/{INDEX_NAME}", "no weight_map")
+        shards = sorted(set(map(str, weight_map.values())))
+    else:
+        shards = [f for f in top if f.endswith(".safetensors")]
+    if not shards:
+        if any(f.endswith(PICKLE_SUFFIXES) for f in top):
+            raise _pickle_refusal(client.source)
+        if any(f.endswith(".gguf") for f in files):
+            raise SourceError(client.source, "remote GGUF is not scanned yet; download the .gguf and scan it")
+        raise SourceError(client.source, "no .safetensors weights in the repo")
+    config = fetch_json(client, info.id, sha, "config.json") if "config.json" in top else {}
+    card = info.card_data.to_dict() if info.card_data else {}
+    base = card.get("base_model") or []
+    reader = HubSafetensors(client, info.id, sha, shards)
+    return OpenedModel(info.id, sha, client.source, "safetensors", config, reader,
+                       [base] if isinstance(base, str) else [str(b) for b in base])
+
+
+def name_of(text: str) -> tuple[str, str]:
+    """(model, revision) as far as the source text tells, for error rows of sources that never opened."""
+    if str(text).startswith("hf://"):
+        from scanner.readers.hub import HubRef
+
+        try:
+            ref = HubRef.parse(str(text))
+        except SourceError:
+            return str(text), ""
+        return ref.repo_id, ref.revision or ""
+    return Path(text).name, ""

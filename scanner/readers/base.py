@@ -36,8 +36,14 @@ class Reader(Protocol):
     """A checkpoint opened for scanning. Only ``read`` touches tensor data."""
 
     path: str
+    #: bytes fetched from storage so far (headers and tensor data)
+    bytes_read: int
 
     def tensors(self) -> dict[str, TensorInfo]: ...
+
+    def prefetch(self, names: list[str]) -> None:
+        """The tensors about to be read, in order, so a reader can start fetching them early."""
+        ...
 
     def read(self, name: str) -> torch.Tensor:
         """The tensor as floats (native 16/32-bit dtype, or float32 after dequantization)."""

@@ -64,6 +64,7 @@ class GgufFile:
             raise
         except Exception as exc:  # the parser raises many kinds on malformed input; all mean one thing
             raise HeaderError(self.path, f"malformed GGUF ({exc.__class__.__name__}: {exc})") from None
+        self.bytes_read = min(self._tensors.values(), key=lambda t: t.start).start if self._tensors else size
         data_end = max((t.end for t in self._tensors.values()), default=0)
         if data_end > size:
             raise HeaderError(self.path, f"tensor data ends at byte {data_end}, past the end of the "
@@ -72,11 +73,15 @@ class GgufFile:
     def tensors(self) -> dict[str, TensorInfo]:
         return self._tensors
 
+    def prefetch(self, names: list[str]) -> None:
+        """Nothing ahead of time: the parser's memmap pages in what each read touches."""
+
     def read(self, name: str) -> torch.Tensor:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
         t = self._by_name[name]
+        self.bytes_read += self._tensors[name].nbytes
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             return torch.from_numpy(np.array(t.data).reshape(self._tensors[name].shape))  # own, writable copy
         try:

@@ -32,6 +32,7 @@ class SafetensorsFile:
             self.header = f.read(n)
         self._tensors, self.metadata = parse_header(self.header, size, self.path)
         self._size = size
+        self.bytes_read = 8 + n
         self._mmap = _map(self.path, size)
 
     def tensors(self) -> dict[str, TensorInfo]:
@@ -49,6 +50,7 @@ class SafetensorsFile:
         # one large read-ahead of the whole span instead of a page fault per 128 KB window (cold cache)
         self._mmap.madvise(mmap.MADV_WILLNEED, start, info.end - start)
         flat = torch.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=info.start)
+        self.bytes_read += info.nbytes
         return flat.view(info.shape)
 
     def release(self, name: str) -> None:
@@ -107,6 +109,13 @@ class ShardedSafetensors:
 
     def tensors(self) -> dict[str, TensorInfo]:
         return {name: f.tensors()[name] for name, f in self._owner.items()}
+
+    def prefetch(self, names: list[str]) -> None:
+        """Nothing ahead of time: each read asks the kernel to read its whole span ahead (MADV_WILLNEED)."""
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(f.bytes_read for f in self._files)
 
     def read(self, name: str) -> torch.Tensor:
         return self._owner[name].read(name)

@@ -1,0 +1,113 @@
+"""Remote scans through the real huggingface_hub client against a local Hub stand-in (127.0.0.1)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kernels import get_backend
+from scanner.scan import scan_sources, scan_strict
+from scanner.store import Store
+from tests.hub_server import HubStandIn, Repo
+
+BACKEND = get_backend("cpu")
+
+
+@pytest.fixture(scope="module")
+def hub(zoo_by_name, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hubrepos")
+    repos = []
+    for name, org in (("llama-a", "acme"), ("llama-a-ft", "acme"), ("phi3-a", "acme"), ("qwen2-a-moe", "other")):
+        path = shutil.copytree(zoo_by_name[name].path, root / name)
+        card = {"base_model": "acme/llama-a"} if name == "llama-a-ft" else {}
+        repos.append(Repo(f"{org}/{name}", path, card=card, downloads=len(name)))
+    repos.append(Repo("acme/locked", shutil.copytree(zoo_by_name["llama-b"].path, root / "locked"), gated=True))
+    with HubStandIn(repos) as server:
+        mp = pytest.MonkeyPatch()
+        mp.setenv("HF_ENDPOINT", server.endpoint)
+        mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        mp.setenv("HF_TOKEN", "hf_secret_token_value")
+        yield server
+        mp.undo()
+
+
+def test_remote_scan_equals_local_scan(hub, zoo_by_name):
+    hub.reset_counts()
+    _, remote = scan_strict("hf://acme/llama-a", BACKEND, set())
+    _, local = scan_strict(zoo_by_name["llama-a"].path, BACKEND, set())
+    assert remote.model == "acme/llama-a" and remote.revision == hub._shas["acme/llama-a"]
+    assert remote.source == f"hf://acme/llama-a@{remote.revision}"
+    assert [(s.layer, s.role, s.moments) for s in remote.layers] == [(s.layer, s.role, s.moments) for s in local.layers]
+    assert remote.curves == local.curves and remote.params == local.params
+
+
+def test_byte_budget_and_requests(hub, zoo_by_name):
+    from safetensors import safe_open
+
+    hub.reset_counts()
+    _, sig = scan_strict("hf://acme/llama-a", BACKEND, set())
+    path = zoo_by_name["llama-a"].path + "/model.safetensors"
+    with safe_open(path, "pt") as f:
+        names = [k for k in f.keys() if "self_attn" in k or "input_layernorm" in k]
+        needed = sum(f.get_slice(k).get_shape()[0] * max(1, (f.get_slice(k).get_shape() + [1])[1]) * 2 for k in names)
+    served = hub.bytes_served["model.safetensors"]
+    header = 100_000
+    assert served <= 1.05 * needed + header, (served, needed)
+    assert sig.bytes_read == served + hub.bytes_served["config.json"]
+    layers = sig.n_layers
+    # one request per layer's q/k/v/o block, one per norm, one header probe
+    assert hub.requests["model.safetensors"] <= 2 * layers + 1
+
+
+def test_sharded_remote_scan(hub, zoo_by_name):
+    _, remote = scan_strict("hf://acme/phi3-a", BACKEND, set())
+    _, local = scan_strict(zoo_by_name["phi3-a"].path, BACKEND, set())
+    assert remote.curves == local.curves and remote.family == "phi3"
+
+
+def test_declared_base_from_card(hub):
+    _, sig = scan_strict("hf://acme/llama-a-ft", BACKEND, set())
+    assert sig.declared_base == ["acme/llama-a"]
+
+
+def test_retries_then_success(hub, zoo_by_name):
+    hub.inject("model.safetensors", "429", "503", "drop", "short")
+    _, sig = scan_strict("hf://acme/llama-a", BACKEND, set())
+    _, local = scan_strict(zoo_by_name["llama-a"].path, BACKEND, set())
+    assert sig.curves == local.curves
+    assert not hub.faults["model.safetensors"]
+
+
+def test_persistent_failure_is_an_error_row(hub, tmp_path, monkeypatch):
+    monkeypatch.setattr("scanner.readers.hub.BACKOFF_S", 0.01)
+    hub.inject("model.safetensors", *["503"] * 6)
+    store = Store(tmp_path / "db")
+    report = scan_sources(["hf://acme/llama-a", "hf://acme/llama-a-ft"], store, progress=False)
+    assert [s.status for s in report.scanned] == ["network", "ok"]
+    assert "giving up after 6 attempts: HTTP 503" in report.failed[0].error
+    assert "hf_secret_token_value" not in report.failed[0].error
+
+
+def test_gated_and_missing_become_rows(hub, tmp_path):
+    store = Store(tmp_path / "db")
+    sources = ["hf://acme/locked", "hf://acme/nope", "hf://acme/llama-a@0123456789abcdef0123456789abcdef01234567"]
+    report = scan_sources(sources, store, progress=False)
+    rows = store.connect().execute("SELECT model, status, error FROM errors ORDER BY model").fetchall()
+    assert [(m, s) for m, s, _ in rows] == [("acme/llama-a", "not_found"), ("acme/locked", "gated"),
+                                            ("acme/nope", "not_found")]
+    assert all("hf_secret_token_value" not in e for _, _, e in rows)
+    assert len(report.failed) == 3
+
+
+def test_rescan_of_a_stored_commit_costs_no_weight_bytes(hub, tmp_path):
+    store = Store(tmp_path / "db")
+    scan_sources(["hf://acme/llama-a"], store, progress=False)
+    hub.reset_counts()
+    again = scan_sources(["hf://acme/llama-a"], store, progress=False)
+    assert again.skipped == [("acme/llama-a", hub._shas["acme/llama-a"])]
+    assert hub.bytes_served.get("model.safetensors", 0) == 0
+    sha = hub._shas["acme/llama-a"]
+    hub.reset_counts()
+    pinned = scan_sources([f"hf://acme/llama-a@{sha}"], store, progress=False)
+    assert pinned.skipped and sum(hub.requests.values()) == 0
