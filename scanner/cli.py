@@ -62,8 +62,11 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
 def cmd_scan(args) -> int:
     from scanner.scan import scan_sources
 
-    report = scan_sources(args.sources, Store(args.db), backend=args.backend, force=args.force,
-                          progress=not args.quiet)
+    store = Store(args.db)
+    sources = list(args.sources) + (store.todo(args.limit) if args.catalog else [])
+    if not sources:
+        raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
+    report = scan_sources(sources, store, backend=args.backend, force=args.force, progress=not args.quiet)
     for sig in report.failed:
         print(f"Error: {sig.error}", file=sys.stderr)
     if args.json:
@@ -82,6 +85,26 @@ def cmd_scan(args) -> int:
         print(f"scanned {len(ok)}, skipped {len(report.skipped)} already stored, "
               f"failed {len(report.failed)}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def cmd_catalog(args) -> int:
+    from scanner.catalog import list_catalog
+
+    entries = list_catalog(author=args.author, search=args.search, filter=args.filter, sort=args.sort,
+                           limit=args.limit)
+    store = Store(args.db)
+    store.write_catalog(entries)
+    todo = set(store.todo())
+    if args.json:
+        _print_json([{"model": e.model, "sha": e.sha, "params": e.params, "declared_base": e.declared_base,
+                      "gated": e.gated, "scanned": e.source not in todo and not e.gated} for e in entries])
+        return 0
+    _print_table(["model", "sha", "params", "gated", "declared base", "to scan"],
+                 [(e.model, e.sha[:12], e.params, "yes" if e.gated else "", ", ".join(e.declared_base),
+                   "yes" if e.source in todo else "") for e in entries])
+    print(f"listed {len(entries)}; {len(todo)} commits in the store's work list (lineage scan --catalog)",
+          file=sys.stderr)
+    return 0
 
 
 def compare_result(a, b) -> dict:
@@ -217,9 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", parents=[common], help="scan checkpoints into signatures in the store")
-    p.add_argument("sources", nargs="+", help="model directory, .safetensors, index.json or .gguf")
+    p.add_argument("sources", nargs="*", help="model directory, .safetensors, index.json, .gguf, or "
+                   "hf://org/name[@revision]")
     p.add_argument("--force", action="store_true", help="re-scan models already in the store")
+    p.add_argument("--catalog", action="store_true", help="also scan catalog entries not yet in the store")
+    p.add_argument("--limit", type=int, help="with --catalog: at most this many entries")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("catalog", parents=[common], help="list Hub models into the store's work list")
+    p.add_argument("--author")
+    p.add_argument("--search")
+    p.add_argument("--filter", help="a Hub tag, e.g. text-generation")
+    p.add_argument("--sort", choices=["downloads", "likes", "last_modified", "created_at", "trending_score"])
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("compare", parents=[common], help="score two models (paths or stored ids)")
     p.add_argument("a")

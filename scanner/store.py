@@ -48,6 +48,14 @@ LAYERS_SCHEMA = pa.schema([
     ("absmax", pa.float64()), ("skew", pa.float64()), ("kurtosis", pa.float64()),
 ])
 
+CATALOG_SCHEMA = pa.schema([
+    ("model", pa.string()), ("sha", pa.string()), ("last_modified", pa.timestamp("us", tz="UTC")),
+    ("params", pa.int64()), ("declared_base", pa.list_(pa.string())), ("gated", pa.bool_()),
+    ("downloads", pa.int64()), ("listed_at", pa.timestamp("us", tz="UTC")),
+])
+
+TABLES = {"signatures": SIGNATURES_SCHEMA, "layers": LAYERS_SCHEMA, "catalog": CATALOG_SCHEMA}
+
 VIEWS = {
     "scans": "SELECT * REPLACE (embedding::FLOAT[{dim}] AS embedding) FROM signatures_files",
     "latest": "SELECT * FROM scans "
@@ -55,6 +63,11 @@ VIEWS = {
     "signatures": "SELECT * EXCLUDE (error) FROM latest WHERE status = 'ok'",
     "errors": "SELECT model, revision, source, status, error, scanned_at FROM latest WHERE status <> 'ok'",
     "layers": "SELECT l.* FROM layers_files l SEMI JOIN signatures s ON l.scan_id = s.scan_id",
+    # newest listing per model: the commit a nightly scan should have
+    "catalog": "SELECT * FROM catalog_files QUALIFY row_number() OVER (PARTITION BY model ORDER BY listed_at DESC) = 1",
+    # listed commits without a signature yet (gated repos are left out: they cannot be read)
+    "todo": "SELECT c.* FROM catalog c ANTI JOIN signatures s ON c.model = s.model AND c.sha = s.revision "
+            "WHERE NOT c.gated",
 }
 
 
@@ -113,10 +126,25 @@ class Store:
         pq.write_table(data, tmp, compression="zstd")
         os.replace(tmp, folder / f"{stem}.parquet")
 
+    def write_catalog(self, entries) -> int:
+        """Append a catalog listing (see :mod:`scanner.catalog`) as one new file."""
+        rows = [{name: getattr(e, name) for name in CATALOG_SCHEMA.names} for e in entries]
+        if rows:
+            stem = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+            self._write_atomic("catalog", stem, pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA))
+        return len(rows)
+
+    def todo(self, limit: int | None = None) -> list[str]:
+        """``hf://model@sha`` sources listed in the catalog and not yet scanned, most downloaded first."""
+        query = "SELECT model, sha FROM todo ORDER BY downloads DESC NULLS LAST, model"
+        with self.connect() as con:
+            rows = con.execute(query + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+        return [f"hf://{model}@{sha}" for model, sha in rows]
+
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the store's views defined."""
         con = duckdb.connect()
-        for table, schema in (("signatures", SIGNATURES_SCHEMA), ("layers", LAYERS_SCHEMA)):
+        for table, schema in TABLES.items():
             folder = self.root / table
             if any(folder.glob("*.parquet")):  # temporary files (.name.parquet.tmp) never match
                 pattern = str(folder / "*.parquet").replace("'", "''")

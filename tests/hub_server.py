@@ -34,6 +34,20 @@ class Repo:
             h.update(f.encode() + (self.path / f).read_bytes()[:4096])
         return h.hexdigest()
 
+    def params(self) -> int:
+        """Parameter count from the safetensors headers, as the Hub's listing reports it."""
+        total = 0
+        for f in self.path.glob("*.safetensors"):
+            raw = f.read_bytes()
+            header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+            for name, entry in header.items():
+                if name != "__metadata__":
+                    n = 1
+                    for d in entry["shape"]:
+                        n *= d
+                    total += n
+        return total
+
     def files(self) -> list[str]:
         return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
 
@@ -76,11 +90,20 @@ class HubStandIn:
         config_path = repo.path / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         return {
-            "id": repo.repo_id, "modelId": repo.repo_id, "sha": self._shas[repo.repo_id],
-            "author": repo.repo_id.split("/")[0], "private": False, "gated": "manual" if repo.gated else False,
-            "downloads": repo.downloads, "likes": 0, "tags": [], "lastModified": "2026-11-01T00:00:00.000Z",
+            "id": repo.repo_id,
+            "modelId": repo.repo_id,
+            "sha": self._shas[repo.repo_id],
+            "author": repo.repo_id.split("/")[0],
+            "private": False,
+            "gated": "manual" if repo.gated else False,
+            "downloads": repo.downloads,
+            "likes": 0,
+            "tags": [],
+            "lastModified": "2026-11-01T00:00:00.000Z",
             "siblings": [{"rfilename": f} for f in repo.files()],
-            "cardData": repo.card, "config": {k: config.get(k) for k in ("model_type", "architectures")},
+            "cardData": repo.card,
+            "config": {k: config.get(k) for k in ("model_type", "architectures")},
+            "safetensors": {"parameters": {"BF16": repo.params()}, "total": repo.params()},
         }
 
     def _handler(self):
@@ -137,8 +160,12 @@ class HubStandIn:
             def _list(self, query):
                 models = sorted(hub.repos.values(), key=lambda r: r.repo_id)
                 author, search = query.get("author", [None])[0], query.get("search", [None])[0]
-                models = [r for r in models if (not author or r.repo_id.startswith(author + "/"))
-                          and (not search or search.lower() in r.repo_id.lower())]
+                models = [
+                    r
+                    for r in models
+                    if (not author or r.repo_id.startswith(author + "/"))
+                    and (not search or search.lower() in r.repo_id.lower())
+                ]
                 if query.get("sort", [None])[0] == "downloads":
                     models.sort(key=lambda r: -r.downloads)
                 start = int(query.get("cursor", ["0"])[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -94,8 +95,11 @@ def test_gated_and_missing_become_rows(hub, tmp_path):
     sources = ["hf://acme/locked", "hf://acme/nope", "hf://acme/llama-a@0123456789abcdef0123456789abcdef01234567"]
     report = scan_sources(sources, store, progress=False)
     rows = store.connect().execute("SELECT model, status, error FROM errors ORDER BY model").fetchall()
-    assert [(m, s) for m, s, _ in rows] == [("acme/llama-a", "not_found"), ("acme/locked", "gated"),
-                                            ("acme/nope", "not_found")]
+    assert [(m, s) for m, s, _ in rows] == [
+        ("acme/llama-a", "not_found"),
+        ("acme/locked", "gated"),
+        ("acme/nope", "not_found"),
+    ]
     assert all("hf_secret_token_value" not in e for _, _, e in rows)
     assert len(report.failed) == 3
 
@@ -111,3 +115,41 @@ def test_rescan_of_a_stored_commit_costs_no_weight_bytes(hub, tmp_path):
     hub.reset_counts()
     pinned = scan_sources([f"hf://acme/llama-a@{sha}"], store, progress=False)
     assert pinned.skipped and sum(hub.requests.values()) == 0
+
+
+def test_catalog_lists_pages_and_drives_incremental_scans(hub, tmp_path, capsys):
+    from scanner.cli import main
+
+    db = str(tmp_path / "db")
+    hub.reset_counts()
+    assert main(["catalog", "--author", "acme", "--db", db, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["model"] for m in listed] == ["acme/llama-a", "acme/llama-a-ft", "acme/locked", "acme/phi3-a"]
+    assert hub.requests["/api/models"] == 2  # page size 2 on the stand-in: pagination followed
+    assert not any(k.startswith("api:") for k in hub.requests)  # no per-model info calls
+    ft = next(m for m in listed if m["model"] == "acme/llama-a-ft")
+    assert ft["declared_base"] == ["acme/llama-a"] and ft["params"] > 0 and ft["sha"] == hub._shas["acme/llama-a-ft"]
+    assert next(m for m in listed if m["model"] == "acme/locked")["gated"] is True
+
+    assert main(["scan", "--catalog", "--limit", "2", "--db", db, "-q", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert len(first["scanned"]) == 2
+    assert main(["scan", "--catalog", "--db", db, "-q", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    scanned = {s["model"] for s in first["scanned"]} | {s["model"] for s in second["scanned"]}
+    assert scanned == {"acme/llama-a", "acme/llama-a-ft", "acme/phi3-a"}  # the gated repo is not attempted
+    assert main(["scan", "--catalog", "--db", db, "-q"]) == 1  # nothing left to do
+    assert "nothing to scan" in capsys.readouterr().err
+
+
+def test_catalog_search_and_sort(hub, tmp_path, capsys):
+    from scanner.cli import main
+
+    assert main(["catalog", "--search", "moe", "--db", str(tmp_path / "db"), "--json"]) == 0
+    assert [m["model"] for m in json.loads(capsys.readouterr().out)] == ["other/qwen2-a-moe"]
+    assert main(["catalog", "--sort", "downloads", "--limit", "3", "--db", str(tmp_path / "db"), "--json"]) == 0
+    assert [m["model"] for m in json.loads(capsys.readouterr().out)] == [
+        "other/qwen2-a-moe",
+        "acme/llama-a-ft",
+        "acme/llama-a",
+    ]
