@@ -66,7 +66,13 @@ def cmd_scan(args) -> int:
     sources = list(args.sources) + (store.todo(args.limit) if args.catalog else [])
     if not sources:
         raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
-    report = scan_sources(sources, store, backend=args.backend, force=args.force, progress=not args.quiet)
+    sample = None
+    if args.sample is not None or args.sample_error is not None:
+        from scanner.sampling import SamplePlan
+
+        sample = SamplePlan(args.sample, args.sample_error, max_runs=args.sample_runs)
+    report = scan_sources(sources, store, backend=args.backend, force=args.force, progress=not args.quiet,
+                          sample=sample)
     for sig in report.failed:
         print(f"Error: {sig.error}", file=sys.stderr)
     if args.json:
@@ -227,6 +233,13 @@ def cmd_demo(args) -> int:
 
 # ---- parser -------------------------------------------------------------------------------------------
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1]")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
@@ -245,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-scan models already in the store")
     p.add_argument("--catalog", action="store_true", help="also scan catalog entries not yet in the store")
     p.add_argument("--limit", type=int, help="with --catalog: at most this many entries")
+    p.add_argument("--sample", type=_fraction, metavar="FRACTION",
+                   help="estimate large tensors from this fraction of their elements, in spread runs")
+    p.add_argument("--sample-error", type=_fraction, metavar="E",
+                   help="raise the sampled fraction per tensor until std's relative standard error <= E")
+    p.add_argument("--sample-runs", type=int, default=16, metavar="N",
+                   help="runs (range requests) per tensor part when sampling (default 16)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("catalog", parents=[common], help="list Hub models into the store's work list")

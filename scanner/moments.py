@@ -4,6 +4,7 @@ Tensors are split into their parts (a fused QKV tensor's row ranges, per head wh
 interleaves heads) and measured by the backend, then merged per part. A per-tensor backend (CPU) gets
 one tensor at a time, released before the next is read, so memory stays near the largest tensor; a
 batched backend (Triton) gets a whole model's segments in one call, so one launch covers the model.
+With a :class:`SamplePlan`, large 2-D tensors are estimated from spread runs instead (see sampling.py).
 """
 
 from __future__ import annotations
@@ -11,28 +12,35 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from kernels import MomentsBackend
 from kernels.stats import Moments
 from scanner.errors import NonFiniteError
 from scanner.layouts import Layout, Part
-from scanner.readers.base import Reader
+from scanner.readers.base import Reader, TensorInfo
+from scanner.sampling import ROUNDS, SURVEY_SE, SamplePlan, next_fraction, pooled, required_se, runs_for
+
+#: Tensors smaller than this are always read whole: a sample would save nothing worth a request.
+MIN_SAMPLED = 1 << 14
 
 
 @dataclass(frozen=True)
 class LayerStat:
-    """Moments of one role in one layer."""
+    """Moments of one role in one layer; ``std_se`` is the relative standard error of a sampled std."""
 
     layer: int
     role: str
     moments: Moments
+    std_se: float = 0.0
 
 
 @dataclass(frozen=True)
 class Measurement:
     stats: tuple[LayerStat, ...]
     dtype: str
+    sampled: bool = False
 
 
 def segments(tensor: torch.Tensor, part: Part) -> list[torch.Tensor]:
@@ -47,30 +55,117 @@ def head_views(tensor: torch.Tensor, head_dim: int, axis: int = 0) -> list[torch
     return list(tensor.split(head_dim, dim=axis))
 
 
-def measure(reader: Reader, layout: Layout, backend: MomentsBackend) -> Measurement:
+def flat_spans(part: Part, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """The part as (start, length) runs of the flattened tensor; None when it is strided (column split)."""
+    cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    if not part.ranges:
+        return [(0, int(np.prod(shape)))]
+    if part.axis != 0 and len(shape) > 1:
+        return None
+    return [(a * cols, (b - a) * cols) for a, b in part.ranges]
+
+
+def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: SamplePlan | None = None
+            ) -> Measurement:
     infos = reader.tensors()
     by_tensor: dict[str, list[Part]] = defaultdict(list)
     for part in layout.parts:
         by_tensor[part.tensor].append(part)
     names = list(by_tensor)
-    reader.prefetch(names)
-    batches = [names] if backend.batched else [[name] for name in names]
+    sampled = {n for n in names if sample and _samplable(infos[n], by_tensor[n])}
+    exact = [n for n in names if n not in sampled]
+    reader.prefetch(exact)
+    batches = [exact] if backend.batched else [[name] for name in exact]
     stats: list[LayerStat] = []
-    dtypes: dict[str, int] = defaultdict(int)
     for batch in batches:
-        tensors = {name: reader.read(name) for name in batch}
-        pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
-        partials = iter(backend.partials([s for _, _, group in pieces for s in group]))
-        for name, part, group in pieces:
-            total = Moments()
-            for _ in group:
-                total = total + Moments.from_partial(next(partials))
-            if total.nonfinite:
-                raise NonFiniteError(infos[name].file, f"tensor {name!r} holds {total.nonfinite} NaN/Inf values")
-            stats.append(LayerStat(part.layer, part.role, total))
-        del tensors, pieces
-        for name in batch:
-            reader.release(name)
-            dtypes[infos[name].dtype] += infos[name].nbytes
+        stats.extend(_exact(reader, batch, by_tensor, backend))
+    if sampled:
+        stats.extend(_sampled(reader, [n for n in names if n in sampled], by_tensor, backend, sample, stats))
+    dtypes: dict[str, int] = defaultdict(int)
+    for name in names:
+        dtypes[infos[name].dtype] += infos[name].nbytes
     dtype = max(dtypes, key=dtypes.get) if dtypes else "unknown"
-    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), dtype)
+    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), dtype, any(s.std_se for s in stats))
+
+
+def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0) -> LayerStat:
+    if total.nonfinite:
+        raise NonFiniteError(info.file, f"tensor {info.name!r} holds {total.nonfinite} NaN/Inf values")
+    return LayerStat(part.layer, part.role, total, se)
+
+
+def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend
+           ) -> list[LayerStat]:
+    infos = reader.tensors()
+    tensors = {name: reader.read(name) for name in batch}
+    pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
+    partials = iter(backend.partials([s for _, _, group in pieces for s in group]))
+    out = []
+    for name, part, group in pieces:
+        total = Moments()
+        for _ in group:
+            total = total + Moments.from_partial(next(partials))
+        out.append(_checked(infos[name], part, total))
+    del tensors, pieces
+    for name in batch:
+        reader.release(name)
+    return out
+
+
+def _samplable(info: TensorInfo, parts: list[Part]) -> bool:
+    return len(info.shape) == 2 and info.numel >= MIN_SAMPLED and all(
+        flat_spans(p, info.shape) is not None for p in parts)
+
+
+def _sampled(reader: Reader, names: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
+             plan: SamplePlan, exact: list[LayerStat]) -> list[LayerStat]:
+    """Sample every part. With a target error, a cheap survey first measures how much each role's curve
+    moves between layers, then each part is estimated to the error its role needs (the target, or less for
+    a flat curve: see :func:`scanner.sampling.required_se`): lineage, not one std, sets the precision."""
+    rng = np.random.default_rng(plan.seed)
+    parts = [(name, part) for name in names for part in by_tensor[name]]
+    survey = None if plan.target_se is None else max(plan.target_se, SURVEY_SE)
+    out = {(n, p): _estimate(reader, n, p, backend, plan, survey, rng) for n, p in parts}
+    if plan.target_se is not None:
+        curves: dict[str, dict[int, float]] = defaultdict(dict)
+        for stat in [*exact, *out.values()]:
+            curves[stat.role][stat.layer] = stat.moments.std
+        needed = {role: required_se(list(c.values()), plan.target_se) for role, c in curves.items()}
+        for name, part in parts:  # always anew: the survey's own error estimate rests on too few elements
+            out[(name, part)] = _estimate(reader, name, part, backend, plan, needed[part.role], rng)
+    return list(out.values())
+
+
+def _estimate(reader: Reader, name: str, part: Part, backend: MomentsBackend, plan: SamplePlan,
+              target: float | None, rng: np.random.Generator) -> LayerStat:
+    """One part from stratified runs, at larger fractions until ``target`` is met; else read whole."""
+    info = reader.tensors()[name]
+    spans = flat_spans(part, info.shape)
+    fraction = plan.fraction if target is None else SamplePlan(target_se=target).first_fraction(
+        sum(n for _, n in spans))
+    for round_ in range(ROUNDS):
+        starts = _run_starts(rng, spans, fraction, plan.max_runs)
+        if starts is None:
+            break
+        runs = reader.read_runs(name, *starts)
+        total, se = pooled([Moments.from_partial(p) for p in backend.partials(list(runs))])
+        if target is None or se <= target or round_ == ROUNDS - 1:
+            return _checked(info, part, total, se)
+        fraction = next_fraction(fraction, se, target)
+    return _exact(reader, [name], {name: [part]}, backend)[0]
+
+
+def _run_starts(rng: np.random.Generator, spans: list[tuple[int, int]], fraction: float, max_runs: int
+                ) -> tuple[np.ndarray, int] | None:
+    """Runs over the spans laid end to end; a run is kept inside the span it starts in."""
+    lengths = np.array([n for _, n in spans], dtype=np.int64)
+    plan = runs_for(rng, int(lengths.sum()), fraction, max_runs)
+    if plan is None:
+        return None
+    virtual, run = plan
+    if run > lengths.min():
+        return None
+    cum = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    k = np.searchsorted(cum, virtual, side="right") - 1
+    offset = np.minimum(virtual - cum[k], lengths[k] - run)
+    return np.array([s for s, _ in spans], dtype=np.int64)[k] + offset, run

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from kernels import MomentsBackend, get_backend
 from scanner.errors import ScanError
+from scanner.sampling import SamplePlan
 from scanner.signature import Signature, build
 from scanner.sources import OpenedModel, name_of, open_source
 from scanner.store import Store
@@ -32,8 +33,8 @@ class ScanReport:
         return [s for s in self.scanned if not s.ok]
 
 
-def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: bool = False
-                ) -> tuple[Key, Signature | None]:
+def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
+                sample: SamplePlan | None = None) -> tuple[Key, Signature | None]:
     """Scan one source; the signature is None when (model, revision) is in ``done`` and not forced.
 
     Raises :class:`ScanError` on bad input.
@@ -45,30 +46,30 @@ def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: boo
         key = (opened.model, opened.revision)
         if key in done and not force:
             return key, None
-        return key, build(opened, backend)
+        return key, build(opened, backend, sample)
     finally:
         opened.close()
 
 
-def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool = False
-             ) -> tuple[Key, Signature | None]:
+def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
+             sample: SamplePlan | None = None) -> tuple[Key, Signature | None]:
     """Like :func:`scan_strict`, but bad input becomes an error signature instead of an exception."""
     try:
-        return scan_strict(source, backend, done, force)
+        return scan_strict(source, backend, done, force, sample)
     except ScanError as exc:
         sig = Signature.failed(*name_of(source), source, exc)
         return (sig.model, sig.revision), sig
 
 
 def scan_sources(sources: list[str], store: Store, backend: str = "auto", force: bool = False,
-                 progress: bool = True, flush_every: int = 32) -> ScanReport:
+                 progress: bool = True, flush_every: int = 32, sample: SamplePlan | None = None) -> ScanReport:
     impl = get_backend(backend)
     done = store.done()
     report = ScanReport()
     pending: list[Signature] = []
     bar = tqdm(sources, desc="scan", unit="model", file=sys.stderr, disable=not progress)
     for source in bar:
-        key, sig = scan_one(source, impl, done, force)
+        key, sig = scan_one(source, impl, done, force, sample)
         if sig is None:
             report.skipped.append(key)
             continue

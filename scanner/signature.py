@@ -20,6 +20,7 @@ from scanner.errors import ScanError
 from scanner.layouts import CURVE_ROLES, resolve
 from scanner.lineage import embedding
 from scanner.moments import LayerStat, measure
+from scanner.sampling import SamplePlan
 from scanner.sources import OpenedModel
 
 
@@ -70,12 +71,12 @@ def curves_from(stats: tuple[LayerStat, ...], n_layers: int) -> dict[str, list[f
     return {role: values for role, values in curves.items() if not all(math.isnan(v) for v in values)}
 
 
-def build(opened: OpenedModel, backend: MomentsBackend) -> Signature:
+def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | None = None) -> Signature:
     """Scan an opened checkpoint into a signature; raises ScanError on bad input."""
     facts = from_config(opened.config, opened.format, opened.source)
     tensors = opened.reader.tensors()
     layout = resolve(facts.family, tensors, facts.shape, opened.config, facts.n_layers, opened.source)
-    result = measure(opened.reader, layout, backend)
+    result = measure(opened.reader, layout, backend, sample)
     curves = curves_from(result.stats, layout.n_layers)
     return Signature(
         model=opened.model, revision=opened.revision, source=opened.source, format=opened.format,
@@ -83,5 +84,5 @@ def build(opened: OpenedModel, backend: MomentsBackend) -> Signature:
         hidden_size=facts.hidden_size, n_heads=facts.n_heads, n_kv_heads=facts.n_kv_heads,
         head_dim=facts.head_dim, dtype=result.dtype, params=sum(t.numel for t in tensors.values()),
         declared_base=opened.declared_base, curves=curves, embedding=embedding(curves),
-        layers=result.stats, bytes_read=opened.reader.bytes_read,
+        layers=result.stats, bytes_read=opened.reader.bytes_read, sampled=result.sampled,
     )

@@ -31,15 +31,15 @@ class Repo:
     def sha(self) -> str:
         h = hashlib.sha1(self.repo_id.encode())
         for f in sorted(self.files()):
-            h.update(f.encode() + (self.path / f).read_bytes()[:4096])
+            h.update(f.encode() + _head(self.path / f))
         return h.hexdigest()
 
     def params(self) -> int:
         """Parameter count from the safetensors headers, as the Hub's listing reports it."""
         total = 0
         for f in self.path.glob("*.safetensors"):
-            raw = f.read_bytes()
-            header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+            with open(f, "rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
             for name, entry in header.items():
                 if name != "__metadata__":
                     n = 1
@@ -50,6 +50,11 @@ class Repo:
 
     def files(self) -> list[str]:
         return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4096)
 
 
 class HubStandIn:
@@ -216,7 +221,7 @@ class HubStandIn:
                     announced = len(body)
                 self.send_response(status)
                 self.send_header("X-Repo-Commit", hub._shas[repo_id])
-                self.send_header("ETag", f'"{hashlib.sha1(path.read_bytes()[:4096]).hexdigest()}"')
+                self.send_header("ETag", f'"{hashlib.sha1(_head(path)).hexdigest()}"')
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(announced))
                 if status == 206:

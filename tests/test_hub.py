@@ -153,3 +153,16 @@ def test_catalog_search_and_sort(hub, tmp_path, capsys):
         "acme/llama-a-ft",
         "acme/llama-a",
     ]
+
+
+def test_sampled_remote_scan_equals_sampled_local_scan(hub, zoo_by_name):
+    from scanner.sampling import MAX_RUNS, SamplePlan
+
+    plan = SamplePlan(fraction=0.1, seed=9)
+    hub.reset_counts()
+    _, remote = scan_strict("hf://acme/llama-a", BACKEND, set(), sample=plan)
+    _, local = scan_strict(zoo_by_name["llama-a"].path, BACKEND, set(), sample=plan)
+    assert remote.sampled and remote.curves == local.curves
+    assert [s.std_se for s in remote.layers] == [s.std_se for s in local.layers]
+    sampled_parts = sum(1 for s in remote.layers if s.std_se > 0)
+    assert hub.requests["model.safetensors"] <= 1 + sampled_parts * MAX_RUNS + 2 * remote.n_layers

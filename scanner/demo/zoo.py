@@ -43,14 +43,16 @@ class ZooEntry:
     path: str
 
 
-def build_zoo(out: str | Path, hidden: int = 128) -> list[ZooEntry]:
-    """Write the zoo under ``out`` (skipped if ``lineage.csv`` is already there) and return its truth."""
+def build_zoo(out: str | Path, hidden: int = 128, families: tuple[Family, ...] = FAMILIES) -> list[ZooEntry]:
+    """Write the zoo under ``out`` (skipped if ``lineage.csv`` is already there) and return its truth.
+
+    ``hidden`` and ``families`` make larger or smaller zoos (tests of sampling need larger matrices)."""
     out = Path(out)
     truth = out / "lineage.csv"
     if truth.is_file():
         return read_truth(truth)
     entries: list[ZooEntry] = []
-    for fam in FAMILIES:
+    for fam in families:
         base = base_model(fam.name, fam.style, fam.seed, fam.n_layers, hidden=hidden)
         entries.append(_hf(base, out, None, "base", shards=fam.shards))
         entries.append(_hf(drift(base, f"{fam.name}-ft", fam.seed + 100, 0.05, 0.01), out, fam.name, "finetune"))

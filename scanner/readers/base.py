@@ -49,6 +49,10 @@ class Reader(Protocol):
         """The tensor as floats (native 16/32-bit dtype, or float32 after dequantization)."""
         ...
 
+    def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
+        """A sample: ``run`` consecutive elements from each flat index in ``starts``, as [len(starts), run]."""
+        ...
+
     def release(self, name: str) -> None:
         """Drop the tensor's pages from this process's memory once its statistics are taken."""
         ...

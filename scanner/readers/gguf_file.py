@@ -90,6 +90,10 @@ class GgufFile:
             raise HeaderError(self.path, f"tensor {name!r}: no dequantizer for {t.tensor_type.name}") from None
         return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(self._tensors[name].shape))
 
+    def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
+        """Quantized blocks must be decoded whole, so a sample costs a full read here."""
+        return self.read(name).reshape(-1)[torch.from_numpy(starts)[:, None] + torch.arange(run)]
+
     def release(self, name: str) -> None:
         """Nothing to drop: the parser's memmap pages are clean and reclaimable by the OS."""
 

@@ -14,6 +14,7 @@ import mmap
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from scanner.errors import HeaderError
@@ -39,6 +40,18 @@ class SafetensorsFile:
         return self._tensors
 
     def read(self, name: str) -> torch.Tensor:
+        tensor = self._view(name)
+        self.bytes_read += self._tensors[name].nbytes
+        return tensor
+
+    def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
+        """Runs of ``run`` elements at flat ``starts``: only their pages are touched."""
+        flat = self._view(name).reshape(-1)
+        runs = flat[torch.from_numpy(starts)[:, None] + torch.arange(run)]
+        self.bytes_read += runs.numel() * runs.element_size()
+        return runs
+
+    def _view(self, name: str) -> torch.Tensor:
         info = self._tensors[name]
         dtype = TORCH_DTYPE.get(info.dtype)
         if dtype is None:
@@ -49,9 +62,7 @@ class SafetensorsFile:
         start = info.start - info.start % page
         # one large read-ahead of the whole span instead of a page fault per 128 KB window (cold cache)
         self._mmap.madvise(mmap.MADV_WILLNEED, start, info.end - start)
-        flat = torch.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=info.start)
-        self.bytes_read += info.nbytes
-        return flat.view(info.shape)
+        return torch.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=info.start).view(info.shape)
 
     def release(self, name: str) -> None:
         info = self._tensors[name]
@@ -119,6 +130,9 @@ class ShardedSafetensors:
 
     def read(self, name: str) -> torch.Tensor:
         return self._owner[name].read(name)
+
+    def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
+        return self._owner[name].read_runs(name, starts, run)
 
     def release(self, name: str) -> None:
         self._owner[name].release(name)
