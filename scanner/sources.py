@@ -149,6 +149,12 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
         return info.id, sha
     client.source = f"hf://{info.id}@{sha}"
     files = [s.rfilename for s in info.siblings or []]
+    card = info.card_data.to_dict() if info.card_data else {}
+    base = card.get("base_model") or []
+    declared = [base] if isinstance(base, str) else [str(b) for b in base]
+    ggufs = [f for f in files if f.endswith(".gguf")]
+    if ref.filename or (ggufs and not any(f.endswith(".safetensors") for f in files)):
+        return _open_hub_gguf(client, info.id, sha, ref.filename, ggufs, declared)
     top = [f for f in files if "/" not in f]
     if INDEX_NAME in top:
         index = fetch_json(client, info.id, sha, INDEX_NAME)
@@ -161,15 +167,26 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
     if not shards:
         if any(f.endswith(PICKLE_SUFFIXES) for f in top):
             raise _pickle_refusal(client.source)
-        if any(f.endswith(".gguf") for f in files):
-            raise SourceError(client.source, "remote GGUF is not scanned yet; download the .gguf and scan it")
         raise SourceError(client.source, "no .safetensors weights in the repo")
     config = fetch_json(client, info.id, sha, "config.json") if "config.json" in top else {}
-    card = info.card_data.to_dict() if info.card_data else {}
-    base = card.get("base_model") or []
     reader = HubSafetensors(client, info.id, sha, shards)
-    return OpenedModel(info.id, sha, client.source, "safetensors", config, reader,
-                       [base] if isinstance(base, str) else [str(b) for b in base])
+    return OpenedModel(info.id, sha, client.source, "safetensors", config, reader, declared)
+
+
+def _open_hub_gguf(client, repo_id: str, sha: str, chosen: str | None, ggufs: list[str], declared: list[str]
+                   ) -> OpenedModel:
+    """A GGUF in a Hub repo: the one named after the repo id, or the repo's only one."""
+    from scanner.readers.hub import HubGguf
+
+    if chosen is None:
+        if len(ggufs) != 1:
+            raise SourceError(client.source, f"{len(ggufs)} .gguf files; name one: hf://{repo_id}@{sha}/FILE.gguf")
+        chosen = ggufs[0]
+    elif chosen not in ggufs:
+        raise SourceError(client.source, f"no file {chosen!r} in the repo")
+    reader = HubGguf(client, repo_id, sha, chosen)
+    model = repo_id if len(ggufs) == 1 else f"{repo_id}/{chosen}"
+    return OpenedModel(model, sha, f"{client.source}/{chosen}", "gguf", reader.metadata, reader, declared)
 
 
 def name_of(text: str) -> tuple[str, str]:

@@ -89,3 +89,17 @@ def test_changed_weights_change_the_revision(tmp_path):
     write_gguf(a, GGMLQuantizationType.F16, seed=1)
     write_gguf(b, GGMLQuantizationType.F16, seed=2)
     assert open_local(a).revision != open_local(b).revision
+
+
+def test_header_end_matches_the_parser_and_asks_for_more(tmp_path):
+    from scanner.readers.gguf_file import GgufFile
+    from scanner.readers.gguf_header import NeedMore, header_end
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, GGMLQuantizationType.Q4_K)
+    data = path.read_bytes()
+    end = header_end(data)
+    assert end == min(t.start for t in GgufFile(path).tensors().values())
+    with pytest.raises(NeedMore) as more:
+        header_end(data[:100])
+    assert more.value.at_least > 100

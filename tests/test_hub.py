@@ -166,3 +166,23 @@ def test_sampled_remote_scan_equals_sampled_local_scan(hub, zoo_by_name):
     assert [s.std_se for s in remote.layers] == [s.std_se for s in local.layers]
     sampled_parts = sum(1 for s in remote.layers if s.std_se > 0)
     assert hub.requests["model.safetensors"] <= 1 + sampled_parts * MAX_RUNS + 2 * remote.n_layers
+
+
+def test_remote_gguf_equals_local(hub, zoo_by_name, tmp_path):
+    from pathlib import Path
+
+    from scanner.readers.gguf_file import GgufFile
+    from scanner.readers.gguf_header import header_end
+
+    path = next(Path(zoo_by_name["llama-a-q8_0"].path).glob("*.gguf"))
+    hub.repos["acme/llama-a-gguf"] = Repo("acme/llama-a-gguf", path.parent)
+    hub._shas["acme/llama-a-gguf"] = hub.repos["acme/llama-a-gguf"].sha
+    hub.reset_counts()
+    _, remote = scan_strict("hf://acme/llama-a-gguf", BACKEND, set())
+    _, local = scan_strict(str(path), BACKEND, set())
+    assert remote.format == "gguf" and remote.dtype == "Q8_0" and remote.curves == local.curves
+    needed = sum(i.nbytes for n, i in GgufFile(path).tensors().items() if ".attn_" in n)
+    served = hub.bytes_served[path.name]
+    assert served <= 1.05 * needed + max(100_000, header_end(path.read_bytes()))
+    _, named = scan_strict(f"hf://acme/llama-a-gguf@{remote.revision}/{path.name}", BACKEND, set())
+    assert named.curves == local.curves
