@@ -42,6 +42,7 @@ class Signature:
     dtype: str | None = None
     params: int | None = None
     declared_base: list[str] = field(default_factory=list)
+    declared_relation: str | None = None
     curves: dict[str, list[float]] = field(default_factory=dict)
     embedding: list[float] | None = None
     layers: tuple[LayerStat, ...] = ()
@@ -83,6 +84,7 @@ def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | Non
         family=facts.family, architecture=facts.architecture, n_layers=layout.n_layers,
         hidden_size=facts.hidden_size, n_heads=facts.n_heads, n_kv_heads=facts.n_kv_heads,
         head_dim=facts.head_dim, dtype=result.dtype, params=sum(t.numel for t in tensors.values()),
-        declared_base=opened.declared_base, curves=curves, embedding=embedding(curves),
+        declared_base=opened.declared_base, declared_relation=opened.declared_relation,
+        curves=curves, embedding=embedding(curves),
         layers=result.stats, bytes_read=opened.reader.bytes_read, sampled=result.sampled,
     )

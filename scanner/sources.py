@@ -33,6 +33,8 @@ class OpenedModel:
     config: dict
     reader: Reader
     declared_base: list[str] = field(default_factory=list)
+    #: the card's ``base_model_relation`` (finetune, quantized, merge, adapter), when it declares one
+    declared_relation: str | None = None
 
     def close(self) -> None:
         self.reader.close()
@@ -124,7 +126,13 @@ def _card(directory: Path) -> list[str]:
         meta = metadata_load(readme) or {}
     except Exception:  # a card with broken YAML declares nothing; the weights still scan
         return []
-    base = meta.get("base_model") or []
+    return _as_list(meta.get("base_model"))
+
+
+def _as_list(base: object) -> list[str]:
+    """``base_model`` may be one id or a list of them (merges)."""
+    if not base:
+        return []
     return [base] if isinstance(base, str) else [str(b) for b in base]
 
 
@@ -150,11 +158,13 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
     client.source = f"hf://{info.id}@{sha}"
     files = [s.rfilename for s in info.siblings or []]
     card = info.card_data.to_dict() if info.card_data else {}
-    base = card.get("base_model") or []
-    declared = [base] if isinstance(base, str) else [str(b) for b in base]
+    declared = _as_list(card.get("base_model"))
+    relation = card.get("base_model_relation")
     ggufs = [f for f in files if f.endswith(".gguf")]
     if ref.filename or (ggufs and not any(f.endswith(".safetensors") for f in files)):
-        return _open_hub_gguf(client, info.id, sha, ref.filename, ggufs, declared)
+        opened = _open_hub_gguf(client, info.id, sha, ref.filename, ggufs, declared)
+        opened.declared_relation = relation
+        return opened
     top = [f for f in files if "/" not in f]
     if INDEX_NAME in top:
         index = fetch_json(client, info.id, sha, INDEX_NAME)
@@ -170,7 +180,7 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
         raise SourceError(client.source, "no .safetensors weights in the repo")
     config = fetch_json(client, info.id, sha, "config.json") if "config.json" in top else {}
     reader = HubSafetensors(client, info.id, sha, shards)
-    return OpenedModel(info.id, sha, client.source, "safetensors", config, reader, declared)
+    return OpenedModel(info.id, sha, client.source, "safetensors", config, reader, declared, relation)
 
 
 def _open_hub_gguf(client, repo_id: str, sha: str, chosen: str | None, ggufs: list[str], declared: list[str]

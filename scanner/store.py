@@ -26,7 +26,7 @@ from scanner.lineage import EMBED_DIM
 from scanner.signature import Signature
 
 #: Bumped whenever a column is added; old files stay readable (views union by name).
-SCHEMA_VERSION = 2  # 2: layers.std_se (sampled scans)
+SCHEMA_VERSION = 3  # 2: layers.std_se (sampled scans); 3: signatures.declared_relation
 
 SIGNATURES_SCHEMA = pa.schema([
     ("model", pa.string()), ("revision", pa.string()), ("source", pa.string()),
@@ -34,7 +34,7 @@ SIGNATURES_SCHEMA = pa.schema([
     ("family", pa.string()), ("architecture", pa.string()),
     ("n_layers", pa.int32()), ("hidden_size", pa.int32()), ("n_heads", pa.int32()),
     ("n_kv_heads", pa.int32()), ("head_dim", pa.int32()), ("dtype", pa.string()), ("params", pa.int64()),
-    ("declared_base", pa.list_(pa.string())),
+    ("declared_base", pa.list_(pa.string())), ("declared_relation", pa.string()),
     ("curves", pa.struct([(role, pa.list_(pa.float64())) for role in CURVE_ROLES])),
     ("embedding", pa.list_(pa.float32(), EMBED_DIM)),
     ("bytes_read", pa.int64()), ("sampled", pa.bool_()), ("scanner_version", pa.string()),
@@ -80,7 +80,7 @@ def _signature_rows(sigs: list[Signature]) -> pa.Table:
             "error": s.error, "format": s.format, "family": s.family, "architecture": s.architecture,
             "n_layers": s.n_layers, "hidden_size": s.hidden_size, "n_heads": s.n_heads,
             "n_kv_heads": s.n_kv_heads, "head_dim": s.head_dim, "dtype": s.dtype, "params": s.params,
-            "declared_base": s.declared_base,
+            "declared_base": s.declared_base, "declared_relation": s.declared_relation,
             "curves": {role: s.curves.get(role) for role in CURVE_ROLES} if s.curves else None,
             "embedding": s.embedding, "bytes_read": s.bytes_read, "sampled": s.sampled,
             "scanner_version": s.scanner_version, "scanned_at": s.scanned_at, "scan_id": s.scan_id,

@@ -64,6 +64,7 @@ class HubStandIn:
         self.repos = {r.repo_id: r for r in repos}
         self.page_size = page_size
         self.faults: dict[str, deque[str]] = defaultdict(deque)
+        self.renames: dict[str, str] = {}  # old repo id -> new: answered with a redirect, as the Hub does
         self.bytes_served: dict[str, int] = defaultdict(int)
         self.requests: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
@@ -145,6 +146,13 @@ class HubStandIn:
 
             def do_GET(self, head=False):
                 url = urlparse(self.path)
+                for old, new in hub.renames.items():
+                    if f"/{old}/" in url.path + "/":
+                        self.send_response(307)
+                        self.send_header("Location", self.path.replace(f"/{old}", f"/{new}", 1))
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 parts = [unquote(p) for p in url.path.strip("/").split("/")]
                 if parts[:2] == ["api", "models"] and len(parts) == 2:
                     return self._list(parse_qs(url.query))

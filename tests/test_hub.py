@@ -21,7 +21,7 @@ def hub(zoo_by_name, tmp_path_factory):
     repos = []
     for name, org in (("llama-a", "acme"), ("llama-a-ft", "acme"), ("phi3-a", "acme"), ("qwen2-a-moe", "other")):
         path = shutil.copytree(zoo_by_name[name].path, root / name)
-        card = {"base_model": "acme/llama-a"} if name == "llama-a-ft" else {}
+        card = {"base_model": "acme/llama-a", "base_model_relation": "finetune"} if name == "llama-a-ft" else {}
         repos.append(Repo(f"{org}/{name}", path, card=card, downloads=len(name)))
     repos.append(Repo("acme/locked", shutil.copytree(zoo_by_name["llama-b"].path, root / "locked"), gated=True))
     with HubStandIn(repos) as server:
@@ -69,7 +69,16 @@ def test_sharded_remote_scan(hub, zoo_by_name):
 
 def test_declared_base_from_card(hub):
     _, sig = scan_strict("hf://acme/llama-a-ft", BACKEND, set())
-    assert sig.declared_base == ["acme/llama-a"]
+    assert sig.declared_base == ["acme/llama-a"] and sig.declared_relation == "finetune"
+
+
+def test_renamed_repo_resolves_to_its_new_name(hub):
+    hub.renames["acme/old-name"] = "acme/llama-a"
+    try:
+        _, sig = scan_strict("hf://acme/old-name", BACKEND, set())
+    finally:
+        hub.renames.clear()
+    assert sig.model == "acme/llama-a" and sig.revision == hub._shas["acme/llama-a"]
 
 
 def test_retries_then_success(hub, zoo_by_name):

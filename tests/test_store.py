@@ -91,3 +91,18 @@ def test_every_way_of_naming_a_checkpoint_gives_the_same_curves(tmp_path, zoo_by
     assert a.declared_base == [] and scan_strict(zoo_by_name["llama-a-ft"].path, backend, set())[1].declared_base == [
         "llama-a"
     ]
+
+
+def test_old_schema_files_stay_readable(tmp_path):
+    """A store written before std_se and declared_relation existed still reads, beside new files."""
+    store = Store(tmp_path / "db")
+    scan_sources([str(write_llama(tmp_path / "old", seed=1))], store, progress=False)
+    for table, dropped in (("signatures", ["declared_relation"]), ("layers", ["std_se"])):
+        for f in (tmp_path / "db" / table).glob("*.parquet"):
+            pq.write_table(pq.read_table(f).drop_columns(dropped), f)
+    scan_sources([str(write_llama(tmp_path / "new", seed=2))], store, progress=False)
+    con = store.connect()
+    rows = con.execute("SELECT model, declared_relation FROM signatures ORDER BY model").fetchall()
+    assert rows == [("new", None), ("old", None)]
+    se = con.execute("SELECT model, count(std_se) FROM layers GROUP BY model ORDER BY model").fetchall()
+    assert se == [("new", 10), ("old", 0)]
