@@ -60,8 +60,6 @@ def _print_table(columns: list[str], rows: list[tuple]) -> None:
 # ---- commands -----------------------------------------------------------------------------------------
 
 def cmd_scan(args) -> int:
-    from scanner.scan import scan_sources
-
     store = Store(args.db)
     sources = list(args.sources) + (store.todo(args.limit) if args.catalog else [])
     if not sources:
@@ -71,26 +69,32 @@ def cmd_scan(args) -> int:
         from scanner.sampling import SamplePlan
 
         sample = SamplePlan(args.sample, args.sample_error, max_runs=args.sample_runs)
-    report = scan_sources(sources, store, backend=args.backend, force=args.force, progress=not args.quiet,
-                          sample=sample)
-    for sig in report.failed:
-        print(f"Error: {sig.error}", file=sys.stderr)
-    if args.json:
-        _print_json({
-            "scanned": [{"model": s.model, "revision": s.revision, "source": s.source, "status": s.status,
-                         "error": s.error, "n_layers": s.n_layers, "bytes_read": s.bytes_read}
-                        for s in report.scanned],
-            "skipped": [{"model": m, "revision": r} for m, r in report.skipped],
-        })
+    if len(sources) > 1 or args.address or args.workers:  # a batch: Ray actors (a local Ray by default)
+        from scanner.cluster import run_batch
+
+        summary = run_batch(sources, store, workers=args.workers, address=args.address, backend=args.backend,
+                            force=args.force, sample=sample, progress=not args.quiet)
     else:
-        ok = [s for s in report.scanned if s.ok]
+        from scanner.cluster import BatchSummary, ScanRecord
+        from scanner.scan import scan_sources
+
+        report = scan_sources(sources, store, backend=args.backend, force=args.force, progress=not args.quiet,
+                              sample=sample)
+        summary = BatchSummary([ScanRecord.of(s) for s in report.scanned], report.skipped)
+    for record in summary.failed:
+        print(f"Error: {record.error}", file=sys.stderr)
+    if args.json:
+        _print_json({"scanned": [r.__dict__ for r in summary.records],
+                     "skipped": [{"model": m, "revision": r} for m, r in summary.skipped],
+                     "bytes_read": summary.bytes_read, "retried_units": summary.retried_units})
+    else:
+        ok = [r for r in summary.records if r.status == "ok"]
         if ok:
-            _print_table(["model", "revision", "family", "layers", "dtype", "MB read"],
-                         [(s.model, s.revision, s.family, s.n_layers, s.dtype, f"{s.bytes_read / 1e6:.1f}")
-                          for s in ok])
-        print(f"scanned {len(ok)}, skipped {len(report.skipped)} already stored, "
-              f"failed {len(report.failed)}", file=sys.stderr)
-    return 1 if report.failed else 0
+            _print_table(["model", "revision", "layers", "MB read"],
+                         [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
+        print(f"scanned {len(ok)}, skipped {len(summary.skipped)} already stored, failed {len(summary.failed)}",
+              file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def cmd_catalog(args) -> int:
@@ -264,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raise the sampled fraction per tensor until std's relative standard error <= E")
     p.add_argument("--sample-runs", type=int, default=16, metavar="N",
                    help="runs (range requests) per tensor part when sampling (default 16)")
+    p.add_argument("--workers", type=int, help="Ray scan workers (default: one per GPU, else per CPU)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("catalog", parents=[common], help="list Hub models into the store's work list")

@@ -1,9 +1,12 @@
 """The signature store: an append-only Parquet dataset, read through DuckDB views.
 
-Layout under ``--db``: ``signatures/*.parquet`` (one row per scan of a model, errors included) and
-``layers/*.parquet`` (long form: one row per scan × layer × role). Each file is written under a
-temporary name and renamed, so readers never see half a file. A batch's layers land before its
-signatures, and a scan counts as done only once its signature row exists.
+``--db`` is a directory or any URI pyarrow has a filesystem for (``s3://bucket/lineage``, ``gs://…``).
+Layout: ``signatures/*.parquet`` (one row per scan of a model, errors included), ``layers/*.parquet``
+(long form: one row per scan × layer × role) and ``catalog/*.parquet`` (Hub listings). Each file is
+written under a hidden temporary name and moved into place, so readers never see half a file. A batch's
+layers land before its signatures, and a scan counts as done only once its signature row exists.
+Files are read as pyarrow datasets under the current schema (columns an older file lacks read as NULL),
+which DuckDB scans in place.
 
 Re-scans append; the views keep the newest row per (model, revision), so ``--force`` never rewrites.
 """
@@ -14,10 +17,11 @@ import os
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scanner.errors import SourceError
@@ -103,37 +107,63 @@ def _layer_rows(sigs: list[Signature]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LAYERS_SCHEMA)
 
 
+def _stem() -> str:
+    return f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+
+
 class Store:
-    """A Parquet dataset directory (``--db``) with DuckDB views over it."""
+    """A Parquet dataset (``--db``: a directory or a filesystem URI) with DuckDB views over it."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = str(root)
+        if "://" in self.root:
+            self.fs, self.base = pafs.FileSystem.from_uri(self.root)
+        else:
+            self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(self.root)
+
+    def files(self, table: str) -> list[str]:
+        """Finished data files of ``table`` (temporary files are hidden and never listed)."""
+        selector = pafs.FileSelector(f"{self.base}/{table}", allow_not_found=True)
+        return sorted(i.path for i in self.fs.get_file_info(selector)
+                      if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                      and not i.base_name.startswith("."))
 
     def write(self, sigs: Iterable[Signature]) -> int:
         """Append signatures (and their layers) as new files; returns how many rows were written."""
         sigs = list(sigs)
         if not sigs:
             return 0
-        stem = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        stem = _stem()
         layers = _layer_rows(sigs)
         if layers.num_rows:
             self._write_atomic("layers", stem, layers)
         self._write_atomic("signatures", stem, _signature_rows(sigs))
         return len(sigs)
 
-    def _write_atomic(self, table: str, stem: str, data: pa.Table) -> None:
-        folder = self.root / table
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{stem}.parquet.tmp"
-        pq.write_table(data, tmp, compression="zstd")
-        os.replace(tmp, folder / f"{stem}.parquet")
+    def _write_atomic(self, table: str, stem: str, data: pa.Table) -> str:
+        folder = f"{self.base}/{table}"
+        self.fs.create_dir(folder, recursive=True)
+        tmp, final = f"{folder}/.{stem}.parquet.tmp", f"{folder}/{stem}.parquet"
+        pq.write_table(data, tmp, compression="zstd", filesystem=self.fs)
+        self.fs.move(tmp, final)
+        return final
+
+    def compact(self, table: str) -> tuple[int, int]:
+        """Merge a table's files into one (the new file lands before the old ones go); (before, after)."""
+        files = self.files(table)
+        if len(files) < 2:
+            return len(files), len(files)
+        merged = pads.dataset(files, schema=TABLES[table], format="parquet", filesystem=self.fs).to_table()
+        self._write_atomic(table, _stem(), merged)
+        for f in files:
+            self.fs.delete_file(f)
+        return len(files), 1
 
     def write_catalog(self, entries) -> int:
         """Append a catalog listing (see :mod:`scanner.catalog`) as one new file."""
         rows = [{name: getattr(e, name) for name in CATALOG_SCHEMA.names} for e in entries]
         if rows:
-            stem = f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-            self._write_atomic("catalog", stem, pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA))
+            self._write_atomic("catalog", _stem(), pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA))
         return len(rows)
 
     def todo(self, limit: int | None = None) -> list[str]:
@@ -147,13 +177,10 @@ class Store:
         """An in-memory DuckDB connection with the store's views defined."""
         con = duckdb.connect()
         for table, schema in TABLES.items():
-            folder = self.root / table
-            if any(folder.glob("*.parquet")):  # temporary files (.name.parquet.tmp) never match
-                pattern = str(folder / "*.parquet").replace("'", "''")
-                con.execute(f"CREATE VIEW {table}_files AS SELECT * FROM read_parquet('{pattern}', "
-                            "union_by_name = true)")
-            else:
-                con.register(f"{table}_files", schema.empty_table())
+            files = self.files(table)
+            data = (pads.dataset(files, schema=schema, format="parquet", filesystem=self.fs) if files
+                    else schema.empty_table())
+            con.register(f"{table}_files", data)
         for name, body in VIEWS.items():
             con.execute(f"CREATE VIEW {name} AS {body.format(dim=EMBED_DIM)}")
         return con

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from scanner.cluster import run_batch
 from scanner.demo.zoo import build_zoo
 from scanner.lineage import paper_score, rank
 from scanner.plot import plot_curves
-from scanner.scan import scan_sources
 from scanner.store import Store
 
 
@@ -38,10 +38,11 @@ class DemoReport:
 
 
 def run_demo(out: str | Path, store: Store, backend: str = "auto", progress: bool = True) -> DemoReport:
+    """Build the zoo, scan it through Ray (a local one unless RAY_ADDRESS names a cluster), report."""
     entries = build_zoo(out)
-    report = scan_sources([e.path for e in entries], store, backend=backend, progress=progress)
-    if report.failed:
-        raise RuntimeError(f"demo zoo failed to scan: {report.failed[0].error}")
+    summary = run_batch([e.path for e in entries], store, backend=backend, progress=progress)
+    if summary.failed:
+        raise RuntimeError(f"demo zoo failed to scan: {summary.failed[0].error}")
     sigs = {s.model: s for s in store.curves() if s.model in {e.model for e in entries}}
     root = {e.model: e.parent or e.model for e in entries}
     rows = []

@@ -81,14 +81,19 @@ class GgufFile:
         from gguf.quants import dequantize
 
         t = self._by_name[name]
-        self.bytes_read += self._tensors[name].nbytes
-        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            return torch.from_numpy(np.array(t.data).reshape(self._tensors[name].shape))  # own, writable copy
+        info = self._tensors[name]
+        self.bytes_read += info.nbytes
         try:
-            values = dequantize(np.asarray(t.data), t.tensor_type)
+            if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+                values = np.array(t.data)  # an own, writable copy of the memmap
+            else:
+                values = np.ascontiguousarray(dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
+            return torch.from_numpy(values.reshape(info.shape))
         except NotImplementedError:
             raise HeaderError(self.path, f"tensor {name!r}: no dequantizer for {t.tensor_type.name}") from None
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(self._tensors[name].shape))
+        except (ValueError, IndexError) as exc:  # the table's shape and type disagree with the bytes
+            raise HeaderError(self.path, f"tensor {name!r}: data does not fit {info.dtype} {info.shape} ({exc})"
+                              ) from None
 
     def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
         """Quantized blocks must be decoded whole, so a sample costs a full read here."""

@@ -1,0 +1,50 @@
+"""Nightly Hub scan: list the catalog, scan the commits not yet in the store, compact.
+
+    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- \\
+        python jobs/nightly_scan.py --db s3://bucket/lineage --sort downloads --limit 5000
+
+Each night repeats no finished work: (model, sha) pairs already stored are not scanned again, and a
+night that died is resumed by the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when run by `ray job submit`
+
+from scanner.catalog import list_catalog  # noqa: E402
+from scanner.cluster import run_batch  # noqa: E402
+from scanner.sampling import SamplePlan  # noqa: E402
+from scanner.store import Store  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, help="store directory or URI (s3://…, gs://…)")
+    parser.add_argument("--author")
+    parser.add_argument("--search")
+    parser.add_argument("--filter")
+    parser.add_argument("--sort", default="downloads")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--sample-error", type=float, help="estimate large tensors to this relative error")
+    args = parser.parse_args(argv)
+    store = Store(args.db)
+    listed = store.write_catalog(list_catalog(author=args.author, search=args.search, filter=args.filter,
+                                              sort=args.sort, limit=args.limit))
+    todo = store.todo()
+    print(f"[lineage] catalog: {listed} models listed, {len(todo)} new commits to scan", flush=True)
+    sample = SamplePlan(target_se=args.sample_error) if args.sample_error else None
+    summary = run_batch(todo, store, workers=args.workers, sample=sample, progress=False)
+    for table in ("signatures", "layers", "catalog"):
+        store.compact(table)
+    print(f"[lineage] nightly done: scanned {summary.scanned}, failed {len(summary.failed)}, "
+          f"{summary.bytes_read / 1e9:.2f} GB in {summary.seconds:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Distributed scanning on a real Ray, loopback only: faults, resume, `ray job submit`, cluster.yaml."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scanner.cluster import CRASH_HOOK, UNKNOWN_BYTES, plan_units, run_batch
+from scanner.store import Store
+from tests.conftest import raw_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for the module (2 CPUs): starting one costs seconds."""
+    from scanner.cluster import connect
+
+    return connect(num_cpus=2)
+
+
+def count_scans(store: Store) -> dict[tuple[str, str], int]:
+    rows = store.connect().execute("SELECT model, revision, count(*) FROM scans GROUP BY ALL").fetchall()
+    return {(m, r): n for m, r, n in rows}
+
+
+def test_cluster_yaml_passes_rays_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["available_node_types"]["gpu_worker"]["resources"] == {"GPU": 1}
+    config["available_node_types"]["gpu_worker"]["max_workers"] = "many"
+    with pytest.raises(Exception, match="many"):
+        validate_config(prepare_config(config))
+
+
+def test_units_are_balanced_by_bytes(tmp_path):
+    sizes = {"a": 10, "b": 10, "c": 1000, "d": 10}
+    for name, size in sizes.items():
+        (tmp_path / f"{name}.safetensors").write_bytes(bytes(size))
+    units = list(plan_units((str(tmp_path / f"{n}.safetensors") for n in sizes), unit_bytes=100))
+    assert [[Path(s).stem for s in u.sources] for u in units] == [["a", "b"], ["c"], ["d"]]
+    assert [u.nbytes for u in units] == [20, 1000, 10]
+    assert next(plan_units(["hf://org/x"])).nbytes == UNKNOWN_BYTES
+
+
+def test_faults_lose_nothing_and_duplicate_nothing(ray_local, zoo, tmp_path, monkeypatch):
+    bad = raw_safetensors(tmp_path / "bad.safetensors", [1])
+    sources = [e.path for e in zoo] + [str(bad)]
+    monkeypatch.setenv(CRASH_HOOK, f"{tmp_path / 'crashed-once'}:llama-b-ft,always:gpt2-a-ct")
+    store = Store(tmp_path / "db")
+    summary = run_batch(sources, store, workers=2, progress=False, unit_bytes=20 << 20)
+    assert (tmp_path / "crashed-once").exists() and summary.retried_units >= 2
+    counts = count_scans(store)
+    assert set(counts.values()) == {1}, "a model was written twice"
+    assert {m for m, _ in counts} == {e.model for e in zoo} | {"bad.safetensors"}
+    errors = dict(store.connect().execute("SELECT model, status FROM errors").fetchall())
+    assert errors == {"gpt2-a-ct": "worker_died", "bad.safetensors": "bad_header"}
+    assert sorted(r.model for r in summary.failed) == ["bad.safetensors", "gpt2-a-ct"]
+
+
+def test_an_interrupted_batch_resumes_without_duplicates(ray_local, zoo, tmp_path):
+    store = Store(tmp_path / "db")
+    sources = [e.path for e in zoo]
+    first = run_batch(sources, store, workers=2, progress=False, unit_bytes=8 << 20, max_units=3)
+    assert 0 < first.scanned < len(zoo)
+    second = run_batch(sources, store, workers=2, progress=False, unit_bytes=8 << 20)
+    assert len(second.skipped) == first.scanned and first.scanned + second.scanned == len(zoo)
+    assert set(count_scans(store).values()) == {1} and len(count_scans(store)) == len(zoo)
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real `ray start --head` on 127.0.0.1 (2 CPUs, token auth), stopped afterwards. `ray stop` stops
+    every Ray on the machine, so this process's own local Ray is shut down first (and restarted on demand)."""
+    import ray as ray_module
+
+    ray_module.shutdown()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    ray = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391", "--num-cpus=2",
+             "--dashboard-host=127.0.0.1", "--dashboard-port=8271", f"--temp-dir={temp}", "--disable-usage-stats"]
+    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    try:
+        yield env, "http://127.0.0.1:8271"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_job_submit_batch_scan(ray_head, zoo, tmp_path):
+    env, address = ray_head
+    sources = tmp_path / "sources.txt"
+    sources.write_text("# the demo zoo\n" + "\n".join(e.path for e in zoo) + "\n")
+    db = tmp_path / "db"
+    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+              "--working-dir", str(ROOT), "--", "python", "jobs/batch_scan.py", str(sources), "--db", str(db)]
+    started = time.time()
+    done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout and "[lineage] batch done" in done.stdout, done.stdout[-2000:]
+    store = Store(db)
+    counts = count_scans(store)
+    assert len(counts) == len(zoo) and set(counts.values()) == {1}
+    assert len(store.files("signatures")) == 1  # compacted
+    assert time.time() - started < 600
