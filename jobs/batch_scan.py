@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = Store(args.db)
     summary = run_batch(read_sources(args.sources_file), store, workers=args.workers, backend=args.backend,
-                        progress=False)
+                        progress=False, keep_records=False)
     if not args.no_compact:
         for table in ("signatures", "layers"):
             store.compact(table)
-    print(f"[lineage] batch done: scanned {summary.scanned}, skipped {len(summary.skipped)}, "
-          f"failed {len(summary.failed)}, {summary.bytes_read / 1e9:.2f} GB in {summary.seconds:.1f} s", flush=True)
+    print(f"[lineage] batch done: scanned {summary.scanned}, skipped {summary.n_skipped}, "
+          f"failed {summary.n_failed}, {summary.bytes_read / 1e9:.2f} GB in {summary.seconds:.1f} s", flush=True)
     for record in summary.failed:
         print(f"[lineage] failed {record.model}: {record.error}", flush=True)
     return 0

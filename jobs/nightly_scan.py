@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     todo = store.todo()
     print(f"[lineage] catalog: {listed} models listed, {len(todo)} new commits to scan", flush=True)
     sample = SamplePlan(target_se=args.sample_error) if args.sample_error else None
-    summary = run_batch(todo, store, workers=args.workers, sample=sample, progress=False)
+    summary = run_batch(todo, store, workers=args.workers, sample=sample, progress=False, keep_records=False)
     for table in ("signatures", "layers", "catalog"):
         store.compact(table)
-    print(f"[lineage] nightly done: scanned {summary.scanned}, failed {len(summary.failed)}, "
+    print(f"[lineage] nightly done: scanned {summary.scanned}, failed {summary.n_failed}, "
           f"{summary.bytes_read / 1e9:.2f} GB in {summary.seconds:.1f} s", flush=True)
     return 0
 

@@ -75,12 +75,13 @@ def cmd_scan(args) -> int:
         summary = run_batch(sources, store, workers=args.workers, address=args.address, backend=args.backend,
                             force=args.force, sample=sample, progress=not args.quiet)
     else:
-        from scanner.cluster import BatchSummary, ScanRecord
+        from scanner.cluster import BatchSummary
         from scanner.scan import scan_sources
 
         report = scan_sources(sources, store, backend=args.backend, force=args.force, progress=not args.quiet,
                               sample=sample)
-        summary = BatchSummary([ScanRecord.of(s) for s in report.scanned], report.skipped)
+        summary = BatchSummary()
+        summary.add(report.scanned, report.skipped)
     for record in summary.failed:
         print(f"Error: {record.error}", file=sys.stderr)
     if args.json:

@@ -35,6 +35,8 @@ UNIT_BYTES = 2 << 30
 #: Bytes assumed for a model whose size is unknown before it is opened (a Hub repo, say).
 UNKNOWN_BYTES = 1 << 30
 MAX_ATTEMPTS = 3
+#: Failures a job keeps in memory to report (all of them are rows in the store's ``errors`` view).
+KEPT_FAILURES = 1000
 #: Test hook for the fault-injection tests: "MARKER_FILE:SUBSTRING" makes a worker exit abruptly on the
 #: first source containing SUBSTRING, once (it creates MARKER_FILE); "always:SUBSTRING" every time.
 CRASH_HOOK = "LINEAGE_TEST_CRASH"
@@ -78,9 +80,15 @@ def plan_units(sources: Iterable[str], unit_bytes: int = UNIT_BYTES) -> Iterator
 class ScanWorker:
     """One scanning process: a moments backend, the store's done set, and one unit at a time."""
 
-    def __init__(self, backend: str, done, force: bool, sample: SamplePlan | None):
+    def __init__(self, backend: str, done, force: bool, sample: SamplePlan | None, threads: int):
+        import numba
+        import torch
+
         from kernels import get_backend
 
+        # the CPU kernel's threads match the CPUs Ray gave this actor, so workers do not fight for cores
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        torch.set_num_threads(max(1, threads))
         self.backend = get_backend(backend)
         self.done = done
         self.force = force
@@ -130,24 +138,34 @@ class ScanRecord:
 
 @dataclass
 class BatchSummary:
-    """What a batch did. Signatures went to the store; only these small records stay in memory."""
+    """What a batch did. Signatures went to the store; in memory stay counters, the failures, and, when
+    ``keep_records`` (the CLI, not a million-model job), one small record per model."""
 
     records: list[ScanRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[ScanRecord] = field(default_factory=list)
+    scanned: int = 0
+    n_skipped: int = 0
+    n_failed: int = 0
+    bytes_read: int = 0
     retried_units: int = 0
     seconds: float = 0.0
+    keep_records: bool = True
 
-    @property
-    def scanned(self) -> int:
-        return len(self.records)
-
-    @property
-    def failed(self) -> list[ScanRecord]:
-        return [r for r in self.records if r.status != "ok"]
-
-    @property
-    def bytes_read(self) -> int:
-        return sum(r.bytes_read for r in self.records)
+    def add(self, scanned: list[Signature], skipped: list[tuple[str, str]]) -> None:
+        for sig in scanned:
+            record = ScanRecord.of(sig)
+            self.scanned += 1
+            self.bytes_read += record.bytes_read
+            if record.status != "ok":
+                self.n_failed += 1
+                if self.keep_records or len(self.failed) < KEPT_FAILURES:
+                    self.failed.append(record)
+            if self.keep_records:
+                self.records.append(record)
+        self.n_skipped += len(skipped)
+        if self.keep_records:
+            self.skipped += skipped
 
 
 def connect(address: str | None = None, num_cpus: int | None = None):
@@ -164,7 +182,8 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
 def run_batch(sources: Iterable[str], store: Store, *, workers: int | None = None, address: str | None = None,
               backend: str = "auto", force: bool = False, sample: SamplePlan | None = None,
-              unit_bytes: int = UNIT_BYTES, progress: bool = True, max_units: int | None = None) -> BatchSummary:
+              unit_bytes: int = UNIT_BYTES, progress: bool = True, max_units: int | None = None,
+              keep_records: bool = True) -> BatchSummary:
     """Scan ``sources`` on Ray actors into ``store``. ``max_units`` stops early (to test resuming)."""
     ray = connect(address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -174,9 +193,10 @@ def run_batch(sources: Iterable[str], store: Store, *, workers: int | None = Non
     options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": min(1.0, cpus / (count + 1))}
     env = {k: os.environ[k] for k in (CRASH_HOOK, "HF_ENDPOINT", "HF_TOKEN", "TRITON_INTERPRET") if k in os.environ}
     remote = ray.remote(max_restarts=-1, max_task_retries=0, runtime_env={"env_vars": env})(ScanWorker)
-    args = ("triton" if gpus and backend == "auto" else backend, ray.put(store.done()), force, sample)
+    threads = max(1, round(cpus / count))
+    args = ("triton" if gpus and backend == "auto" else backend, ray.put(store.done()), force, sample, threads)
     actors = [remote.options(**options).remote(*args) for _ in range(count)]
-    summary = BatchSummary()
+    summary = BatchSummary(keep_records=keep_records)
     started = time.perf_counter()
     units = plan_units(sources, unit_bytes)
     retry: deque[WorkUnit] = deque()
@@ -205,8 +225,7 @@ def run_batch(sources: Iterable[str], store: Store, *, workers: int | None = Non
             continue
         idle.append(actor)
         store.write(scanned)
-        summary.records += [ScanRecord.of(s) for s in scanned]
-        summary.skipped += skipped
+        summary.add(scanned, skipped)
         _report(bar, summary, started)
     summary.seconds = time.perf_counter() - started
     if bar is not None:
@@ -235,7 +254,7 @@ def _requeue(unit: WorkUnit, exc: Exception, retry: deque, store: Store, summary
         source = unit.sources[0]
         sig = Signature.failed(*name_of(source), source, WorkerDied(source, unit.attempt, exc))
         store.write([sig])
-        summary.records.append(ScanRecord.of(sig))
+        summary.add([sig], [])
 
 
 class WorkerDied(ScanError):
@@ -257,10 +276,10 @@ def _progress(enabled: bool):
 def _report(bar, summary: BatchSummary, started: float) -> None:
     """The same figures on the progress bar (a terminal) and as log lines (a Ray job's logs)."""
     elapsed = max(time.perf_counter() - started, 1e-9)
-    figures = (f"done {summary.scanned + len(summary.skipped)} failed {len(summary.failed)} "
+    figures = (f"done {summary.scanned + summary.n_skipped} failed {summary.n_failed} "
                f"read {summary.bytes_read / 1e9:.2f} GB ({summary.bytes_read / elapsed / 1e6:.1f} MB/s)")
     if bar is not None:
-        bar.n = summary.scanned + len(summary.skipped)
+        bar.n = summary.scanned + summary.n_skipped
         bar.set_postfix_str(figures.split(" ", 2)[2])
     if not sys.stderr.isatty():
         print(f"[lineage] {figures}", file=sys.stderr, flush=True)

@@ -107,7 +107,8 @@ def test_scan_json_and_skip(capsys, tmp_path):
     assert code == 0 and data["scanned"][0]["status"] == "ok" and data["scanned"][0]["bytes_read"] > 0
     code, out, _ = run(capsys, "scan", model, "--db", str(tmp_path / "db"), "--json", "-q")
     again = json.loads(out)
-    assert again["scanned"] == [] and again["skipped"] == [{"model": "tiny", "revision": data["scanned"][0]["revision"]}]
+    assert again["scanned"] == []
+    assert again["skipped"] == [{"model": "tiny", "revision": data["scanned"][0]["revision"]}]
 
 
 def test_demo(capsys, tmp_path):

@@ -75,7 +75,7 @@ def test_an_interrupted_batch_resumes_without_duplicates(ray_local, zoo, tmp_pat
     first = run_batch(sources, store, workers=2, progress=False, unit_bytes=8 << 20, max_units=3)
     assert 0 < first.scanned < len(zoo)
     second = run_batch(sources, store, workers=2, progress=False, unit_bytes=8 << 20)
-    assert len(second.skipped) == first.scanned and first.scanned + second.scanned == len(zoo)
+    assert second.n_skipped == first.scanned and first.scanned + second.scanned == len(zoo)
     assert set(count_scans(store).values()) == {1} and len(count_scans(store)) == len(zoo)
 
 
