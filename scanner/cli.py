@@ -18,7 +18,7 @@ import duckdb
 from kernels import BACKENDS, BackendUnavailable
 from scanner import __version__
 from scanner.errors import ScanError
-from scanner.lineage import paper_score, rank
+from scanner.lineage import EMBED_DIM
 from scanner.store import Store
 
 
@@ -118,17 +118,20 @@ def cmd_catalog(args) -> int:
     return 0
 
 
-def compare_result(a, b) -> dict:
-    result = paper_score(a.curves, b.curves)
+def verdict_json(v) -> dict:
     return {
-        "a": f"{a.model}@{a.revision}", "b": f"{b.model}@{b.revision}",
-        "paper_score": result.score,
-        # The calibrated score, p-value and verdict come with the lineage engine; null until then.
-        "score": None, "p_value": None, "verdict": None,
-        "per_role": result.per_role,
-        "alignment": [{"layer": i, "position": p} for i, p in result.alignment],
-        "layers": [len(next(iter(a.curves.values()), [])), len(next(iter(b.curves.values()), []))],
+        "a": v.a, "b": v.b, "paper_score": v.paper.score, "score": v.evidence.score, "p_value": v.p_value,
+        "verdict": v.verdict, "reason": v.reason, "kind": v.kind,
+        "per_role": v.paper.per_role, "per_feature": v.evidence.per_feature,
+        "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment], "null_size": v.null_size,
     }
+
+
+def judge(a, b):
+    from scanner.evidence import decide
+    from scanner.null import synthetic_null
+
+    return decide(a, b, list(synthetic_null(a.n_layers or 0, b.n_layers or 0)))
 
 
 def cmd_compare(args) -> int:
@@ -136,38 +139,54 @@ def cmd_compare(args) -> int:
 
     store = Store(args.db)
     a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
-    out = compare_result(a, b)
+    v = judge(a, b)
+    out = verdict_json(v)
     if args.plot:
         from scanner.plot import plot_curves
 
-        plot_curves([a, b], args.plot, title=f"{a.model} vs {b.model}: paper_score "
-                    f"{_fmt(out['paper_score'])}", per_role=out["per_role"])
+        plot_curves([a, b], args.plot, title=f"{a.model} vs {b.model}: {v.verdict}, score {_fmt(v.evidence.score)}"
+                    f", paper_score {_fmt(v.paper.score)}", per_role=v.paper.per_role,
+                    alignment=v.evidence.alignment)
     if args.json:
         _print_json(out)
         return 0
-    print(f"{out['a']}  vs  {out['b']}  ({out['layers'][0]} vs {out['layers'][1]} layers)")
-    print(f"paper_score  {_fmt(out['paper_score'])}")
-    for role, r in out["per_role"].items():
+    print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
+    print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
+    print(f"score        {_fmt(v.evidence.score)}   p = {_fmt(v.p_value)}")
+    print(f"paper_score  {_fmt(v.paper.score)}")
+    for role, r in v.paper.per_role.items():
         print(f"  {role}  r = {_fmt(r)}")
+    for name, r in v.evidence.per_feature.items():
+        print(f"  {name}  r = {_fmt(r)}")
+    gaps_a = sorted(set(range(a.n_layers or 0)) - {i for i, _ in v.evidence.alignment})
+    gaps_b = sorted(set(range(b.n_layers or 0)) - {j for _, j in v.evidence.alignment})
+    if gaps_a or gaps_b:
+        print(f"unaligned layers: {a.model} {gaps_a}, {b.model} {gaps_b}")
     if args.plot:
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
 def cmd_match(args) -> int:
+    from scanner.evidence import benjamini_hochberg
     from scanner.scan import signature_for
 
     store = Store(args.db)
     query = signature_for(args.source, store, args.backend)
-    matches = rank(query, store.curves(), top=args.top)
-    rows = [{"model": m.model, "revision": m.revision, "paper_score": m.result.score,
-             "score": None, "p_value": None, "verdict": None} for m in matches]
+    candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
+    verdicts = sorted((judge(query, c) for c in candidates),
+                      key=lambda v: -v.evidence.score if math.isfinite(v.evidence.score) else math.inf)
+    q_values = benjamini_hochberg([v.p_value for v in verdicts])
+    rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,
+             "p_value": v.p_value, "q_value": q, "verdict": v.verdict, "kind": v.kind,
+             "paper_score": v.paper.score} for v, q in zip(verdicts, q_values)][: args.top]
     if args.json:
         _print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
     else:
-        print(f"nearest to {query.model}@{query.revision} by paper_score:")
-        _print_table(["model", "revision", "paper_score"],
-                     [(r["model"], r["revision"], r["paper_score"]) for r in rows])
+        print(f"nearest to {query.model}@{query.revision}:")
+        _print_table(["model", "score", "p", "q", "verdict", "kind", "paper_score"],
+                     [(r["model"], r["score"], r["p_value"], r["q_value"], r["verdict"], r["kind"] or "",
+                       r["paper_score"]) for r in rows])
     return 0
 
 
@@ -221,17 +240,17 @@ def cmd_demo(args) -> int:
     report = run_demo(args.out, Store(args.db), backend=args.backend, progress=not args.quiet)
     if args.json:
         _print_json({"rows": [row.__dict__ for row in report.rows], "plot": str(report.plot),
-                     "stranger_score": report.stranger_score, "stranger_pair": report.stranger_pair})
+                     "stranger_paper_score": report.stranger_paper, "stranger_score": report.stranger_score,
+                     "stranger_verdicts": report.stranger_verdicts})
         return 0
-    _print_table(["model", "relation", "true parent", "paper_score to parent", "best match", "parent rank",
-                  "family right"],
-                 [(r.model, r.relation, r.parent, r.parent_score, r.best_match, r.parent_rank,
-                   "yes" if r.family_hit else "NO") for r in report.rows])
     rows = report.rows
-    print(f"\nbest match in the right family: {sum(r.family_hit for r in rows)}/{len(rows)}; "
-          f"true parent ranked first: {report.top1}/{len(rows)}")
-    print(f"highest paper_score between unrelated models: {report.stranger_score:.4f} "
-          f"({' vs '.join(report.stranger_pair)})")
+    _print_table(["model", "relation", "true parent", "paper_score", "score", "verdict", "kind", "family right"],
+                 [(r.model, r.relation, r.parent, r.paper_score, r.score, r.verdict, r.kind or "",
+                   "yes" if r.family_hit else "NO") for r in rows])
+    print(f"\nderived models judged 'derived' from their parent: {sum(r.verdict == 'derived' for r in rows)}"
+          f"/{len(rows)}; best match in the right family: {sum(r.family_hit for r in rows)}/{len(rows)}")
+    print(f"pairs of unrelated models: verdicts {report.stranger_verdicts}; highest score "
+          f"{report.stranger_score:.3f} (paper_score: {report.stranger_paper:.3f})")
     print(f"store: {args.db}   plot: {report.plot}")
     return 0
 
@@ -290,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("match", parents=[common], help="nearest relatives of a model in the store")
     p.add_argument("source")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--prefilter", type=int, default=100, help="candidates kept by the SQL embedding pre-filter")
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("sql", parents=[common], help="read-only SQL over the views "

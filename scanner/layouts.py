@@ -52,6 +52,12 @@ class Layout:
     n_layers: int
     parts: tuple[Part, ...]
     fallback: bool = False
+    #: weights stored [in, out] (GPT-2's Conv1D) rather than nn.Linear's [out, in]
+    transposed: bool = False
+    #: added to stored norm weights to get the gain (Gemma stores gain - 1)
+    norm_offset: float = 0.0
+    #: the layer's attn_norm scales the attention's input (pre-norm); False for post-norm encoders
+    pre_norm: bool = True
 
 
 def _proj(prefix: str, q: str, k: str, v: str, o: str, norm: str, extra: dict | None = None) -> dict:
@@ -119,6 +125,8 @@ FAMILIES: dict[str, dict] = {
     "deepseek_v3": DEEPSEEK_MLA,
     "gguf": GGUF,
 }
+#: Encoders whose attn_norm normalises the attention's output, not its input: no gain to fold.
+POST_NORM = ("bert", "roberta", "mpnet")
 #: The fallback for unknown architectures: every unfused entry of every table.
 PATTERNS = {k: v for table in FAMILIES.values() for k, v in table.items() if isinstance(v, str)}
 
@@ -161,7 +169,9 @@ def resolve(family: str, tensors: dict[str, TensorInfo], shape: Shape | None, co
     depth = max(p.layer for p in parts) + 1
     if n_layers is not None and n_layers > depth:
         raise ConfigError(path, f"config declares {n_layers} layers but attention tensors stop at layer {depth - 1}")
-    return Layout(family, depth, tuple(sorted(parts, key=lambda p: (p.layer, p.role))), fallback)
+    return Layout(family, depth, tuple(sorted(parts, key=lambda p: (p.layer, p.role))), fallback,
+                  transposed=family == "gpt2", norm_offset=1.0 if family.startswith("gemma") else 0.0,
+                  pre_norm=family not in POST_NORM)
 
 
 def _split(spec: Fused, layer: int, info: TensorInfo, shape: Shape | None, config: dict,

@@ -14,9 +14,11 @@ import numpy as np
 
 from scanner.layouts import CURVE_ROLES
 
-#: Points per role in the fixed-length embedding used by SQL pre-filters.
+#: Points per feature in the fixed-length embedding used by SQL pre-filters, and its features: the two
+#: rescaling-invariant products and two kurtosis curves (see scanner.evidence).
 EMBED_POINTS = 32
-EMBED_DIM = EMBED_POINTS * len(CURVE_ROLES)
+EMBED_FEATURES = ("qk", "vo", "kurt_q", "kurt_k")
+EMBED_DIM = EMBED_POINTS * len(EMBED_FEATURES)
 
 
 def zscore(curve: np.ndarray) -> np.ndarray | None:
@@ -67,14 +69,14 @@ def paper_score(a: dict[str, list[float]], b: dict[str, list[float]]) -> PaperSc
     return PaperScore(float(np.mean(finite)) if finite else math.nan, per_role, alignment)
 
 
-def embedding(curves: dict[str, list[float]]) -> list[float] | None:
-    """z-scored curves resampled to EMBED_POINTS per role, concatenated, centred and unit-normalised.
+def embedding(features: dict[str, list[float]]) -> list[float] | None:
+    """z-scored feature curves resampled to EMBED_POINTS each, concatenated, centred and unit-normalised.
 
     The inner product of two embeddings then behaves like a correlation, which SQL can rank cheaply.
     """
     parts = []
-    for role in CURVE_ROLES:
-        z = zscore(curves[role]) if role in curves else None
+    for name in EMBED_FEATURES:
+        z = zscore(features[name]) if name in features else None
         parts.append(np.zeros(EMBED_POINTS) if z is None else resample(z, EMBED_POINTS))
     vec = np.concatenate(parts)
     vec -= vec.mean()

@@ -9,6 +9,7 @@ With a :class:`SamplePlan`, large 2-D tensors are estimated from spread runs ins
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -28,12 +29,34 @@ MIN_SAMPLED = 1 << 14
 
 @dataclass(frozen=True)
 class LayerStat:
-    """Moments of one role in one layer; ``std_se`` is the relative standard error of a sampled std."""
+    """Moments of one role in one layer; ``std_se`` is the relative standard error of a sampled std.
+
+    ``folded_std`` (Q/K/V) is the std the matrix would have with the layer's input-norm gain folded into
+    its input columns, W·diag(γ): a model published with the gain folded in has the same value."""
 
     layer: int
     role: str
     moments: Moments
     std_se: float = 0.0
+    folded_std: float | None = None
+
+
+@dataclass(frozen=True)
+class ColumnSums:
+    """Per input column: sum and sum of squares of a Q/K/V part, to fold the norm gain in afterwards."""
+
+    layer: int
+    role: str
+    total: np.ndarray
+    squares: np.ndarray
+    count: int
+
+    def folded_std(self, gain: np.ndarray) -> float | None:
+        if gain.shape != self.total.shape or self.count < 2:
+            return None
+        mean = float(gain @ self.total) / self.count
+        second = float((gain * gain) @ self.squares) / self.count
+        return math.sqrt(max(second - mean * mean, 0.0) * self.count / (self.count - 1))
 
 
 @dataclass(frozen=True)
@@ -77,15 +100,24 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
     reader.prefetch(exact)
     batches = [exact] if backend.batched else [[name] for name in exact]
     stats: list[LayerStat] = []
+    sums: list[ColumnSums] = []
+    gains: dict[int, np.ndarray] = {}
     for batch in batches:
-        stats.extend(_exact(reader, batch, by_tensor, backend))
+        stats.extend(_exact(reader, batch, by_tensor, backend, layout, sums, gains))
     if sampled:
         stats.extend(_sampled(reader, [n for n in names if n in sampled], by_tensor, backend, sample, stats))
+    stats = _fold(stats, sums, gains)
     dtypes: dict[str, int] = defaultdict(int)
     for name in names:
         dtypes[infos[name].dtype] += infos[name].nbytes
     dtype = max(dtypes, key=dtypes.get) if dtypes else "unknown"
     return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), dtype, any(s.std_se for s in stats))
+
+
+def _fold(stats: list[LayerStat], sums: list[ColumnSums], gains: dict[int, np.ndarray]) -> list[LayerStat]:
+    """Attach each Q/K/V part's folded std, from its column sums and its layer's input-norm gain."""
+    folded = {(c.layer, c.role): c.folded_std(gains[c.layer]) for c in sums if c.layer in gains}
+    return [LayerStat(s.layer, s.role, s.moments, s.std_se, folded.get((s.layer, s.role))) for s in stats]
 
 
 def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0) -> LayerStat:
@@ -94,8 +126,26 @@ def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0) -> L
     return LayerStat(part.layer, part.role, total, se)
 
 
-def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend
-           ) -> list[LayerStat]:
+FOLDED_ROLES = ("q", "k", "v")
+
+
+def column_sums(group: list[torch.Tensor], layer: int, role: str, input_axis: int) -> ColumnSums:
+    """Sums over the output dimension of a part's segments, per input column, in float64."""
+    total = squares = None
+    count = 0
+    for seg in group:
+        x = seg.to(torch.float32)
+        reduce = 1 - input_axis
+        t, s = x.sum(dim=reduce, dtype=torch.float64), (x * x).sum(dim=reduce, dtype=torch.float64)
+        total, squares = (t, s) if total is None else (total + t, squares + s)
+        count += seg.numel()
+    return ColumnSums(layer, role, total.numpy(), squares.numpy(), count)
+
+
+def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
+           layout: Layout | None = None, sums: list[ColumnSums] | None = None,
+           gains: dict[int, np.ndarray] | None = None) -> list[LayerStat]:
+    """Whole tensors through the backend; with ``sums``/``gains``, also what folding the norm needs."""
     infos = reader.tensors()
     tensors = {name: reader.read(name) for name in batch}
     pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
@@ -106,6 +156,10 @@ def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], b
         for _ in group:
             total = total + Moments.from_partial(next(partials))
         out.append(_checked(infos[name], part, total))
+        if sums is not None and part.role in FOLDED_ROLES and group[0].dim() == 2:
+            sums.append(column_sums(group, part.layer, part.role, 0 if layout and layout.transposed else 1))
+        if gains is not None and part.role == "attn_norm" and layout and layout.pre_norm:
+            gains[part.layer] = tensors[name].to(torch.float64).reshape(-1).numpy() + layout.norm_offset
     del tensors, pieces
     for name in batch:
         reader.release(name)

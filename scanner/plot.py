@@ -11,8 +11,10 @@ from scanner.lineage import zscore
 
 
 def plot_curves(signatures, out: str | Path, title: str | None = None,
-                per_role: dict[str, float] | None = None) -> Path:
-    """Write a 2×2 PNG of the z-scored Q/K/V/O std curves of ``signatures`` over relative depth."""
+                per_role: dict[str, float] | None = None, alignment: list[tuple[int, int]] | None = None) -> Path:
+    """Write a 2×2 PNG of the z-scored Q/K/V/O std curves of ``signatures`` over relative depth.
+
+    With two signatures and an ``alignment`` (layer pairs), grey lines join the layers it pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,6 +26,12 @@ def plot_curves(signatures, out: str | Path, title: str | None = None,
             z = zscore(sig.curves[role]) if role in sig.curves else None
             if z is not None:
                 ax.plot(np.linspace(0, 1, len(z)), z, marker="o", markersize=3, label=f"{sig.model} ({len(z)} layers)")
+        if alignment and len(signatures) == 2:
+            za, zb = (zscore(s.curves.get(role, [])) for s in signatures)
+            if za is not None and zb is not None:
+                for i, j in alignment:
+                    ax.plot([i / max(len(za) - 1, 1), j / max(len(zb) - 1, 1)], [za[i], zb[j]], color="grey",
+                            linewidth=0.6, alpha=0.6, zorder=0)
         heading = f"{role.upper()} projection"
         if per_role and role in per_role:
             heading += f"   r = {per_role[role]:.3f}"

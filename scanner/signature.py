@@ -17,6 +17,7 @@ from kernels import MomentsBackend
 from scanner import __version__
 from scanner.arch import from_config
 from scanner.errors import ScanError
+from scanner.evidence import invariants
 from scanner.layouts import CURVE_ROLES, resolve
 from scanner.lineage import embedding
 from scanner.moments import LayerStat, measure
@@ -44,6 +45,8 @@ class Signature:
     declared_base: list[str] = field(default_factory=list)
     declared_relation: str | None = None
     curves: dict[str, list[float]] = field(default_factory=dict)
+    #: rescaling- and folding-invariant feature curves (see scanner.evidence)
+    invariants: dict[str, list[float]] = field(default_factory=dict)
     embedding: list[float] | None = None
     layers: tuple[LayerStat, ...] = ()
     bytes_read: int = 0
@@ -79,12 +82,13 @@ def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | Non
     layout = resolve(facts.family, tensors, facts.shape, opened.config, facts.n_layers, opened.source)
     result = measure(opened.reader, layout, backend, sample)
     curves = curves_from(result.stats, layout.n_layers)
+    features = invariants(result.stats, layout.n_layers)
     return Signature(
         model=opened.model, revision=opened.revision, source=opened.source, format=opened.format,
         family=facts.family, architecture=facts.architecture, n_layers=layout.n_layers,
         hidden_size=facts.hidden_size, n_heads=facts.n_heads, n_kv_heads=facts.n_kv_heads,
         head_dim=facts.head_dim, dtype=result.dtype, params=sum(t.numel for t in tensors.values()),
         declared_base=opened.declared_base, declared_relation=opened.declared_relation,
-        curves=curves, embedding=embedding(curves),
+        curves=curves, invariants=features, embedding=embedding(features),
         layers=result.stats, bytes_read=opened.reader.bytes_read, sampled=result.sampled,
     )

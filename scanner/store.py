@@ -25,12 +25,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scanner.errors import SourceError
+from scanner.evidence import FEATURES
 from scanner.layouts import CURVE_ROLES
 from scanner.lineage import EMBED_DIM
 from scanner.signature import Signature
 
 #: Bumped whenever a column is added; old files stay readable (views union by name).
-SCHEMA_VERSION = 3  # 2: layers.std_se (sampled scans); 3: signatures.declared_relation
+SCHEMA_VERSION = 4  # 2: layers.std_se; 3: signatures.declared_relation; 4: invariants, layers.folded_std
 
 SIGNATURES_SCHEMA = pa.schema([
     ("model", pa.string()), ("revision", pa.string()), ("source", pa.string()),
@@ -40,6 +41,7 @@ SIGNATURES_SCHEMA = pa.schema([
     ("n_kv_heads", pa.int32()), ("head_dim", pa.int32()), ("dtype", pa.string()), ("params", pa.int64()),
     ("declared_base", pa.list_(pa.string())), ("declared_relation", pa.string()),
     ("curves", pa.struct([(role, pa.list_(pa.float64())) for role in CURVE_ROLES])),
+    ("invariants", pa.struct([(name, pa.list_(pa.float64())) for name in FEATURES])),
     ("embedding", pa.list_(pa.float32(), EMBED_DIM)),
     ("bytes_read", pa.int64()), ("sampled", pa.bool_()), ("scanner_version", pa.string()),
     ("scanned_at", pa.timestamp("us", tz="UTC")), ("scan_id", pa.string()), ("schema_version", pa.int16()),
@@ -50,7 +52,7 @@ LAYERS_SCHEMA = pa.schema([
     ("layer", pa.int32()), ("role", pa.string()), ("numel", pa.int64()),
     ("mean", pa.float64()), ("std", pa.float64()), ("min", pa.float64()), ("max", pa.float64()),
     ("absmax", pa.float64()), ("skew", pa.float64()), ("kurtosis", pa.float64()),
-    ("std_se", pa.float64()),
+    ("std_se", pa.float64()), ("folded_std", pa.float64()),
 ])
 
 CATALOG_SCHEMA = pa.schema([
@@ -86,6 +88,7 @@ def _signature_rows(sigs: list[Signature]) -> pa.Table:
             "n_kv_heads": s.n_kv_heads, "head_dim": s.head_dim, "dtype": s.dtype, "params": s.params,
             "declared_base": s.declared_base, "declared_relation": s.declared_relation,
             "curves": {role: s.curves.get(role) for role in CURVE_ROLES} if s.curves else None,
+            "invariants": {name: s.invariants.get(name) for name in FEATURES} if s.invariants else None,
             "embedding": s.embedding, "bytes_read": s.bytes_read, "sampled": s.sampled,
             "scanner_version": s.scanner_version, "scanned_at": s.scanned_at, "scan_id": s.scan_id,
             "schema_version": SCHEMA_VERSION,
@@ -102,7 +105,7 @@ def _layer_rows(sigs: list[Signature]) -> pa.Table:
                 "scan_id": s.scan_id, "model": s.model, "revision": s.revision, "layer": stat.layer,
                 "role": stat.role, "numel": m.count, "mean": m.mean, "std": m.std, "min": m.min,
                 "max": m.max, "absmax": m.absmax, "skew": m.skew, "kurtosis": m.kurtosis,
-                "std_se": stat.std_se,
+                "std_se": stat.std_se, "folded_std": stat.folded_std,
             })
     return pa.Table.from_pylist(rows, schema=LAYERS_SCHEMA)
 
@@ -200,13 +203,29 @@ class Store:
             raise SourceError(model, f"not in the store at {self.root}")
         return found[0]
 
+    def nearest(self, vector: list[float], exclude: tuple[str, str], limit: int = 100) -> list[Signature]:
+        """The pre-filter of ``match``: the stored signatures whose embeddings have the largest inner
+        product with ``vector`` (embeddings are centred and unit-normalised: a correlation)."""
+        with self.connect() as con:
+            keys = con.execute(
+                f"SELECT model, revision FROM signatures WHERE embedding IS NOT NULL AND NOT "
+                f"(model = ? AND revision = ?) ORDER BY array_inner_product(embedding, ?::FLOAT[{EMBED_DIM}]) "
+                f"DESC LIMIT ?", [*exclude, vector, limit]).fetchall()
+        if not keys:
+            return []
+        where = " OR ".join(["(model = ? AND revision = ?)"] * len(keys))
+        return self.curves(where, [v for key in keys for v in key])
+
     def curves(self, where: str = "true", params: list | None = None, limit: int | None = None
                ) -> list[Signature]:
         """Stored signatures with their curves (not their layers), newest first."""
-        query = (f"SELECT model, revision, source, n_layers, family, curves FROM signatures WHERE {where} "
-                 f"ORDER BY scanned_at DESC, model" + (f" LIMIT {int(limit)}" if limit else ""))
+        query = (f"SELECT model, revision, source, n_layers, family, format, curves, invariants, declared_base "
+                 f"FROM signatures WHERE {where} ORDER BY scanned_at DESC, model"
+                 + (f" LIMIT {int(limit)}" if limit else ""))
         with self.connect() as con:
             rows = con.execute(query, params or []).fetchall()
-        return [Signature(model, revision, source, n_layers=n_layers, family=family,
-                          curves={k: v for k, v in (curves or {}).items() if v is not None})
-                for model, revision, source, n_layers, family, curves in rows]
+        return [Signature(model, revision, source, n_layers=n_layers, family=family, format=fmt,
+                          curves={k: v for k, v in (curves or {}).items() if v is not None},
+                          invariants={k: v for k, v in (inv or {}).items() if v is not None},
+                          declared_base=list(base or []))
+                for model, revision, source, n_layers, family, fmt, curves, inv, base in rows]

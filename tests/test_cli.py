@@ -35,13 +35,13 @@ def test_compare_json_and_plot(capsys, db, zoo_by_name, tmp_path):
     assert set(data) >= {"a", "b", "paper_score", "score", "p_value", "verdict", "per_role", "alignment"}
     assert data["a"].startswith("llama-a@") and data["b"].startswith("llama-a-pruned@")
     assert 0.9 < data["paper_score"] <= 1 and set(data["per_role"]) == set("qkvo")
-    assert len(data["alignment"]) == 12 and data["alignment"][-1] == {"layer": 11, "position": 7.0}
+    assert data["verdict"] == "derived" and len(data["alignment"]) == 8  # every layer of the pruned copy
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
 def test_compare_human(capsys, db):
     code, out, _ = run(capsys, "compare", "llama-a", "llama-b", "--db", db)
-    assert code == 0 and "paper_score" in out and "  q  r = " in out
+    assert code == 0 and "paper_score" in out and "  q  r = " in out and "verdict      unrelated" in out
 
 
 def test_compare_unknown_id(capsys, db):
@@ -54,7 +54,7 @@ def test_match(capsys, db):
     data = json.loads(out)
     assert code == 0 and data["query"].startswith("gpt2-a-ft@") and len(data["matches"]) == 3
     assert all(m["model"].startswith("gpt2-a") for m in data["matches"])
-    scores = [m["paper_score"] for m in data["matches"]]
+    scores = [m["score"] for m in data["matches"]]
     assert scores == sorted(scores, reverse=True)
 
 
@@ -115,7 +115,8 @@ def test_demo(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "zoo"), "--db", str(tmp_path / "db"), "-q", "--json")
     data = json.loads(out)
     assert code == 0 and len(data["rows"]) == 25
-    assert all(r["family_hit"] for r in data["rows"])
+    assert all(r["family_hit"] and r["verdict"] == "derived" for r in data["rows"])
+    assert "derived" not in data["stranger_verdicts"]
     assert (tmp_path / "zoo" / "compare.png").is_file() and (tmp_path / "zoo" / "lineage.csv").is_file()
 
 

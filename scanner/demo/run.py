@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.cluster import run_batch
 from scanner.demo.zoo import build_zoo
-from scanner.lineage import paper_score, rank
+from scanner.evidence import decide
+from scanner.null import synthetic_null
 from scanner.plot import plot_curves
 from scanner.store import Store
 
@@ -17,10 +19,11 @@ class DemoRow:
     model: str
     relation: str
     parent: str
-    parent_score: float
-    best_match: str
-    parent_rank: int | None
-    #: the best match is the parent or a sibling: the lineage family is right
+    paper_score: float
+    score: float
+    verdict: str
+    kind: str | None
+    #: the best match by score is the parent or a sibling: the lineage family is right
     family_hit: bool
 
 
@@ -28,13 +31,10 @@ class DemoRow:
 class DemoReport:
     rows: list[DemoRow]
     plot: Path
-    #: highest paper_score between models of different families: the seed method's false-alarm level
+    #: highest score between models of different families, by each method: the false-alarm level
+    stranger_paper: float
     stranger_score: float
-    stranger_pair: tuple[str, str]
-
-    @property
-    def top1(self) -> int:
-        return sum(r.parent_rank == 1 for r in self.rows)
+    stranger_verdicts: dict[str, int]
 
 
 def run_demo(out: str | Path, store: Store, backend: str = "auto", progress: bool = True) -> DemoReport:
@@ -43,21 +43,29 @@ def run_demo(out: str | Path, store: Store, backend: str = "auto", progress: boo
     summary = run_batch([e.path for e in entries], store, backend=backend, progress=progress)
     if summary.failed:
         raise RuntimeError(f"demo zoo failed to scan: {summary.failed[0].error}")
-    sigs = {s.model: s for s in store.curves() if s.model in {e.model for e in entries}}
+    names = {e.model for e in entries}
+    sigs = {s.model: s for s in store.curves() if s.model in names}
     root = {e.model: e.parent or e.model for e in entries}
+
+    def judge(a: str, b: str):
+        return decide(sigs[a], sigs[b], list(synthetic_null(sigs[a].n_layers, sigs[b].n_layers)))
+
     rows = []
     for e in entries:
         if e.parent is None:
             continue
-        query = sigs[e.model]
-        ranked = rank(query, list(sigs.values()), top=len(sigs))
-        names = [m.model for m in ranked]
-        rows.append(DemoRow(e.model, e.relation, e.parent, paper_score(query.curves, sigs[e.parent].curves).score,
-                            names[0], names.index(e.parent) + 1, root[names[0]] == e.parent))
-    strangers = [(paper_score(sigs[a].curves, sigs[b].curves).score, (a, b))
-                 for a in sigs for b in sigs if a < b and root[a] != root[b]]
-    stranger_score, stranger_pair = max(strangers)
+        v = judge(e.model, e.parent)
+        others = [(judge(e.model, n).evidence.score, n) for n in sigs if n != e.model]
+        best = max((s, n) for s, n in others if math.isfinite(s))[1]
+        rows.append(DemoRow(e.model, e.relation, e.parent, v.paper.score, v.evidence.score, v.verdict, v.kind,
+                            root[best] == e.parent))
+    strangers = [judge(a, b) for a in sorted(sigs) for b in sorted(sigs) if a < b and root[a] != root[b]]
+    verdicts: dict[str, int] = {}
+    for v in strangers:
+        verdicts[v.verdict] = verdicts.get(v.verdict, 0) + 1
     first = next(r for r in rows if r.relation == "continued")
     plot = plot_curves([sigs[first.parent], sigs[first.model]], Path(out) / "compare.png",
-                       title=f"{first.parent} vs {first.model} (paper_score {first.parent_score:.3f})")
-    return DemoReport(rows, plot, stranger_score, stranger_pair)
+                       title=f"{first.parent} vs {first.model}: {first.verdict}, score {first.score:.3f}, "
+                             f"paper_score {first.paper_score:.3f}")
+    return DemoReport(rows, plot, max(v.paper.score for v in strangers),
+                      max(v.evidence.score for v in strangers), verdicts)

@@ -217,14 +217,18 @@ class HubSafetensors:
             self.prefetch([name])
         i = self._range_of[name]
         self._submit(i)  # normally already in flight; a batched consumer may read past the window
-        body, _ = self._futures[i].result()
         info = self._tensors[name]
         dtype = TORCH_DTYPE.get(info.dtype)
         if dtype is None:
             raise HeaderError(self.path, f"tensor {name!r}: dtype {info.dtype} cannot be read as numbers")
-        offset = info.start - self._plan[i][1]
         if info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)
+        if i in self._futures:
+            body, _ = self._futures[i].result()
+            offset = info.start - self._plan[i][1]
+        else:  # read again after its range was released (a norm gain, say): fetch just this tensor
+            body, _ = self.client.get(self._urls[name], info.start, info.end - 1)
+            offset = 0
         data = bytearray(memoryview(body)[offset : offset + info.nbytes])
         return torch.frombuffer(data, dtype=dtype).view(info.shape)
 
