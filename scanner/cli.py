@@ -234,6 +234,28 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_graph(args) -> int:
+    from scanner.graph import detect, export
+
+    store = Store(args.db)
+    edges = detect(store, args.min_confidence)
+    store.write_edges(edges)
+    graph = export(store, edges, args.out)
+    with store.connect() as con:
+        disagreements = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
+    if args.json:
+        _print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
+        return 0
+    print(f"{len(edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}")
+    for family in graph["families"]:
+        if len(family) > 1:
+            print("  " + ", ".join(family))
+    if disagreements:
+        print("cards and weights disagree:")
+        _print_table(["model", "other", "problem"], disagreements)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from scanner.demo.run import run_demo
 
@@ -322,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+")
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("graph", parents=[common], help="lineage graph of the store: detected and declared edges")
+    p.add_argument("--min-confidence", type=float, default=0.99, help="1 - p-value an edge needs (default 0.99)")
+    p.add_argument("--out", default="lineage-graph.json", help="FILE.graphml or FILE.json")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("demo", parents=[common], help="build the demo zoo, scan it, print the lineage table")
     p.add_argument("--out", default="./lineage-demo", help="where the zoo is written")

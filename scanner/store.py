@@ -61,7 +61,13 @@ CATALOG_SCHEMA = pa.schema([
     ("downloads", pa.int64()), ("listed_at", pa.timestamp("us", tz="UTC")),
 ])
 
-TABLES = {"signatures": SIGNATURES_SCHEMA, "layers": LAYERS_SCHEMA, "catalog": CATALOG_SCHEMA}
+EDGES_SCHEMA = pa.schema([
+    ("a", pa.string()), ("b", pa.string()), ("score", pa.float64()), ("p_value", pa.float64()),
+    ("kind", pa.string()), ("computed_at", pa.timestamp("us", tz="UTC")),
+])
+
+TABLES = {"signatures": SIGNATURES_SCHEMA, "layers": LAYERS_SCHEMA, "catalog": CATALOG_SCHEMA,
+          "edges": EDGES_SCHEMA}
 
 VIEWS = {
     "scans": "SELECT * REPLACE (embedding::FLOAT[{dim}] AS embedding) FROM signatures_files",
@@ -75,6 +81,26 @@ VIEWS = {
     # listed commits without a signature yet (gated repos are left out: they cannot be read)
     "todo": "SELECT c.* FROM catalog c ANTI JOIN signatures s ON c.model = s.model AND c.sha = s.revision "
             "WHERE NOT c.gated",
+    # the newest detection run (lineage graph): pairs of models judged derived
+    "edges": "SELECT * FROM edges_files WHERE computed_at = (SELECT max(computed_at) FROM edges_files)",
+    # where model cards and weights disagree: a declared base the weights do not support (both scanned), or
+    # lineage the weights show that no card declares
+    "disagreements": """
+        WITH RECURSIVE declared AS (SELECT model, unnest(declared_base) AS base FROM signatures),
+             chain(model, ancestor) AS (
+                 SELECT model, model FROM signatures
+                 UNION SELECT c.model, d.base FROM chain c JOIN declared d ON d.model = c.ancestor),
+             undirected AS (SELECT a, b FROM edges UNION ALL SELECT b, a FROM edges)
+        SELECT d.model, d.base AS other, 'declared base not supported by the weights' AS problem, NULL AS score
+        FROM declared d
+        WHERE d.base IN (SELECT model FROM signatures)
+          AND NOT EXISTS (SELECT 1 FROM undirected u WHERE u.a = d.model AND u.b = d.base)
+        UNION ALL
+        SELECT e.a, e.b, 'lineage the weights show but no card declares', e.score
+        FROM edges e
+        WHERE NOT EXISTS (SELECT 1 FROM chain x JOIN chain y ON x.ancestor = y.ancestor
+                          WHERE x.model = e.a AND y.model = e.b)
+    """,
 }
 
 
@@ -162,6 +188,14 @@ class Store:
             self.fs.delete_file(f)
         return len(files), 1
 
+    def write_edges(self, edges) -> int:
+        """Append one detection run's edges (see :mod:`scanner.graph`); the ``edges`` view shows the newest."""
+        now = datetime.now(timezone.utc)
+        rows = [{"a": e.a, "b": e.b, "score": e.score, "p_value": e.p_value, "kind": e.kind, "computed_at": now}
+                for e in edges]
+        self._write_atomic("edges", _stem(), pa.Table.from_pylist(rows, schema=EDGES_SCHEMA))
+        return len(rows)
+
     def write_catalog(self, entries) -> int:
         """Append a catalog listing (see :mod:`scanner.catalog`) as one new file."""
         rows = [{name: getattr(e, name) for name in CATALOG_SCHEMA.names} for e in entries]
@@ -219,7 +253,8 @@ class Store:
     def curves(self, where: str = "true", params: list | None = None, limit: int | None = None
                ) -> list[Signature]:
         """Stored signatures with their curves (not their layers), newest first."""
-        query = (f"SELECT model, revision, source, n_layers, family, format, curves, invariants, declared_base "
+        query = (f"SELECT model, revision, source, n_layers, family, format, curves, invariants, declared_base, "
+                 f"embedding "
                  f"FROM signatures WHERE {where} ORDER BY scanned_at DESC, model"
                  + (f" LIMIT {int(limit)}" if limit else ""))
         with self.connect() as con:
@@ -227,5 +262,5 @@ class Store:
         return [Signature(model, revision, source, n_layers=n_layers, family=family, format=fmt,
                           curves={k: v for k, v in (curves or {}).items() if v is not None},
                           invariants={k: v for k, v in (inv or {}).items() if v is not None},
-                          declared_base=list(base or []))
-                for model, revision, source, n_layers, family, fmt, curves, inv, base in rows]
+                          declared_base=list(base or []), embedding=list(emb) if emb is not None else None)
+                for model, revision, source, n_layers, family, fmt, curves, inv, base, emb in rows]
