@@ -13,6 +13,8 @@ Re-scans append; the views keep the newest row per (model, revision), so ``--for
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Iterable
@@ -136,6 +138,18 @@ def _layer_rows(sigs: list[Signature]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LAYERS_SCHEMA)
 
 
+_SIG_COLUMNS = "model, revision, source, n_layers, family, format, curves, invariants, declared_base, embedding"
+
+
+def _signatures(rows) -> list[Signature]:
+    """Signatures (curves and features, not layers) from rows of _SIG_COLUMNS."""
+    return [Signature(model, revision, source, n_layers=n_layers, family=family, format=fmt,
+                      curves={k: v for k, v in (curves or {}).items() if v is not None},
+                      invariants={k: v for k, v in (inv or {}).items() if v is not None},
+                      declared_base=list(base or []), embedding=list(emb) if emb is not None else None)
+            for model, revision, source, n_layers, family, fmt, curves, inv, base, emb in rows]
+
+
 def _stem() -> str:
     return f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
 
@@ -149,6 +163,7 @@ class Store:
             self.fs, self.base = pafs.FileSystem.from_uri(self.root)
         else:
             self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(self.root)
+        self._index: tuple[str, duckdb.DuckDBPyConnection] | None = None
 
     def files(self, table: str) -> list[str]:
         """Finished data files of ``table`` (temporary files are hidden and never listed)."""
@@ -238,29 +253,56 @@ class Store:
         return found[0]
 
     def nearest(self, vector: list[float], exclude: tuple[str, str], limit: int = 100) -> list[Signature]:
-        """The pre-filter of ``match``: the stored signatures whose embeddings have the largest inner
-        product with ``vector`` (embeddings are centred and unit-normalised: a correlation)."""
-        with self.connect() as con:
-            keys = con.execute(
-                f"SELECT model, revision FROM signatures WHERE embedding IS NOT NULL AND NOT "
-                f"(model = ? AND revision = ?) ORDER BY array_inner_product(embedding, ?::FLOAT[{EMBED_DIM}]) "
-                f"DESC LIMIT ?", [*exclude, vector, limit]).fetchall()
-        if not keys:
+        """The pre-filter of ``match``: the ``limit`` stored signatures (in no particular order) whose
+        embeddings have the largest inner product with ``vector`` (they are centred and unit-normalised,
+        so it is a correlation). In SQL, on the store's match index, a native DuckDB copy of the current
+        signatures (see :meth:`index_path`)."""
+        path = self.index_path()
+        if self._index is None or self._index[0] != path:  # keep it open: its pages stay in DuckDB's cache
+            self._index = (path, duckdb.connect(path, read_only=True))
+        con = self._index[1]
+        # rank on the embedding alone (a top-k aggregate), then fetch the few winners' whole rows
+        (ids,) = con.execute(
+            f"SELECT max_by(rowid, array_inner_product(embedding, ?::FLOAT[{EMBED_DIM}]), ?) FROM signatures "
+            f"WHERE embedding IS NOT NULL AND NOT (model = ? AND revision = ?)",
+            [vector, limit, *exclude]).fetchone()
+        if not ids:
             return []
-        where = " OR ".join(["(model = ? AND revision = ?)"] * len(keys))
-        return self.curves(where, [v for key in keys for v in key])
+        rows = con.execute(f"SELECT {_SIG_COLUMNS} FROM signatures WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+                           [ids]).fetchall()
+        return _signatures(rows)
+
+    def index_path(self) -> str:
+        """A DuckDB file holding the newest successful signatures natively (a scan of 1M embeddings there
+        takes ~0.1 s; of the Parquet files, several times more). Rebuilt when the signature files change;
+        beside a local store, in the user's cache for a remote one. Replaced atomically."""
+        files = self.files("signatures")
+        stamp = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+        if "://" in self.root:
+            folder = os.path.join(os.path.expanduser("~/.cache/lineage-scanner"),
+                                  hashlib.sha256(self.root.encode()).hexdigest()[:16])
+        else:
+            folder = self.base
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"match-index-{stamp}.duckdb")
+        if not os.path.exists(path):
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with self.connect() as con:
+                con.execute(f"ATTACH '{tmp}' AS idx")
+                con.execute(f"CREATE TABLE idx.signatures AS SELECT {_SIG_COLUMNS} FROM signatures")
+                con.execute("DETACH idx")
+            os.replace(tmp, path)
+            for old in os.listdir(folder):  # earlier stamps are stale
+                if old.startswith("match-index-") and old.endswith(".duckdb") and old != os.path.basename(path):
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(folder, old))
+        return path
 
     def curves(self, where: str = "true", params: list | None = None, limit: int | None = None
                ) -> list[Signature]:
         """Stored signatures with their curves (not their layers), newest first."""
-        query = (f"SELECT model, revision, source, n_layers, family, format, curves, invariants, declared_base, "
-                 f"embedding "
-                 f"FROM signatures WHERE {where} ORDER BY scanned_at DESC, model"
+        query = (f"SELECT {_SIG_COLUMNS} FROM signatures WHERE {where} ORDER BY scanned_at DESC, model"
                  + (f" LIMIT {int(limit)}" if limit else ""))
         with self.connect() as con:
             rows = con.execute(query, params or []).fetchall()
-        return [Signature(model, revision, source, n_layers=n_layers, family=family, format=fmt,
-                          curves={k: v for k, v in (curves or {}).items() if v is not None},
-                          invariants={k: v for k, v in (inv or {}).items() if v is not None},
-                          declared_base=list(base or []), embedding=list(emb) if emb is not None else None)
-                for model, revision, source, n_layers, family, fmt, curves, inv, base, emb in rows]
+        return _signatures(rows)
