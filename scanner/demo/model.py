@@ -108,3 +108,33 @@ def prune(parent: ToyModel, name: str, every: int = 3) -> ToyModel:
     child = parent.renamed(name)
     child.layers = [layer for i, layer in enumerate(child.layers) if i % every != 1]
     return child
+
+
+def upscale(parent: ToyModel, name: str) -> ToyModel:
+    """Depth up-scaling: the middle half of the layers repeated (as SOLAR-style models are built)."""
+    child = parent.renamed(name)
+    n = len(child.layers)
+    middle = copy.deepcopy(child.layers[n // 4 : 3 * n // 4])
+    child.layers = child.layers[: 3 * n // 4] + middle + child.layers[3 * n // 4 :]
+    return child
+
+
+def rescale(parent: ToyModel, name: str, seed: int) -> ToyModel:
+    """A function-preserving evasion: Q·a, K/a and V·b, O/b in every layer."""
+    rng = np.random.default_rng(seed)
+    child = parent.renamed(name)
+    for layer in child.layers:
+        a, b = rng.uniform(0.3, 3.0, size=2).astype(np.float32)
+        layer["q"], layer["k"], layer["v"], layer["o"] = layer["q"] * a, layer["k"] / a, layer["v"] * b, layer["o"] / b
+    return child
+
+
+def fold_norms(parent: ToyModel, name: str) -> ToyModel:
+    """Another function-preserving edit: each input-norm gain folded into Q/K/V, the gain set to 1."""
+    child = parent.renamed(name)
+    for layer in child.layers:
+        gain = layer["attn_norm"][None, :]
+        for role in "qkv":
+            layer[role] = layer[role] * gain
+        layer["attn_norm"] = np.ones_like(layer["attn_norm"])
+    return child

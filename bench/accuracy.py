@@ -1,0 +1,116 @@
+"""Accuracy of lineage detection: `paper_score` against `score` on a generated zoo.
+
+Six base families (four llama-style bases that share an architecture and differ only in their seed, one
+qwen2, one phi3), each with derived models: light and heavy drift, pruned, depth up-scaled, MoE upcycle,
+quantized GGUF (Q8_0, Q4_0), rescaled (Q·a, K/a, V·b, O/b), norm-folded, and two combinations (rescaled
+after heavy drift, pruned after norm folding). Positives: each derived model with its parent. Negatives:
+every pair of models from different families. Reports AUROC, TPR at 1% FPR and top-1 parent attribution
+(the parent scores highest among all bases), per method, and the positives that fall short of `derived`.
+
+    python bench/accuracy.py [--out bench/data/accuracy-zoo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import get_backend  # noqa: E402
+from scanner.demo.model import base_model, drift, fold_norms, prune, rescale, upscale  # noqa: E402
+from scanner.demo.writers import write_gguf, write_hf  # noqa: E402
+from scanner.evidence import decide  # noqa: E402
+from scanner.null import synthetic_null  # noqa: E402
+from scanner.scan import scan_strict  # noqa: E402
+
+BASES = [("llama-1", "llama", 101), ("llama-2", "llama", 102), ("llama-3", "llama", 103), ("llama-4", "llama", 104),
+         ("qwen2-1", "qwen2", 201), ("phi3-1", "phi3", 301)]
+
+
+def derivations(base, seed: int):
+    yield "finetune", drift(base, f"{base.name}-ft", seed + 1, 0.05, 0.01), None
+    heavy = drift(base, f"{base.name}-ct", seed + 2, 0.3, 0.08)
+    yield "continued", heavy, None
+    yield "pruned", prune(drift(base, f"{base.name}-pruned", seed + 3, 0.05, 0.01), f"{base.name}-pruned"), None
+    yield "upscaled", upscale(drift(base, f"{base.name}-up", seed + 4, 0.05, 0.01), f"{base.name}-up"), None
+    yield "moe_upcycle", drift(base, f"{base.name}-moe", seed + 5, 0.05, 0.01), "mixtral"
+    yield "rescaled", rescale(base, f"{base.name}-rescaled", seed + 6), None
+    yield "folded", fold_norms(base, f"{base.name}-folded"), None
+    yield "rescaled+continued", rescale(heavy, f"{base.name}-ct-rescaled", seed + 7), None
+    yield "folded+pruned", prune(fold_norms(base, f"{base.name}-fp"), f"{base.name}-fp"), None
+
+
+def build(out: Path) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """Write the zoo; returns (model, parent, relation) rows and each model's path."""
+    truth, paths = [], {}
+    for name, style, seed in BASES:
+        base = base_model(name, style, seed, 12)
+        paths[name] = str(write_hf(base, out / name))
+        for relation, child, model_type in derivations(base, seed * 10):
+            paths[child.name] = str(write_hf(child, out / child.name, model_type=model_type))
+            truth.append((child.name, name, relation))
+        for qtype in ("Q8_0", "Q4_0"):
+            model = f"{name}-{qtype.lower()}"
+            paths[model] = str(write_gguf(base, out / model / f"{model}.gguf", qtype))
+            truth.append((model, name, "quantized"))
+    return truth, paths
+
+
+def _finite(x: float) -> float:
+    """A score that could not be computed (flat curves) counts as the lowest possible."""
+    return x if math.isfinite(x) else -1.0
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    pos, neg = np.asarray(pos), np.asarray(neg)
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+                 / (len(pos) * len(neg)))
+
+
+def tpr_at(pos: list[float], neg: list[float], fpr: float = 0.01) -> float:
+    threshold = np.quantile(np.asarray(neg), 1 - fpr)
+    return float(np.mean(np.asarray(pos) > threshold))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/data/accuracy-zoo")
+    args = parser.parse_args()
+    truth, paths = build(Path(args.out))
+    backend = get_backend("cpu")
+    sigs = {m: scan_strict(p, backend, set())[1] for m, p in paths.items()}
+    root = {m: m for m, _, _ in BASES} | {m: parent for m, parent, _ in truth}
+
+    def judge(a: str, b: str):
+        return decide(sigs[a], sigs[b], list(synthetic_null(sigs[a].n_layers, sigs[b].n_layers)))
+
+    positives = [(m, parent, rel, judge(m, parent)) for m, parent, rel in truth]
+    names = sorted(sigs)
+    negatives = [judge(a, b) for i, a in enumerate(names) for b in names[i + 1:] if root[a] != root[b]]
+    base_names = [b for b, _, _ in BASES]
+    print(f"{len(sigs)} models; {len(positives)} derived pairs, {len(negatives)} unrelated pairs")
+    print(f"{'method':12} {'AUROC':>7} {'TPR@1%FPR':>10} {'top-1 parent':>13}")
+    for method, get in (("paper_score", lambda v: v.paper.score), ("score", lambda v: v.evidence.score)):
+        pos = [_finite(get(v)) for *_, v in positives]
+        neg = [_finite(get(v)) for v in negatives]
+        top1 = np.mean([max(base_names, key=lambda b: _finite(get(judge(m, b)))) == parent
+                        for m, parent, _, _ in positives])
+        print(f"{method:12} {auroc(pos, neg):7.4f} {tpr_at(pos, neg):10.3f} {top1:13.3f}")
+    verdicts = {}
+    for v in negatives:
+        verdicts[v.verdict] = verdicts.get(v.verdict, 0) + 1
+    print(f"unrelated pairs judged: {verdicts}")
+    print(f"{'relation':20} {'pairs':>5} {'derived':>8} {'min score':>10} {'min paper_score':>16}")
+    for relation in dict.fromkeys(rel for _, _, rel, _ in positives):
+        group = [v for _, _, rel, v in positives if rel == relation]
+        print(f"{relation:20} {len(group):5d} {sum(v.verdict == 'derived' for v in group):8d} "
+              f"{min(v.evidence.score for v in group):10.3f} {min(v.paper.score for v in group):16.3f}")
+
+
+if __name__ == "__main__":
+    main()
