@@ -25,7 +25,7 @@ import torch
 
 from scanner.errors import GatedError, HeaderError, RemoteError, SourceError
 from scanner.readers.base import TensorInfo
-from scanner.readers.safetensors_header import TORCH_DTYPE, header_length, parse_header
+from scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
 
 HEADER_PROBE = 100_000
 #: Two tensors closer than this are fetched in one request (a layer's q/k/v/o are adjacent).
@@ -218,9 +218,7 @@ class HubSafetensors:
         i = self._range_of[name]
         self._submit(i)  # normally already in flight; a batched consumer may read past the window
         info = self._tensors[name]
-        dtype = TORCH_DTYPE.get(info.dtype)
-        if dtype is None:
-            raise HeaderError(self.path, f"tensor {name!r}: dtype {info.dtype} cannot be read as numbers")
+        dtype = numeric_dtype(info, self.path)
         if info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)
         if i in self._futures:
@@ -235,7 +233,7 @@ class HubSafetensors:
     def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
         """Runs fetched as range requests, runs closer than SAMPLE_GAP bytes sharing one request."""
         info = self._tensors[name]
-        dtype = TORCH_DTYPE[info.dtype]
+        dtype = numeric_dtype(info, self.path)
         size = torch.empty(0, dtype=dtype).element_size()
         spans: list[list[int]] = []
         for s in sorted(int(x) for x in starts):

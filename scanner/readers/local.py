@@ -19,7 +19,7 @@ import torch
 
 from scanner.errors import HeaderError
 from scanner.readers.base import TensorInfo, content_digest
-from scanner.readers.safetensors_header import TORCH_DTYPE, header_length, parse_header
+from scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
 
 
 class SafetensorsFile:
@@ -53,9 +53,7 @@ class SafetensorsFile:
 
     def _view(self, name: str) -> torch.Tensor:
         info = self._tensors[name]
-        dtype = TORCH_DTYPE.get(info.dtype)
-        if dtype is None:
-            raise HeaderError(self.path, f"tensor {name!r}: dtype {info.dtype} cannot be read as numbers")
+        dtype = numeric_dtype(info, self.path)
         if info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)
         page = mmap.PAGESIZE

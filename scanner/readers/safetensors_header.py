@@ -31,6 +31,14 @@ TORCH_DTYPE = {
 }
 
 
+def numeric_dtype(info: TensorInfo, path: str) -> torch.dtype:
+    """The torch dtype a tensor is read as; raises for types that are not numbers (e.g. F8_E8M0 scales)."""
+    dtype = TORCH_DTYPE.get(info.dtype)
+    if dtype is None:
+        raise HeaderError(path, f"tensor {info.name!r}: dtype {info.dtype} cannot be read as numbers")
+    return dtype
+
+
 def header_length(prefix: bytes, file_size: int, path: str) -> int:
     """Validate the 8-byte little-endian length prefix before fetching the header it announces."""
     if file_size < 8 or len(prefix) < 8:
