@@ -73,3 +73,5 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 BACKEND_NAMES = ["cpu", "triton"]
+
+ROOT = Path(__file__).resolve().parents[1]

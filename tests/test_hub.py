@@ -194,3 +194,21 @@ def test_remote_gguf_equals_local(hub, zoo_by_name, tmp_path):
     assert served <= 1.05 * needed + max(100_000, header_end(path.read_bytes()))
     _, named = scan_strict(f"hf://acme/llama-a-gguf@{remote.revision}/{path.name}", BACKEND, set())
     assert named.curves == local.curves
+
+
+def test_nightly_job_lists_scans_and_compacts(hub, tmp_path):
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("nightly_scan", ROOT / "jobs" / "nightly_scan.py")
+    nightly = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nightly)
+    db = str(tmp_path / "db")
+    assert nightly.main(["--db", db, "--author", "acme", "--workers", "1"]) == 0
+    store = Store(db)
+    models = {m for (m,) in store.connect().execute("SELECT model FROM signatures").fetchall()}
+    assert models == {"acme/llama-a", "acme/llama-a-ft", "acme/phi3-a"}
+    assert len(store.files("signatures")) == 1 and store.todo() == []
+    assert nightly.main(["--db", db, "--author", "acme", "--workers", "1"]) == 0  # the next night: nothing new
+    assert store.connect().execute("SELECT count(*) FROM scans").fetchone()[0] == 3
