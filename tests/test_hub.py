@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,38 @@ def test_nightly_job_lists_scans_and_compacts(hub, tmp_path):
     assert len(store.files("signatures")) == 1 and store.todo() == []
     assert nightly.main(["--db", db, "--author", "acme", "--workers", "1"]) == 0  # the next night: nothing new
     assert store.connect().execute("SELECT count(*) FROM scans").fetchone()[0] == 3
+
+
+def test_mdgbench_job_against_the_stand_in(zoo_by_name, tmp_path, capsys):
+    """A few demo models served under MDGBench names; the rest of the 137 are missing on the stand-in."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    bench = ROOT.parent / "shared" / "benchmarks" / "mdgbench"
+    if not bench.is_dir():
+        pytest.skip("MDGBench ground truth (../shared/benchmarks/mdgbench) is not beside this checkout")
+    spec = importlib.util.spec_from_file_location("mdgbench", ROOT / "jobs" / "mdgbench.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    served = {"TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": "llama-a",
+              "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "llama-a-ft", "Tensoic/TinyLlama-1.1B-3T-openhermes": "llama-a-ct",
+              "meta-llama/Llama-2-7b-hf": "llama-b", "meta-llama/Llama-2-7b-chat-hf": "llama-b-ft"}
+    repos = [Repo(name, Path(zoo_by_name[demo].path)) for name, demo in served.items()]
+    with HubStandIn(repos, page_size=100) as stand_in:
+        mp = pytest.MonkeyPatch()
+        mp.setenv("HF_ENDPOINT", stand_in.endpoint)
+        try:
+            assert job.main(["--db", str(tmp_path / "db"), "--bench", str(bench), "--workers", "2"]) == 0
+        finally:
+            mp.undo()
+    out = capsys.readouterr().out
+    models, clusters, edges = job.load_truth(bench)
+    assert len(models) == 137 and len(clusters) == 17 and len(edges) > 100
+    result = job.evaluate(Store(tmp_path / "db"), models, clusters, edges)
+    assert result["scanned"] == 5 and result["ari_scanned"] == 1.0
+    assert sorted(map(sorted, result["families"])) == [
+        sorted(n for n, d in served.items() if d.startswith("llama-a")),
+        sorted(n for n, d in served.items() if d.startswith("llama-b"))]
+    assert result["edges_untyped"][0] == 1.0  # every detected edge is a true one
+    assert "clustering ARI" in out and "TensorLock" in out
