@@ -82,18 +82,3 @@ def embedding(features: dict[str, list[float]]) -> list[float] | None:
     vec -= vec.mean()
     norm = np.linalg.norm(vec)
     return None if norm == 0 else (vec / norm).astype(np.float32).tolist()
-
-
-@dataclass(frozen=True)
-class Match:
-    model: str
-    revision: str
-    result: PaperScore
-
-
-def rank(query, candidates, top: int = 10) -> list[Match]:
-    """Candidates (signatures with curves) ordered by paper_score against ``query``, best first."""
-    scored = [Match(c.model, c.revision, paper_score(query.curves, c.curves)) for c in candidates
-              if (c.model, c.revision) != (query.model, query.revision)]
-    scored.sort(key=lambda m: -m.result.score if math.isfinite(m.result.score) else math.inf)
-    return scored[:top]
