@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from kernels import get_backend
 from scanner.scan import scan_sources, scan_strict
@@ -255,3 +256,20 @@ def test_mdgbench_job_against_the_stand_in(zoo_by_name, tmp_path, capsys):
         sorted(n for n, d in served.items() if d.startswith("llama-b"))]
     assert result["edges_untyped"][0] == 1.0  # every detected edge is a true one
     assert "clustering ARI" in out and "TensorLock" in out
+
+
+def test_reading_beyond_the_prefetched_plan(hub, zoo_by_name):
+    """A tensor read without being prefetched gets its own range; the planned ones keep theirs."""
+    from safetensors.torch import load_file
+
+    from scanner.sources import open_source
+
+    opened = open_source("hf://acme/llama-a")
+    local = load_file(Path(zoo_by_name["llama-a"].path) / "model.safetensors")
+    a, b, c = (f"model.layers.{i}.self_attn.q_proj.weight" for i in (0, 1, 2))
+    try:
+        opened.reader.prefetch([a, b])
+        assert torch.equal(opened.reader.read(c), local[c])
+        assert torch.equal(opened.reader.read(a), local[a]) and torch.equal(opened.reader.read(b), local[b])
+    finally:
+        opened.close()

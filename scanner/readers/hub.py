@@ -183,7 +183,9 @@ class HubSafetensors:
         return self._tensors
 
     def prefetch(self, names: list[str]) -> None:
-        """Plan coalesced ranges for ``names`` (in this order) and start the first few requests."""
+        """Plan coalesced ranges for ``names`` (in this order) after those already planned, and start the
+        first few requests. A name read without being prefetched is planned on its own."""
+        names = [n for n in names if n not in self._range_of]
         spans = sorted((self._urls[n], self._tensors[n].start, self._tensors[n].end, n) for n in names)
         order = {n: i for i, n in enumerate(names)}
         plan: list[tuple[str, int, int, list[str]]] = []
@@ -193,8 +195,9 @@ class HubSafetensors:
             else:
                 plan.append((url, start, end, [name]))
         plan.sort(key=lambda r: min(order[n] for n in r[3]))
-        self._plan = plan
-        for i, (_, _, _, members) in enumerate(plan):
+        first = len(self._plan)
+        self._plan += plan
+        for i, (_, _, _, members) in enumerate(plan, start=first):
             self._pending[i] = len(members)
             for n in members:
                 self._range_of[n] = i
