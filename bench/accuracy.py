@@ -25,7 +25,6 @@ from kernels import get_backend  # noqa: E402
 from scanner.demo.model import base_model, drift, fold_norms, prune, rescale, upscale  # noqa: E402
 from scanner.demo.writers import write_gguf, write_hf  # noqa: E402
 from scanner.evidence import decide  # noqa: E402
-from scanner.null import synthetic_null  # noqa: E402
 from scanner.scan import scan_strict  # noqa: E402
 
 BASES = [("llama-1", "llama", 101), ("llama-2", "llama", 102), ("llama-3", "llama", 103), ("llama-4", "llama", 104),
@@ -87,7 +86,7 @@ def main() -> None:
     root = {m: m for m, _, _ in BASES} | {m: parent for m, parent, _ in truth}
 
     def judge(a: str, b: str):
-        return decide(sigs[a], sigs[b], list(synthetic_null(sigs[a].n_layers, sigs[b].n_layers)))
+        return decide(sigs[a], sigs[b])
 
     positives = [(m, parent, rel, judge(m, parent)) for m, parent, rel in truth]
     names = sorted(sigs)

@@ -80,7 +80,7 @@ def main() -> None:
             t0 = time.perf_counter()
             candidates = store.nearest(query.embedding, (query.model, query.revision), 100)
             t1 = time.perf_counter()
-            verdicts = [decide(query, c, list(synthetic_null(LAYERS, LAYERS))) for c in candidates]
+            verdicts = [decide(query, c) for c in candidates]
             t2 = time.perf_counter()
             prefilter.append(t1 - t0)
             rescore.append(t2 - t1)

@@ -18,6 +18,7 @@ import duckdb
 from kernels import BACKENDS, BackendUnavailable
 from scanner import __version__
 from scanner.errors import ScanError
+from scanner.evidence import decide
 from scanner.lineage import EMBED_DIM
 from scanner.store import Store
 
@@ -127,19 +128,12 @@ def verdict_json(v) -> dict:
     }
 
 
-def judge(a, b):
-    from scanner.evidence import decide
-    from scanner.null import synthetic_null
-
-    return decide(a, b, list(synthetic_null(a.n_layers or 0, b.n_layers or 0)))
-
-
 def cmd_compare(args) -> int:
     from scanner.scan import signature_for
 
     store = Store(args.db)
     a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
-    v = judge(a, b)
+    v = decide(a, b)
     out = verdict_json(v)
     if args.plot:
         from scanner.plot import plot_curves
@@ -174,7 +168,7 @@ def cmd_match(args) -> int:
     store = Store(args.db)
     query = signature_for(args.source, store, args.backend)
     candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
-    verdicts = sorted((judge(query, c) for c in candidates),
+    verdicts = sorted((decide(query, c) for c in candidates),
                       key=lambda v: -v.evidence.score if math.isfinite(v.evidence.score) else math.inf)
     q_values = benjamini_hochberg([v.p_value for v in verdicts])
     rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,

@@ -148,8 +148,15 @@ def p_value(score: float, null: list[float]) -> float | None:
     return max(tail, 1e-12)
 
 
-def decide(a, b, null: list[float]) -> Verdict:
-    """Score two signatures (with ``curves``, ``invariants``, ``family``, ``format``, ``n_layers``)."""
+def decide(a, b, null: list[float] | None = None) -> Verdict:
+    """Score two signatures (with ``curves``, ``invariants``, ``family``, ``format``, ``n_layers``).
+
+    ``null``: scores of unrelated pairs to calibrate against; by default the built-in synthetic null at
+    these two depths (see :mod:`scanner.null`)."""
+    if null is None:
+        from scanner.null import synthetic_null  # it scores with this module: import on use
+
+        null = list(synthetic_null(a.n_layers or 0, b.n_layers or 0))
     paper = paper_score(a.curves, b.curves)
     ev = evidence(a.invariants or {}, b.invariants or {})
     p = p_value(ev.score, null)

@@ -21,7 +21,16 @@ from kernels.stats import Moments
 from scanner.errors import NonFiniteError
 from scanner.layouts import Layout, Part
 from scanner.readers.base import Reader, TensorInfo
-from scanner.sampling import ROUNDS, SURVEY_SE, SamplePlan, next_fraction, pooled, required_se, runs_for
+from scanner.sampling import (
+    ROUNDS,
+    SURVEY_SE,
+    SamplePlan,
+    fraction_for,
+    next_fraction,
+    pooled,
+    required_se,
+    runs_for,
+)
 
 #: Tensors smaller than this are always read whole: a sample would save nothing worth a request.
 MIN_SAMPLED = 1 << 14
@@ -195,8 +204,7 @@ def _estimate(reader: Reader, name: str, part: Part, backend: MomentsBackend, pl
     """One part from stratified runs, at larger fractions until ``target`` is met; else read whole."""
     info = reader.tensors()[name]
     spans = flat_spans(part, info.shape)
-    fraction = plan.fraction if target is None else SamplePlan(target_se=target).first_fraction(
-        sum(n for _, n in spans))
+    fraction = plan.fraction if target is None else fraction_for(target, sum(n for _, n in spans))
     for round_ in range(ROUNDS):
         starts = _run_starts(rng, spans, fraction, plan.max_runs)
         if starts is None:

@@ -35,13 +35,12 @@ class SamplePlan:
     seed: int = 0
     max_runs: int = MAX_RUNS
 
-    def first_fraction(self, length: int) -> float:
-        """The fraction to start from: the one given, else enough elements for ``target_se`` if the values
-        were independent with the kurtosis of trained weights (about 9), n = (kurtosis - 1) / (4 E²), times a
-        design effect of 2 for runs taken in clusters from rows of unequal scale."""
-        if self.fraction is not None:
-            return self.fraction
-        return min(1.0, 4.0 / (self.target_se**2 * length))
+
+def fraction_for(target_se: float, length: int) -> float:
+    """The fraction to start from for ``target_se``: enough elements if the values were independent with the
+    kurtosis of trained weights (about 9), n = (kurtosis - 1) / (4 E²), times a design effect of 2 for runs
+    taken in clusters from rows of unequal scale."""
+    return min(1.0, 4.0 / (target_se**2 * length))
 
 
 def runs_for(rng: np.random.Generator, length: int, fraction: float, max_runs: int = MAX_RUNS

@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from kernels import get_backend
 from scanner.evidence import align, benjamini_hochberg, decide, evidence
-from scanner.null import synthetic_null
 from scanner.scan import scan_strict
 
 CPU = get_backend("cpu")
@@ -21,10 +20,6 @@ CPU = get_backend("cpu")
 
 def scan(path):
     return scan_strict(str(path), CPU, set())[1]
-
-
-def judge(a, b):
-    return decide(a, b, list(synthetic_null(a.n_layers, b.n_layers)))
 
 
 def transformed(zoo_by_name, tmp_path, name, change):
@@ -58,7 +53,7 @@ def fold_norms(tensors, rng):
 def test_rescaling_evasion_is_caught(zoo_by_name, tmp_path):
     parent = scan(zoo_by_name["llama-a"].path)
     evader = scan(transformed(zoo_by_name, tmp_path, "evader", rescale))
-    v = judge(evader, parent)
+    v = decide(evader, parent)
     assert v.paper.score < 0.6, "the seed method is fooled by the rescaling"
     assert v.evidence.score > 0.99 and v.verdict == "derived"
     assert v.kind == "rescaled weights (possible evasion)"
@@ -71,7 +66,7 @@ def test_norm_folding_changes_nothing(zoo_by_name, tmp_path):
     folded = scan(transformed(zoo_by_name, tmp_path, "folded", fold_norms))
     for name in ("qk", "vo"):
         assert np.allclose(folded.invariants[name], parent.invariants[name], atol=2e-3)
-    v = judge(folded, parent)
+    v = decide(folded, parent)
     assert v.verdict == "derived" and v.evidence.score > 0.99
 
 
@@ -80,7 +75,7 @@ def test_pruned_layers_align_to_their_originals(zoo_by_name):
     kept = [i for i in range(12) if i % 3 != 1]
     pairs = evidence(pruned.invariants, parent.invariants).alignment
     assert sum(kept[i] == j for i, j in pairs) >= 7, pairs
-    v = judge(pruned, parent)
+    v = decide(pruned, parent)
     assert v.verdict == "derived" and v.kind == "pruned or depth up-scaled"
 
 
@@ -89,9 +84,9 @@ def test_zoo_verdicts(zoo):
     root = {e.model: e.parent or e.model for e in zoo}
     for e in zoo:
         if e.parent:
-            assert judge(sigs[e.model], sigs[e.parent]).verdict == "derived", e.model
+            assert decide(sigs[e.model], sigs[e.parent]).verdict == "derived", e.model
     names = sorted(sigs)
-    strangers = [judge(sigs[a], sigs[b]) for a in names for b in names if a < b and root[a] != root[b]]
+    strangers = [decide(sigs[a], sigs[b]) for a in names for b in names if a < b and root[a] != root[b]]
     assert not [v for v in strangers if v.verdict == "derived"]
     assert max(v.evidence.score for v in strangers) < max(v.paper.score for v in strangers) + 0.1
 
@@ -108,7 +103,7 @@ def test_flat_curves_are_inconclusive(tmp_path):
     save_file(tensors, d / "model.safetensors")
     flat = scan(d)
     flat.invariants = {k: [0.0] * 6 for k in flat.invariants}  # perfectly flat: no shape at all
-    v = judge(flat, flat)
+    v = decide(flat, flat)
     assert v.verdict == "inconclusive" and "low information" in v.reason
 
 

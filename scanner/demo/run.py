@@ -9,7 +9,6 @@ from pathlib import Path
 from scanner.cluster import run_batch
 from scanner.demo.zoo import build_zoo
 from scanner.evidence import decide
-from scanner.null import synthetic_null
 from scanner.plot import plot_curves
 from scanner.store import Store
 
@@ -48,7 +47,7 @@ def run_demo(out: str | Path, store: Store, backend: str = "auto", progress: boo
     root = {e.model: e.parent or e.model for e in entries}
 
     def judge(a: str, b: str):
-        return decide(sigs[a], sigs[b], list(synthetic_null(sigs[a].n_layers, sigs[b].n_layers)))
+        return decide(sigs[a], sigs[b])
 
     rows = []
     for e in entries:
