@@ -182,9 +182,18 @@ def _kind(a, b, ev: Evidence, paper: PaperScore) -> str:
         return "MoE upcycle"
     if math.isfinite(paper.score) and paper.score < 0.5 and ev.score > 0.8:
         return "rescaled weights (possible evasion)"
-    if (a.format == "gguf") != (b.format == "gguf") and ev.score > 0.98:
+    if quantized(a) != quantized(b) and ev.score > 0.98:
         return "quantized copy"
     return "fine-tune" if ev.score > 0.95 else "continued training"
+
+
+#: Storage types of unquantized weights; anything else (GGUF Q*/IQ*, GPTQ, AWQ, fp8, bitsandbytes) is quantized.
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def quantized(sig) -> bool:
+    """Whether a signature's attention weights were stored quantized (GGUF counts as a quantized export)."""
+    return sig.format == "gguf" or (sig.dtype is not None and sig.dtype not in FLOAT_DTYPES)
 
 
 def benjamini_hochberg(p_values: list[float | None]) -> list[float | None]:

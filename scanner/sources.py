@@ -17,6 +17,7 @@ from scanner.errors import ConfigError, SourceError, UnsafeFormatError
 from scanner.readers.base import Reader
 from scanner.readers.gguf_file import GgufFile
 from scanner.readers.local import ShardedSafetensors
+from scanner.readers.quantized import dequantizing
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
@@ -55,11 +56,13 @@ def open_local(text: str | Path) -> OpenedModel:
         reader = GgufFile(path)
         return _opened(path.stem, path, "gguf", reader.metadata, reader, [])
     if name.endswith(".index.json"):
-        reader = ShardedSafetensors.from_index(path)
-        return _opened(path.parent.name, path, "safetensors", _config_beside(path), reader, _card(path.parent))
+        config = _config_beside(path)
+        reader = dequantizing(ShardedSafetensors.from_index(path), config)
+        return _opened(path.parent.name, path, "safetensors", config, reader, _card(path.parent))
     if name.endswith(".safetensors"):
-        reader = ShardedSafetensors([path])
-        return _opened(path.stem, path, "safetensors", _config_beside(path), reader, _card(path.parent))
+        config = _config_beside(path)
+        reader = dequantizing(ShardedSafetensors([path]), config)
+        return _opened(path.stem, path, "safetensors", config, reader, _card(path.parent))
     raise SourceError(path, "not a checkpoint (expected a directory, .safetensors, "
                             f"{INDEX_NAME} or .gguf)")
 
@@ -82,7 +85,8 @@ def _open_directory(path: Path) -> OpenedModel:
         reader = GgufFile(ggufs[0])
         return _opened(path.name, path, "gguf", reader.metadata, reader, _card(path))
     config = _read_config(path / "config.json")
-    reader = ShardedSafetensors.from_index(index) if index.is_file() else ShardedSafetensors(shards)
+    reader = dequantizing(ShardedSafetensors.from_index(index) if index.is_file() else ShardedSafetensors(shards),
+                          config)
     return _opened(path.name, path, "safetensors", config, reader, _card(path))
 
 
@@ -179,7 +183,7 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
             raise _pickle_refusal(client.source)
         raise SourceError(client.source, "no .safetensors weights in the repo")
     config = fetch_json(client, info.id, sha, "config.json") if "config.json" in top else {}
-    reader = HubSafetensors(client, info.id, sha, shards)
+    reader = dequantizing(HubSafetensors(client, info.id, sha, shards), config)
     return OpenedModel(info.id, sha, client.source, "safetensors", config, reader, declared, relation)
 
 

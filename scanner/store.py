@@ -138,16 +138,17 @@ def _layer_rows(sigs: list[Signature]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LAYERS_SCHEMA)
 
 
-_SIG_COLUMNS = "model, revision, source, n_layers, family, format, curves, invariants, declared_base, embedding"
+_SIG_COLUMNS = ("model, revision, source, n_layers, family, format, dtype, curves, invariants, declared_base, "
+                "embedding")
 
 
 def _signatures(rows) -> list[Signature]:
     """Signatures (curves and features, not layers) from rows of _SIG_COLUMNS."""
-    return [Signature(model, revision, source, n_layers=n_layers, family=family, format=fmt,
+    return [Signature(model, revision, source, n_layers=n_layers, family=family, format=fmt, dtype=dtype,
                       curves={k: v for k, v in (curves or {}).items() if v is not None},
                       invariants={k: v for k, v in (inv or {}).items() if v is not None},
                       declared_base=list(base or []), embedding=list(emb) if emb is not None else None)
-            for model, revision, source, n_layers, family, fmt, curves, inv, base, emb in rows]
+            for model, revision, source, n_layers, family, fmt, dtype, curves, inv, base, emb in rows]
 
 
 def _stem() -> str:
@@ -277,7 +278,7 @@ class Store:
         takes ~0.1 s; of the Parquet files, several times more). Rebuilt when the signature files change;
         beside a local store, in the user's cache for a remote one. Replaced atomically."""
         files = self.files("signatures")
-        stamp = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+        stamp = hashlib.sha256("\n".join([_SIG_COLUMNS, *files]).encode()).hexdigest()[:16]
         if "://" in self.root:
             folder = os.path.join(os.path.expanduser("~/.cache/lineage-scanner"),
                                   hashlib.sha256(self.root.encode()).hexdigest()[:16])

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from scanner.cli import build_parser, main
+from scanner.demo.zoo import read_truth
 from tests.conftest import write_llama
 
 
@@ -58,7 +59,7 @@ def test_match(capsys, db):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_sql_json_csv_and_table(capsys, db):
+def test_sql_json_csv_and_table(capsys, db, zoo):
     q = "SELECT family, count(*) AS n FROM signatures GROUP BY family ORDER BY family"
     code, out, _ = run(capsys, "sql", q, "--db", db, "--json")
     rows = json.loads(out)
@@ -66,7 +67,7 @@ def test_sql_json_csv_and_table(capsys, db):
     code, out, _ = run(capsys, "sql", q, "--db", db, "--csv")
     assert list(csv.reader(io.StringIO(out)))[0] == ["family", "n"]
     code, out, _ = run(capsys, "sql", "SELECT count(*) AS models FROM signatures", "--db", db)
-    assert out.splitlines()[2].strip() == "30"
+    assert out.splitlines()[2].strip() == str(len(zoo))
 
 
 def test_sql_from_stdin(capsys, db, monkeypatch):
@@ -114,8 +115,10 @@ def test_scan_json_and_skip(capsys, tmp_path):
 def test_demo(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "zoo"), "--db", str(tmp_path / "db"), "-q", "--json")
     data = json.loads(out)
-    assert code == 0 and len(data["rows"]) == 25
+    truth = read_truth(tmp_path / "zoo" / "lineage.csv")
+    assert code == 0 and len(data["rows"]) == sum(1 for e in truth if e.parent)
     assert all(r["family_hit"] and r["verdict"] == "derived" for r in data["rows"])
+    assert all(r["kind"] == "quantized copy" for r in data["rows"] if r["relation"] == "quantized")
     assert "derived" not in data["stranger_verdicts"]
     assert (tmp_path / "zoo" / "compare.png").is_file() and (tmp_path / "zoo" / "lineage.csv").is_file()
 

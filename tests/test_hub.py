@@ -26,6 +26,8 @@ def hub(zoo_by_name, tmp_path_factory):
         card = {"base_model": "acme/llama-a", "base_model_relation": "finetune"} if name == "llama-a-ft" else {}
         repos.append(Repo(f"{org}/{name}", path, card=card, downloads=len(name)))
     repos.append(Repo("acme/locked", shutil.copytree(zoo_by_name["llama-b"].path, root / "locked"), gated=True))
+    for name in ("llama-a-gptq", "phi3-a-bnb-nf4"):
+        repos.append(Repo(f"quant/{name}", shutil.copytree(zoo_by_name[name].path, root / name)))
     with HubStandIn(repos) as server:
         mp = pytest.MonkeyPatch()
         mp.setenv("HF_ENDPOINT", server.endpoint)
@@ -43,6 +45,14 @@ def test_remote_scan_equals_local_scan(hub, zoo_by_name):
     assert remote.source == f"hf://acme/llama-a@{remote.revision}"
     assert [(s.layer, s.role, s.moments) for s in remote.layers] == [(s.layer, s.role, s.moments) for s in local.layers]
     assert remote.curves == local.curves and remote.params == local.params
+
+
+@pytest.mark.parametrize("name", ["llama-a-gptq", "phi3-a-bnb-nf4"])
+def test_remote_quantized_scan_equals_local(hub, zoo_by_name, name):
+    _, remote = scan_strict(f"hf://quant/{name}", BACKEND, set())
+    _, local = scan_strict(zoo_by_name[name].path, BACKEND, set())
+    assert remote.dtype == local.dtype and remote.dtype in ("GPTQ_INT4", "BNB_NF4")
+    assert [(s.layer, s.role, s.moments) for s in remote.layers] == [(s.layer, s.role, s.moments) for s in local.layers]
 
 
 def test_byte_budget_and_requests(hub, zoo_by_name):

@@ -37,13 +37,13 @@ def write_hf(model: ToyModel, directory: Path, model_type: str | None = None, sh
     """Write ``model`` as a Hugging Face checkpoint of ``model_type`` (its own style by default)."""
     model_type = model_type or model.style
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = _gpt2_tensors(model) if model_type == "gpt2" else _decoder_tensors(model, model_type)
+    tensors = _gpt2_tensors(model) if model_type == "gpt2" else decoder_tensors(model, model_type)
     _save(_bf16(tensors), directory, shards)
-    (directory / "config.json").write_text(json.dumps(_config(model, model_type), indent=2))
+    (directory / "config.json").write_text(json.dumps(hf_config(model, model_type), indent=2))
     return directory
 
 
-def _config(model: ToyModel, model_type: str) -> dict:
+def hf_config(model: ToyModel, model_type: str) -> dict:
     if model_type == "gpt2":
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": model.hidden,
                 "n_head": model.n_heads, "n_layer": len(model.layers), "vocab_size": model.vocab,
@@ -59,7 +59,7 @@ def _ffn_size(model: ToyModel, model_type: str) -> int:
     return model.intermediate // 4 if model_type in ("mixtral", "qwen2_moe") else model.intermediate
 
 
-def _decoder_tensors(model: ToyModel, model_type: str) -> dict[str, np.ndarray]:
+def decoder_tensors(model: ToyModel, model_type: str) -> dict[str, np.ndarray]:
     out = {"model.embed_tokens.weight": model.embed, "model.norm.weight": np.ones(model.hidden, np.float32)}
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."

@@ -2,7 +2,8 @@
 
 Five bases in four families (two independent llama-style bases act as same-architecture strangers),
 each with a light fine-tune, a heavy continued-training drift, a pruned copy, a fine-grained MoE
-upcycle and a quantized GGUF export. ``lineage.csv`` records the truth. The zoo is also the test
+upcycle and a quantized GGUF export; four also have a quantized safetensors copy (GPTQ, AWQ, fp8,
+bitsandbytes NF4). ``lineage.csv`` records the truth. The zoo is also the test
 fixture, so it is deterministic: the same arguments always write the same bytes.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.demo.model import base_model, drift, prune
+from scanner.demo.quantize import write_quantized
 from scanner.demo.writers import write_card, write_gguf, write_hf
 
 
@@ -24,14 +26,16 @@ class Family:
     n_layers: int
     quant: str
     shards: int = 1
+    #: the scheme of a quantized safetensors copy (see scanner.demo.quantize), if the family has one
+    hub_quant: str | None = None
 
 
 FAMILIES = (
-    Family("llama-a", "llama", 11, 12, "Q8_0"),
-    Family("llama-b", "llama", 12, 12, "Q4_0"),
-    Family("qwen2-a", "qwen2", 21, 10, "Q8_0"),
+    Family("llama-a", "llama", 11, 12, "Q8_0", hub_quant="gptq"),
+    Family("llama-b", "llama", 12, 12, "Q4_0", hub_quant="awq"),
+    Family("qwen2-a", "qwen2", 21, 10, "Q8_0", hub_quant="fp8"),
     Family("gpt2-a", "gpt2", 31, 12, "Q4_0"),
-    Family("phi3-a", "phi3", 41, 8, "Q8_0", shards=2),
+    Family("phi3-a", "phi3", 41, 8, "Q8_0", shards=2, hub_quant="bnb_nf4"),
 )
 
 
@@ -67,6 +71,11 @@ def build_zoo(out: str | Path, hidden: int = 128, families: tuple[Family, ...] =
         path = write_gguf(base, out / gguf_name / f"{gguf_name}.gguf", fam.quant)
         write_card(path.parent, fam.name)
         entries.append(ZooEntry(gguf_name, fam.name, "quantized", str(path.parent)))
+        if fam.hub_quant:
+            name = f"{fam.name}-{fam.hub_quant.replace('_', '-')}"
+            directory = write_quantized(base.renamed(name), out / name, fam.hub_quant)
+            write_card(directory, fam.name)
+            entries.append(ZooEntry(name, fam.name, "quantized", str(directory)))
     out.mkdir(parents=True, exist_ok=True)
     tmp = truth.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
