@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scanner.evidence import decide  # noqa: E402
 from scanner.lineage import EMBED_DIM, embedding  # noqa: E402
-from scanner.null import synthetic_features, synthetic_null  # noqa: E402
+from scanner.null import synthetic, synthetic_features  # noqa: E402
 from scanner.signature import Signature  # noqa: E402
 from scanner.store import SIGNATURES_SCHEMA, Store  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
         store = Store(tmp)
         feats = synthetic_features(LAYERS, 999)
         query = Signature("query", "q", "q", n_layers=LAYERS, invariants=feats, embedding=embedding(feats))
-        synthetic_null(LAYERS, LAYERS)  # cached once per depth pair, as in a long-running service
+        synthetic(LAYERS, LAYERS)  # cached once per depth pair, as in a long-running service
         t = time.perf_counter()
         store.index_path()
         print(f"match index built in {time.perf_counter() - t:.1f} s (once per change of the store)")

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir,
 from scanner.cluster import run_batch  # noqa: E402
 from scanner.evidence import decide  # noqa: E402
 from scanner.graph import Edge, families  # noqa: E402
+from scanner.null import null_for  # noqa: E402
 from scanner.store import Store  # noqa: E402
 
 PUBLISHED = {"ARI": {"seed std method (PDF)": 0.52, "HuRef": 0.69, "MoTHer": 0.50, "REEF": 0.29, "TensorLock": 0.96},
@@ -102,7 +103,7 @@ def evaluate(store: Store, models: list[str], clusters, truth_edges) -> dict:
     sigs = {s.model: s for s in store.curves() if s.model in set(models)}
     edges = []
     for a, b in combinations(sorted(sigs), 2):
-        v = decide(sigs[a], sigs[b])
+        v = decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]))
         if v.verdict == "derived":
             edges.append(Edge(a, b, v.evidence.score, v.p_value, v.kind))
     edges = spanning_forest(edges)

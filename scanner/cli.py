@@ -20,6 +20,7 @@ from scanner import __version__
 from scanner.errors import ScanError
 from scanner.evidence import decide
 from scanner.lineage import EMBED_DIM
+from scanner.null import null_for
 from scanner.store import Store
 
 
@@ -124,7 +125,9 @@ def verdict_json(v) -> dict:
         "a": v.a, "b": v.b, "paper_score": v.paper.score, "score": v.evidence.score, "p_value": v.p_value,
         "verdict": v.verdict, "reason": v.reason, "kind": v.kind,
         "per_role": v.paper.per_role, "per_feature": v.evidence.per_feature,
-        "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment], "null_size": v.null_size,
+        "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment], "p_null": v.p_null,
+        "p_permutation": v.evidence.permutation_p,
+        "null": {"source": v.null.source, "size": v.null_size, "excluded": v.null.excluded} if v.null else None,
     }
 
 
@@ -133,7 +136,7 @@ def cmd_compare(args) -> int:
 
     store = Store(args.db)
     a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
-    v = decide(a, b)
+    v = decide(a, b, null_for(store, a, b))
     out = verdict_json(v)
     if args.plot:
         from scanner.plot import plot_curves
@@ -146,7 +149,8 @@ def cmd_compare(args) -> int:
         return 0
     print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
     print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
-    print(f"score        {_fmt(v.evidence.score)}   p = {_fmt(v.p_value)}")
+    print(f"score        {_fmt(v.evidence.score)}   p = {_fmt(v.p_value)}  (null: {v.null_size} unrelated pairs"
+          f" from the {v.null.source}; layer-order permutation p = {_fmt(v.evidence.permutation_p)})")
     print(f"paper_score  {_fmt(v.paper.score)}")
     for role, r in v.paper.per_role.items():
         print(f"  {role}  r = {_fmt(r)}")
@@ -168,7 +172,7 @@ def cmd_match(args) -> int:
     store = Store(args.db)
     query = signature_for(args.source, store, args.backend)
     candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
-    verdicts = sorted((decide(query, c) for c in candidates),
+    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates),
                       key=lambda v: -v.evidence.score if math.isfinite(v.evidence.score) else math.inf)
     q_values = benjamini_hochberg([v.p_value for v in verdicts])
     rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,

@@ -16,9 +16,11 @@ unrelated pairs (from the store, else a built-in synthetic one) that scores as h
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from scanner.lineage import PaperScore, paper_score
@@ -29,6 +31,8 @@ GAP = 0.6
 FLAT = 0.01
 DERIVED_P = 0.01
 UNRELATED_P = 0.2
+#: Permutations for the layer-order test; below 8 layers every permutation is enumerated instead.
+PERMUTATIONS = 2000
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 
 
@@ -68,27 +72,65 @@ def _matrix(features: dict[str, list[float]]) -> tuple[np.ndarray, list[str]]:
 
 def align(a: np.ndarray, b: np.ndarray, gap: float = GAP) -> list[tuple[int, int]]:
     """Monotone alignment of two layer sequences maximising similarity minus gap costs (Needleman-Wunsch)."""
-    n, m = len(a), len(b)
     sim = 1.0 - ((a[:, None, :] - b[None, :, :]) ** 2).mean(axis=2) / 2.0
+    pairs = _needleman_wunsch(np.ascontiguousarray(sim, dtype=np.float64), float(gap))
+    return [(int(i), int(j)) for i, j in pairs[::-1]]
+
+
+@numba.njit(cache=True)
+def _needleman_wunsch(sim: np.ndarray, gap: float) -> np.ndarray:
+    """The DP and its traceback; returns the matched (i, j) pairs from the end backwards. Ties prefer a
+    match, then a gap in ``b``. Compiled: ``match`` re-scores hundreds of pairs per query."""
+    n, m = sim.shape
     score = np.zeros((n + 1, m + 1))
-    score[1:, 0] = -gap * np.arange(1, n + 1)
-    score[0, 1:] = -gap * np.arange(1, m + 1)
     move = np.zeros((n + 1, m + 1), dtype=np.int8)
     for i in range(1, n + 1):
+        score[i, 0] = -gap * i
+    for j in range(1, m + 1):
+        score[0, j] = -gap * j
+    for i in range(1, n + 1):
         for j in range(1, m + 1):
-            options = (score[i - 1, j - 1] + sim[i - 1, j - 1], score[i - 1, j] - gap, score[i, j - 1] - gap)
-            k = int(np.argmax(options))
-            score[i, j], move[i, j] = options[k], k
-    pairs, i, j = [], n, m
+            diag, up, left = score[i - 1, j - 1] + sim[i - 1, j - 1], score[i - 1, j] - gap, score[i, j - 1] - gap
+            if diag >= up and diag >= left:
+                score[i, j], move[i, j] = diag, 0
+            elif up >= left:
+                score[i, j], move[i, j] = up, 1
+            else:
+                score[i, j], move[i, j] = left, 2
+    out = np.empty((min(n, m), 2), dtype=np.int64)
+    k, i, j = 0, n, m
     while i > 0 and j > 0:
         if move[i, j] == 0:
-            pairs.append((i - 1, j - 1))
+            out[k, 0], out[k, 1] = i - 1, j - 1
+            k += 1
             i, j = i - 1, j - 1
         elif move[i, j] == 1:
             i -= 1
         else:
             j -= 1
-    return pairs[::-1]
+    return out[:k]
+
+
+def permutation_p(xa: np.ndarray, xb: np.ndarray, observed: float, rounds: int = PERMUTATIONS,
+                  seed: int = 0) -> float:
+    """Chance that shuffling the layers of ``b`` scores as high as ``observed``: exact over every
+    permutation when there are at most ``rounds`` of them, else from ``rounds`` random ones.
+
+    Columns are z-scored, so the score of a permutation is a mean of inner products. It tests layer
+    correspondence against layers in random order; curves that share a depth trend are not exchangeable,
+    which is why the verdict also needs the null of unrelated models (see :func:`decide`)."""
+    n = len(xa)
+    if math.factorial(n) <= rounds:
+        orders = np.array(list(itertools.permutations(range(n))))
+    else:
+        rng = np.random.default_rng(seed)
+        orders = np.argsort(rng.random((rounds, n)), axis=1)
+    za = (xa - xa.mean(0)) / xa.std(0)
+    zb = (xb - xb.mean(0)) / xb.std(0)
+    scores = np.einsum("if,pif->p", za, zb[orders]) / (n * za.shape[1])
+    hits = int((scores >= observed - 1e-12).sum())
+    exact = len(orders) == math.factorial(n)
+    return hits / len(orders) if exact else (1 + hits) / (1 + len(orders))
 
 
 @dataclass(frozen=True)
@@ -97,6 +139,8 @@ class Evidence:
     per_feature: dict[str, float]
     alignment: list[tuple[int, int]]
     features: list[str]
+    #: the layer-order permutation test, where it applies (equal depths aligned one to one)
+    permutation_p: float | None = None
 
 
 def evidence(a: dict[str, list[float]], b: dict[str, list[float]]) -> Evidence:
@@ -116,7 +160,22 @@ def evidence(a: dict[str, list[float]], b: dict[str, list[float]]) -> Evidence:
         u, v = xa[list(ia), k], xb[list(ib), k]
         per[f] = float(np.corrcoef(u, v)[0, 1]) if u.std() > 0 and v.std() > 0 else math.nan
     finite = [r for r in per.values() if math.isfinite(r)]
-    return Evidence(float(np.mean(finite)) if finite else math.nan, per, pairs, shared)
+    score = float(np.mean(finite)) if finite else math.nan
+    perm = None
+    if math.isfinite(score) and len(xa) == len(xb) == len(pairs) and all(i == j for i, j in pairs):
+        usable = [k for k, f in enumerate(shared) if math.isfinite(per[f])]
+        perm = permutation_p(xa[:, usable], xb[:, usable], score)
+    return Evidence(score, per, pairs, shared, perm)
+
+
+@dataclass(frozen=True)
+class Null:
+    """Scores of unrelated pairs that a verdict is calibrated against, and where they came from."""
+
+    scores: tuple[float, ...]
+    source: str  # "store": the store's own unrelated pairs | "synthetic": the built-in null
+    #: store pairs left out as outliers, likely relatives no card declares (see scanner.null)
+    excluded: int = 0
 
 
 @dataclass
@@ -125,15 +184,21 @@ class Verdict:
     b: str
     paper: PaperScore
     evidence: Evidence
+    #: the p-value the verdict rests on: the null's, or the permutation test's where that is larger
     p_value: float | None
     verdict: str
     reason: str
     kind: str | None = None
-    null_size: int = 0
-    extra: dict = field(default_factory=dict)
+    null: Null | None = None
+    #: the p-value from the null of unrelated pairs alone
+    p_null: float | None = None
+
+    @property
+    def null_size(self) -> int:
+        return len(self.null.scores) if self.null else 0
 
 
-def p_value(score: float, null: list[float]) -> float | None:
+def p_value(score: float, null: tuple[float, ...] | list[float]) -> float | None:
     """Chance that an unrelated pair scores this high. Empirical while some null score reaches it;
     beyond the null's range, a normal tail fitted to its Fisher-z transformed scores (a finite null
     cannot show a p-value below 1/(n+1) otherwise)."""
@@ -148,30 +213,34 @@ def p_value(score: float, null: list[float]) -> float | None:
     return max(tail, 1e-12)
 
 
-def decide(a, b, null: list[float] | None = None) -> Verdict:
-    """Score two signatures (with ``curves``, ``invariants``, ``family``, ``format``, ``n_layers``).
+def decide(a, b, null: Null | None = None) -> Verdict:
+    """Score two signatures (with ``curves``, ``invariants``, ``family``, ``format``, ``dtype``, ``n_layers``).
 
-    ``null``: scores of unrelated pairs to calibrate against; by default the built-in synthetic null at
-    these two depths (see :mod:`scanner.null`)."""
+    ``null``: unrelated pairs to calibrate against (:func:`scanner.null.null_for` draws them from a
+    store); by default the built-in synthetic null at these two depths. Where the layers align one to
+    one, the layer-order permutation test must agree too: the larger of the two p-values decides."""
     if null is None:
-        from scanner.null import synthetic_null  # it scores with this module: import on use
+        from scanner.null import synthetic  # it scores with this module: import on use
 
-        null = list(synthetic_null(a.n_layers or 0, b.n_layers or 0))
+        null = synthetic(a.n_layers or 0, b.n_layers or 0)
     paper = paper_score(a.curves, b.curves)
     ev = evidence(a.invariants or {}, b.invariants or {})
-    p = p_value(ev.score, null)
-    name_a, name_b = f"{a.model}@{a.revision}", f"{b.model}@{b.revision}"
+    p_null = p_value(ev.score, null.scores)
+    p = p_null if p_null is None or ev.permutation_p is None else max(p_null, ev.permutation_p)
+    n = len(null.scores)
+
+    def verdict(label: str, reason: str, kind: str | None = None) -> Verdict:
+        return Verdict(f"{a.model}@{a.revision}", f"{b.model}@{b.revision}", paper, ev, p, label, reason, kind,
+                       null, p_null)
+
     if not math.isfinite(ev.score):
-        return Verdict(name_a, name_b, paper, ev, None, "inconclusive",
-                       "low information: the curves are flat or too short to carry a shape", None, len(null))
+        return verdict("inconclusive", "low information: the curves are flat or too short to carry a shape")
     if p is not None and p <= DERIVED_P and ev.score > 0:
-        return Verdict(name_a, name_b, paper, ev, p, "derived", f"score {ev.score:.3f} beats "
-                       f"{(1 - p) * 100:.1f}% of {len(null)} unrelated pairs", _kind(a, b, ev, paper), len(null))
+        return verdict("derived", f"score {ev.score:.3f} beats {(1 - p_null) * 100:.1f}% of {n} unrelated pairs "
+                                  f"({null.source} null)", _kind(a, b, ev, paper))
     if p is None or p >= UNRELATED_P:
-        return Verdict(name_a, name_b, paper, ev, p, "unrelated", "score within the range of unrelated pairs",
-                       None, len(null))
-    return Verdict(name_a, name_b, paper, ev, p, "inconclusive", "weak evidence: between unrelated and derived",
-                   None, len(null))
+        return verdict("unrelated", "score within the range of unrelated pairs")
+    return verdict("inconclusive", "weak evidence: between unrelated and derived")
 
 
 def _kind(a, b, ev: Evidence, paper: PaperScore) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scanner.evidence import decide
 from scanner.lineage import EMBED_DIM
+from scanner.null import null_for
 from scanner.store import Store
 
 PREFILTER = 20
@@ -37,7 +38,7 @@ def detect(store: Store, min_confidence: float = 0.99) -> list[Edge]:
             key = tuple(sorted((sig.model, other.model)))
             if key in edges:
                 continue
-            v = decide(sig, other)
+            v = decide(sig, other, null_for(store, sig, other))
             if v.verdict == "derived" and v.p_value is not None and 1 - v.p_value >= min_confidence:
                 edges[key] = Edge(key[0], key[1], v.evidence.score, v.p_value, v.kind)
     return sorted(edges.values(), key=lambda e: (e.a, e.b))

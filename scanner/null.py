@@ -1,24 +1,39 @@
-"""A built-in null for small stores: lineage scores between independently generated models.
+"""Nulls: how high unrelated models score by chance, to turn a lineage score into a p-value.
 
-Each synthetic model is a fresh draw of the demo zoo's generator (smooth random depth profiles, heavy-
-tailed weights, heads and rows of unequal scale, random norm gains) at the depth being compared; its
-features are computed exactly as a scan's. Scores between independent pairs say how high unrelated
-models score by chance. Real models of one era share depth trends this null lacks, so a store's own
-unrelated pairs, where it has enough, are the better null (see README: calibration).
+The store's own null (:func:`null_for`): scores between stored models of different declared families
+(no shared ancestor through their cards' ``base_model``), matched on architecture family and depth
+(within ±20% of each side's depth). Real models of one era share depth trends a generator lacks, so
+this is the null to trust once a store has enough such pairs. Undeclared relatives would inflate it
+(that lineage is what the tool exists to find), so pairs scoring as robust outliers (Fisher z beyond
+the median plus five robust standard deviations) are left out and counted.
+
+The built-in synthetic null (:func:`synthetic`), for a small store: each synthetic model is a fresh
+draw of the demo zoo's generator (smooth random depth profiles, heavy-tailed weights, heads and rows
+of unequal scale, random norm gains) at the depth being compared, its features computed as a scan's.
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from itertools import product
 
 import numpy as np
 
 from scanner.demo.model import base_model
-from scanner.evidence import evidence
+from scanner.evidence import Null, evidence
 
 PAIRS = 60
 HIDDEN = 64
+#: Store pairs needed before the store's null replaces the synthetic one; at most this many are scored.
+MIN_STORE_PAIRS = 50
+MAX_STORE_PAIRS = 400
+#: Stored models sampled on each side of a pair, and how far their depth may differ (relative).
+PEERS = 40
+DEPTH_TOLERANCE = 0.2
+#: Declared ancestry is followed this many generations up.
+MAX_GENERATIONS = 8
+OUTLIER_Z = 5.0
 
 
 def _kurtosis(x: np.ndarray) -> float:
@@ -46,8 +61,77 @@ def synthetic_features(depth: int, seed: int) -> dict[str, list[float]]:
 
 
 @lru_cache(maxsize=64)
-def synthetic_null(depth_a: int, depth_b: int, pairs: int = PAIRS) -> tuple[float, ...]:
+def synthetic(depth_a: int, depth_b: int, pairs: int = PAIRS) -> Null:
     """Scores of ``pairs`` independent synthetic pairs at these depths (cached: they never change)."""
     scores = (evidence(synthetic_features(depth_a, 2 * i), synthetic_features(depth_b, 2 * i + 1)).score
               for i in range(pairs))
-    return tuple(s for s in scores if math.isfinite(s))
+    return Null(tuple(s for s in scores if math.isfinite(s)), "synthetic")
+
+
+def null_for(store, a, b) -> Null:
+    """The null to judge ``a`` against ``b``: the store's own unrelated pairs where it has at least
+    MIN_STORE_PAIRS of them at these architectures and depths, else the synthetic null."""
+    if not (a.family and b.family and a.n_layers and b.n_layers):
+        return synthetic(a.n_layers or 0, b.n_layers or 0)
+    return _store_null(store, store.index_path(), a.family, a.n_layers, b.family, b.n_layers,
+                       tuple(sorted({a.model, b.model})))
+
+
+@lru_cache(maxsize=256)
+def _store_null(store, index: str, family_a: str, depth_a: int, family_b: str, depth_b: int,
+                exclude: tuple[str, ...]) -> Null:
+    """Cached per store state (``index`` names the signature files it was built from)."""
+    side_a = store.peers(family_a, _depths(depth_a), PEERS, list(exclude))
+    side_b = side_a if (family_b, depth_b) == (family_a, depth_a) else \
+        store.peers(family_b, _depths(depth_b), PEERS, list(exclude))
+    lineage = ancestry(store, [*side_a, *side_b])
+    pairs = [(x, y) for x, y in product(side_a, side_b)
+             if x.model < y.model or (x.model != y.model and side_a is not side_b)]
+    pairs = [(x, y) for x, y in pairs if not lineage[x.model] & lineage[y.model]]
+    if len(pairs) < MIN_STORE_PAIRS:
+        return synthetic(depth_a, depth_b)
+    chosen = np.random.default_rng(0).permutation(len(pairs))[:MAX_STORE_PAIRS]
+    scores = [evidence(pairs[i][0].invariants, pairs[i][1].invariants).score for i in sorted(chosen)]
+    kept = _without_outliers([s for s in scores if math.isfinite(s)])
+    if len(kept) < MIN_STORE_PAIRS:
+        return synthetic(depth_a, depth_b)
+    return Null(tuple(kept), "store", len(scores) - len(kept))
+
+
+def _depths(depth: int) -> tuple[int, int]:
+    return math.floor(depth * (1 - DEPTH_TOLERANCE)), math.ceil(depth * (1 + DEPTH_TOLERANCE))
+
+
+def ancestry(store, sigs) -> dict[str, frozenset[str]]:
+    """Each model with every ancestor its card (and its ancestors' cards) declares, as far as the store
+    knows them; two models share a declared family when these sets meet."""
+    declared = {s.model: list(s.declared_base) for s in sigs}
+    frontier = {base for bases in declared.values() for base in bases} - declared.keys()
+    for _ in range(MAX_GENERATIONS):
+        if not frontier:
+            break
+        found = store.declared(frontier)
+        declared.update({m: found.get(m, []) for m in frontier})
+        frontier = {base for m in frontier for base in declared[m]} - declared.keys()
+    out = {}
+    for s in sigs:
+        seen, todo = {s.model}, list(declared.get(s.model, []))
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(declared.get(m, []))
+        out[s.model] = frozenset(seen)
+    return out
+
+
+def _without_outliers(scores: list[float]) -> list[float]:
+    """Drops scores whose Fisher z lies beyond the median plus OUTLIER_Z robust standard deviations (MAD)."""
+    if len(scores) < MIN_STORE_PAIRS:
+        return scores
+    z = np.arctanh(np.clip(scores, -0.999999, 0.999999))
+    median = float(np.median(z))
+    spread = 1.4826 * float(np.median(np.abs(z - median)))
+    if spread == 0:
+        return scores
+    return [s for s, zi in zip(scores, z) if zi <= median + OUTLIER_Z * spread]

@@ -256,17 +256,41 @@ class Store:
     def nearest(self, vector: list[float], exclude: tuple[str, str], limit: int = 100) -> list[Signature]:
         """The pre-filter of ``match``: the ``limit`` stored signatures (in no particular order) whose
         embeddings have the largest inner product with ``vector`` (they are centred and unit-normalised,
-        so it is a correlation). In SQL, on the store's match index, a native DuckDB copy of the current
-        signatures (see :meth:`index_path`)."""
-        path = self.index_path()
-        if self._index is None or self._index[0] != path:  # keep it open: its pages stay in DuckDB's cache
-            self._index = (path, duckdb.connect(path, read_only=True))
-        con = self._index[1]
+        so it is a correlation). In SQL, on the store's match index (see :meth:`index_path`)."""
+        con = self._index_connection()
         # rank on the embedding alone (a top-k aggregate), then fetch the few winners' whole rows
         (ids,) = con.execute(
             f"SELECT max_by(rowid, array_inner_product(embedding, ?::FLOAT[{EMBED_DIM}]), ?) FROM signatures "
             f"WHERE embedding IS NOT NULL AND NOT (model = ? AND revision = ?)",
             [vector, limit, *exclude]).fetchone()
+        return self._rows(con, ids or [])
+
+    def peers(self, family: str, depths: tuple[int, int], limit: int, exclude: list[str]) -> list[Signature]:
+        """Up to ``limit`` stored signatures of one architecture ``family`` with depth in ``depths``
+        (inclusive), other than the ``exclude`` models: the same sample on every call for the same store,
+        so an empirical null drawn from it is reproducible."""
+        con = self._index_connection()
+        (ids,) = con.execute(
+            "SELECT list(rowid ORDER BY hash(model, revision)) [1:?] FROM signatures WHERE family = ? "
+            "AND n_layers BETWEEN ? AND ? AND invariants IS NOT NULL AND NOT list_contains(?, model)",
+            [limit, family, *depths, exclude]).fetchone()
+        return self._rows(con, ids or [])
+
+    def declared(self, models: Iterable[str]) -> dict[str, list[str]]:
+        """The ``declared_base`` of each of ``models`` the store holds (newest revision wins)."""
+        con = self._index_connection()
+        rows = con.execute("SELECT model, arg_max(declared_base, rowid) FROM signatures "
+                           "WHERE list_contains(?, model) GROUP BY model", [sorted(models)]).fetchall()
+        return {model: list(base or []) for model, base in rows}
+
+    def _index_connection(self) -> duckdb.DuckDBPyConnection:
+        path = self.index_path()
+        if self._index is None or self._index[0] != path:  # keep it open: its pages stay in DuckDB's cache
+            self._index = (path, duckdb.connect(path, read_only=True))
+        return self._index[1]
+
+    @staticmethod
+    def _rows(con: duckdb.DuckDBPyConnection, ids: list[int]) -> list[Signature]:
         if not ids:
             return []
         rows = con.execute(f"SELECT {_SIG_COLUMNS} FROM signatures WHERE rowid IN (SELECT unnest(?::BIGINT[]))",

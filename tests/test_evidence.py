@@ -132,6 +132,8 @@ def test_compare_and_match_json(zoo, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["verdict"] == "derived" and out["p_value"] < 0.01 and out["kind"] == "continued training"
     assert out["alignment"][0] == {"a": 0, "b": 0} and set(out["per_feature"]) >= {"qk", "vo"}
+    assert out["null"]["source"] == "synthetic" and out["null"]["size"] >= 50  # the zoo is too small a store
+    assert out["p_permutation"] < 0.01 and out["p_value"] == max(out["p_null"], out["p_permutation"])
     assert main(["match", "qwen2-a-moe", "--db", db, "--json", "--top", "6"]) == 0
     matches = json.loads(capsys.readouterr().out)["matches"]
     assert [m["verdict"] for m in matches[:5]] == ["derived"] * 5
@@ -160,3 +162,66 @@ def test_graph_families_and_disagreements(zoo, tmp_path, capsys):
     assert undeclared <= flagged
     assert all(d["model"] in undeclared or d["other"] in undeclared for d in graph["disagreements"])
     assert nx.read_graphml(out).number_of_nodes() == len(zoo)
+
+
+def test_permutation_test_is_exact_for_short_curves():
+    from scanner.evidence import permutation_p
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((5, 3))
+    assert permutation_p(a, a, 1.0) == pytest.approx(1 / 120)  # only the identity of 5! orders scores 1
+    assert permutation_p(a, a, -1.0) == 1.0
+    long_ = rng.standard_normal((12, 3))
+    assert permutation_p(long_, long_, 1.0) == pytest.approx(1 / 2001)  # sampled: (1 + hits) / (1 + rounds)
+    unrelated = permutation_p(long_, rng.standard_normal((12, 3)), 0.0)
+    assert 0.2 < unrelated < 0.8
+
+
+def test_evidence_reports_the_permutation_test_only_for_one_to_one_alignments():
+    from scanner.null import synthetic_features
+
+    a = synthetic_features(12, 1)
+    assert evidence(a, a).permutation_p == pytest.approx(1 / 2001)
+    rng = np.random.default_rng(3)
+    shuffled = {k: list(rng.permutation(v)) for k, v in a.items()}
+    ev = evidence(a, shuffled)
+    assert len(ev.alignment) < 12 or ev.permutation_p > 0.01  # a shuffled copy is no evidence either way
+    shorter = {k: v[:4] + v[6:] for k, v in a.items()}
+    assert evidence(shorter, a).permutation_p is None
+
+
+def _stored(model, features, family="llama", base=()):
+    from scanner.lineage import embedding
+    from scanner.signature import Signature
+
+    depth = len(features["qk"])
+    return Signature(model, "r1", model, family=family, n_layers=depth, invariants=features,
+                     embedding=embedding(features), declared_base=list(base))
+
+
+def test_store_null_from_unrelated_pairs_leaves_out_relatives(tmp_path):
+    from scanner.null import MIN_STORE_PAIRS, null_for, synthetic, synthetic_features
+    from scanner.store import Store
+
+    store = Store(tmp_path / "db")
+    bases = {f"base-{i}": synthetic_features(12, 100 + i) for i in range(12)}
+    sigs = [_stored(m, f) for m, f in bases.items()]
+    store.write(sigs)
+    query, other = sigs[0], sigs[1]
+    small = null_for(store, query, other)  # 10 other bases: 45 pairs, under the minimum
+    assert small.source == "synthetic" and small == synthetic(12, 12)
+
+    rng = np.random.default_rng(0)
+    noisy = {k: list(np.asarray(v) + rng.normal(0, 0.01, 12)) for k, v in bases["base-5"].items()}
+    store.write([_stored("base-12", synthetic_features(12, 200)),
+                 _stored("base-5-ft", noisy, base=["base-5"]),  # a declared child: never a null pair
+                 _stored("base-5-copy", noisy),  # an undeclared one: an outlier among unrelated pairs
+                 _stored("deep", synthetic_features(30, 300)), _stored("gpt", synthetic_features(12, 301), "gpt2")])
+    null = null_for(store, query, other)
+    assert null.source == "store" and len(null.scores) >= MIN_STORE_PAIRS
+    # 13 peers (base-2..12 and the two copies; not the pair judged, not the deep or gpt2 ones): 78 pairs, less
+    # the declared one; the undeclared copy's pairs with base-5 and base-5-ft are dropped as outliers
+    assert len(null.scores) + null.excluded == 78 - 1 and null.excluded == 2
+    assert max(null.scores) < 0.95
+    v = decide(_stored("base-5-again", noisy), sigs[5], null)
+    assert v.verdict == "derived" and v.null.source == "store" and v.p_value >= v.p_null

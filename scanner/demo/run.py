@@ -9,6 +9,7 @@ from pathlib import Path
 from scanner.cluster import run_batch
 from scanner.demo.zoo import build_zoo
 from scanner.evidence import decide
+from scanner.null import null_for
 from scanner.plot import plot_curves
 from scanner.store import Store
 
@@ -47,7 +48,7 @@ def run_demo(out: str | Path, store: Store, backend: str = "auto", progress: boo
     root = {e.model: e.parent or e.model for e in entries}
 
     def judge(a: str, b: str):
-        return decide(sigs[a], sigs[b])
+        return decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]))
 
     rows = []
     for e in entries:
