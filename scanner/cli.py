@@ -284,6 +284,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
@@ -306,9 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate large tensors from this fraction of their elements, in spread runs")
     p.add_argument("--sample-error", type=_fraction, metavar="E",
                    help="raise the sampled fraction per tensor until std's relative standard error <= E")
-    p.add_argument("--sample-runs", type=int, default=16, metavar="N",
+    p.add_argument("--sample-runs", type=_positive, default=16, metavar="N",
                    help="runs (range requests) per tensor part when sampling (default 16)")
-    p.add_argument("--workers", type=int, help="Ray scan workers (default: one per GPU, else per CPU)")
+    p.add_argument("--workers", type=_positive, help="Ray scan workers (default: one per GPU, else per CPU)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     p.set_defaults(func=cmd_scan)
 
@@ -328,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("match", parents=[common], help="nearest relatives of a model in the store")
     p.add_argument("source")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--prefilter", type=int, default=100, help="candidates kept by the SQL embedding pre-filter")
+    p.add_argument("--top", type=_positive, default=10)
+    p.add_argument("--prefilter", type=_positive, default=100, help="candidates kept by the SQL embedding pre-filter")
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("sql", parents=[common], help="read-only SQL over the views "

@@ -114,7 +114,8 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
     for batch in batches:
         stats.extend(_exact(reader, batch, by_tensor, backend, layout, sums, gains))
     if sampled:
-        stats.extend(_sampled(reader, [n for n in names if n in sampled], by_tensor, backend, sample, stats))
+        stats.extend(_sampled(reader, [n for n in names if n in sampled], by_tensor, backend, sample, stats,
+                              layout, sums))
     stats = _fold(stats, sums, gains)
     dtypes: dict[str, int] = defaultdict(int)
     for name in names:
@@ -181,26 +182,29 @@ def _samplable(info: TensorInfo, parts: list[Part]) -> bool:
 
 
 def _sampled(reader: Reader, names: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
-             plan: SamplePlan, exact: list[LayerStat]) -> list[LayerStat]:
+             plan: SamplePlan, exact: list[LayerStat], layout: Layout, sums: list[ColumnSums]) -> list[LayerStat]:
     """Sample every part. With a target error, a cheap survey first measures how much each role's curve
     moves between layers, then each part is estimated to the error its role needs (the target, or less for
-    a flat curve: see :func:`scanner.sampling.required_se`): lineage, not one std, sets the precision."""
+    a flat curve: see :func:`scanner.sampling.required_se`): lineage, not one std, sets the precision.
+    Q/K/V parts also add the column sums of their final sample to ``sums``, so the norm gain folds in."""
     rng = np.random.default_rng(plan.seed)
     parts = [(name, part) for name in names for part in by_tensor[name]]
     survey = None if plan.target_se is None else max(plan.target_se, SURVEY_SE)
-    out = {(n, p): _estimate(reader, n, p, backend, plan, survey, rng) for n, p in parts}
+    out = {(n, p): _estimate(reader, n, p, backend, plan, survey, rng, layout) for n, p in parts}
     if plan.target_se is not None:
         curves: dict[str, dict[int, float]] = defaultdict(dict)
-        for stat in [*exact, *out.values()]:
+        for stat in [*exact, *(stat for stat, _ in out.values())]:
             curves[stat.role][stat.layer] = stat.moments.std
         needed = {role: required_se(list(c.values()), plan.target_se) for role, c in curves.items()}
         for name, part in parts:  # always anew: the survey's own error estimate rests on too few elements
-            out[(name, part)] = _estimate(reader, name, part, backend, plan, needed[part.role], rng)
-    return list(out.values())
+            out[(name, part)] = _estimate(reader, name, part, backend, plan, needed[part.role], rng, layout)
+    sums.extend(c for _, c in out.values() if c is not None)
+    return [stat for stat, _ in out.values()]
 
 
 def _estimate(reader: Reader, name: str, part: Part, backend: MomentsBackend, plan: SamplePlan,
-              target: float | None, rng: np.random.Generator) -> LayerStat:
+              target: float | None, rng: np.random.Generator, layout: Layout
+              ) -> tuple[LayerStat, ColumnSums | None]:
     """One part from stratified runs, at larger fractions until ``target`` is met; else read whole."""
     info = reader.tensors()[name]
     spans = flat_spans(part, info.shape)
@@ -212,9 +216,28 @@ def _estimate(reader: Reader, name: str, part: Part, backend: MomentsBackend, pl
         runs = reader.read_runs(name, *starts)
         total, se = pooled([Moments.from_partial(p) for p in backend.partials(list(runs))])
         if target is None or se <= target or round_ == ROUNDS - 1:
-            return _checked(info, part, total, se)
+            sums = _sampled_column_sums(runs, starts, info.shape, part, layout.transposed)
+            return _checked(info, part, total, se), sums
         fraction = next_fraction(fraction, se, target)
-    return _exact(reader, [name], {name: [part]}, backend)[0]
+    sums: list[ColumnSums] = []
+    stat = _exact(reader, [name], {name: [part]}, backend, layout, sums)[0]
+    return stat, (sums[0] if sums else None)
+
+
+def _sampled_column_sums(runs: torch.Tensor, starts: tuple[np.ndarray, int], shape: tuple[int, ...], part: Part,
+                         transposed: bool) -> ColumnSums | None:
+    """Per input column, the sum and sum of squares of the sampled elements. Every element of a part is
+    equally likely to be sampled (one run per equal stratum), so these stand for the whole matrix's column
+    sums scaled by the sampled share, and :meth:`ColumnSums.folded_std` needs nothing more."""
+    if part.role not in FOLDED_ROLES or len(shape) != 2:
+        return None
+    first, run = starts
+    flat = (first[:, None] + np.arange(run)).reshape(-1)
+    column = flat // shape[1] if transposed else flat % shape[1]
+    values = runs.reshape(-1).to(torch.float64).numpy()
+    width = shape[0] if transposed else shape[1]
+    return ColumnSums(part.layer, part.role, np.bincount(column, values, width),
+                      np.bincount(column, values * values, width), values.size)
 
 
 def _run_starts(rng: np.random.Generator, spans: list[tuple[int, int]], fraction: float, max_runs: int

@@ -70,6 +70,23 @@ def test_norm_folding_changes_nothing(zoo_by_name, tmp_path):
     assert v.verdict == "derived" and v.evidence.score > 0.99
 
 
+def test_norm_folding_changes_nothing_in_sampled_scans(zoo_by_name, tmp_path):
+    from scanner.sampling import SamplePlan
+
+    plan = SamplePlan(fraction=0.25, seed=3)
+    path = zoo_by_name["llama-a"].path
+    parent = scan_strict(path, CPU, set(), sample=plan)[1]
+    folded = scan_strict(str(transformed(zoo_by_name, tmp_path, "folded", fold_norms)), CPU, set(), sample=plan)[1]
+    exact = {(s.layer, s.role): s.folded_std for s in scan(path).layers}
+    sampled = [s for s in parent.layers if s.role in "qkv" and s.std_se > 0]
+    assert sampled and all(s.folded_std is not None for s in sampled)
+    for s in sampled:  # a sample's folded std estimates the whole matrix's
+        assert abs(s.folded_std / exact[(s.layer, s.role)] - 1) < 5 * s.std_se + 1e-3
+    for name in ("qk", "vo"):
+        assert np.allclose(folded.invariants[name], parent.invariants[name], atol=5e-3)
+    assert decide(folded, parent).verdict == "derived"
+
+
 def test_pruned_layers_align_to_their_originals(zoo_by_name):
     parent, pruned = scan(zoo_by_name["llama-a"].path), scan(zoo_by_name["llama-a-pruned"].path)
     kept = [i for i in range(12) if i % 3 != 1]

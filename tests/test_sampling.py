@@ -108,3 +108,6 @@ def test_sample_flag_validation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["scan", str(tmp_path), "--sample", "1.5"])
     assert "not a fraction" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["scan", str(tmp_path), "--sample", "0.1", "--sample-runs", "0"])
+    assert "0 is not a positive integer" in capsys.readouterr().err
