@@ -1,13 +1,21 @@
-"""Accuracy of lineage detection: `paper_score` against `score` on a generated zoo.
+"""Accuracy of lineage detection: `paper_score` against `score` on a generated and CPU-trained zoo.
 
-Six base families (four llama-style bases that share an architecture and differ only in their seed, one
-qwen2, one phi3), each with derived models: light and heavy drift, pruned, depth up-scaled, MoE upcycle,
-quantized GGUF (Q8_0, Q4_0), rescaled (Q·a, K/a, V·b, O/b), norm-folded, and two combinations (rescaled
-after heavy drift, pruned after norm folding). Positives: each derived model with its parent. Negatives:
-every pair of models from different families. Reports AUROC, TPR at 1% FPR and top-1 parent attribution
-(the parent scores highest among all bases), per method, and the positives that fall short of `derived`.
+Generated: six base families (four llama-style bases that share an architecture and differ only in their
+seed, one qwen2, one phi3), each with derived models: light and heavy drift, pruned, depth up-scaled, MoE
+upcycle, quantized GGUF (Q8_0, Q4_0), quantized safetensors (GPTQ, AWQ, fp8, bitsandbytes int8 and NF4),
+rescaled (Q·a, K/a, V·b, O/b), norm-folded, and two combinations (rescaled after heavy drift, pruned after
+norm folding).
 
-    python bench/accuracy.py [--out bench/data/accuracy-zoo]
+Trained (bench/tiny_train.py): four llama-style bases trained from scratch on this CPU with one recipe and
+one corpus, different seeds; each with a real fine-tune and a real continued pre-training, and from those:
+a GPTQ copy and a Q4_0 GGUF of the base, the fine-tune rescaled, the continued model pruned, the base
+norm-folded. Training takes ~15 minutes the first time; the checkpoints are kept under --trained.
+
+Positives: each derived model with its parent. Negatives: every pair of models from different families.
+Reports AUROC, TPR at 1% FPR and top-1 parent attribution (the parent scores highest among all bases), per
+method, for the whole zoo and for the trained models alone, and the positives that fall short of `derived`.
+
+    python bench/accuracy.py [--out bench/data/accuracy-zoo] [--trained bench/data/trained] [--trained-bases 4]
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.tiny_train import ensure_family  # noqa: E402
 from kernels import get_backend  # noqa: E402
 from scanner.demo.model import base_model, drift, fold_norms, prune, rescale, upscale  # noqa: E402
+from scanner.demo.quantize import SCHEMES, write_quantized  # noqa: E402
 from scanner.demo.writers import write_gguf, write_hf  # noqa: E402
 from scanner.evidence import decide  # noqa: E402
 from scanner.scan import scan_strict  # noqa: E402
@@ -44,7 +54,7 @@ def derivations(base, seed: int):
     yield "folded+pruned", prune(fold_norms(base, f"{base.name}-fp"), f"{base.name}-fp"), None
 
 
-def build(out: Path) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+def build(out: Path, trained: Path, trained_bases: int) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     """Write the zoo; returns (model, parent, relation) rows and each model's path."""
     truth, paths = [], {}
     for name, style, seed in BASES:
@@ -57,6 +67,31 @@ def build(out: Path) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
             model = f"{name}-{qtype.lower()}"
             paths[model] = str(write_gguf(base, out / model / f"{model}.gguf", qtype))
             truth.append((model, name, "quantized"))
+        for scheme in SCHEMES:
+            model = f"{name}-{scheme}"
+            paths[model] = str(write_quantized(base.renamed(model), out / model, scheme))
+            truth.append((model, name, f"quantized {scheme}"))
+    for seed in range(trained_bases):
+        family = ensure_family(trained, seed)
+        base = family["base"]
+        paths[base.name] = str(trained / base.name)
+        for relation in ("finetune", "continued"):
+            paths[family[relation].name] = str(trained / family[relation].name)
+            truth.append((family[relation].name, base.name, f"trained {relation}"))
+        made = [
+            ("trained rescaled finetune", rescale(family["finetune"], f"{base.name}-ft-rescaled", seed), None),
+            ("trained pruned continued", prune(family["continued"], f"{base.name}-ct-pruned"), None),
+            ("trained folded", fold_norms(base, f"{base.name}-folded"), None),
+        ]
+        for relation, child, _ in made:
+            paths[child.name] = str(write_hf(child, out / child.name))
+            truth.append((child.name, base.name, relation))
+        name = f"{base.name}-gptq"
+        paths[name] = str(write_quantized(base.renamed(name), out / name, "gptq"))
+        truth.append((name, base.name, "trained quantized gptq"))
+        name = f"{base.name}-q4_0"
+        paths[name] = str(write_gguf(base, out / name / f"{name}.gguf", "Q4_0"))
+        truth.append((name, base.name, "trained quantized"))
     return truth, paths
 
 
@@ -76,39 +111,54 @@ def tpr_at(pos: list[float], neg: list[float], fpr: float = 0.01) -> float:
     return float(np.mean(np.asarray(pos) > threshold))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/data/accuracy-zoo")
-    args = parser.parse_args()
-    truth, paths = build(Path(args.out))
-    backend = get_backend("cpu")
-    sigs = {m: scan_strict(p, backend, set())[1] for m, p in paths.items()}
-    root = {m: m for m, _, _ in BASES} | {m: parent for m, parent, _ in truth}
-
-    def judge(a: str, b: str):
-        return decide(sigs[a], sigs[b])
-
+def report(title: str, sigs: dict, truth: list[tuple[str, str, str]], root: dict[str, str], bases: list[str],
+           judge) -> None:
     positives = [(m, parent, rel, judge(m, parent)) for m, parent, rel in truth]
     names = sorted(sigs)
     negatives = [judge(a, b) for i, a in enumerate(names) for b in names[i + 1:] if root[a] != root[b]]
-    base_names = [b for b, _, _ in BASES]
-    print(f"{len(sigs)} models; {len(positives)} derived pairs, {len(negatives)} unrelated pairs")
+    print(f"\n{title}: {len(sigs)} models; {len(positives)} derived pairs, {len(negatives)} unrelated pairs")
     print(f"{'method':12} {'AUROC':>7} {'TPR@1%FPR':>10} {'top-1 parent':>13}")
     for method, get in (("paper_score", lambda v: v.paper.score), ("score", lambda v: v.evidence.score)):
         pos = [_finite(get(v)) for *_, v in positives]
         neg = [_finite(get(v)) for v in negatives]
-        top1 = np.mean([max(base_names, key=lambda b: _finite(get(judge(m, b)))) == parent
+        top1 = np.mean([max(bases, key=lambda b: _finite(get(judge(m, b)))) == parent
                         for m, parent, _, _ in positives])
         print(f"{method:12} {auroc(pos, neg):7.4f} {tpr_at(pos, neg):10.3f} {top1:13.3f}")
-    verdicts = {}
+    verdicts: dict[str, int] = {}
     for v in negatives:
         verdicts[v.verdict] = verdicts.get(v.verdict, 0) + 1
-    print(f"unrelated pairs judged: {verdicts}")
-    print(f"{'relation':20} {'pairs':>5} {'derived':>8} {'min score':>10} {'min paper_score':>16}")
+    print(f"unrelated pairs judged: {verdicts}; highest score {max(v.evidence.score for v in negatives):.3f}, "
+          f"highest paper_score {max(v.paper.score for v in negatives):.3f}")
+    print(f"{'relation':28} {'pairs':>5} {'derived':>8} {'min score':>10} {'min paper_score':>16}")
     for relation in dict.fromkeys(rel for _, _, rel, _ in positives):
         group = [v for _, _, rel, v in positives if rel == relation]
-        print(f"{relation:20} {len(group):5d} {sum(v.verdict == 'derived' for v in group):8d} "
+        print(f"{relation:28} {len(group):5d} {sum(v.verdict == 'derived' for v in group):8d} "
               f"{min(v.evidence.score for v in group):10.3f} {min(v.paper.score for v in group):16.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/data/accuracy-zoo")
+    parser.add_argument("--trained", default="bench/data/trained")
+    parser.add_argument("--trained-bases", type=int, default=4)
+    args = parser.parse_args()
+    truth, paths = build(Path(args.out), Path(args.trained), args.trained_bases)
+    backend = get_backend("cpu")
+    sigs = {m: scan_strict(p, backend, set())[1] for m, p in paths.items()}
+    trained_bases = [f"trained-{seed}" for seed in range(args.trained_bases)]
+    bases = [b for b, _, _ in BASES] + trained_bases
+    root = {b: b for b in bases} | {m: parent for m, parent, _ in truth}
+    verdicts: dict[tuple[str, str], object] = {}
+
+    def judge(a: str, b: str):
+        if (a, b) not in verdicts:
+            verdicts[(a, b)] = decide(sigs[a], sigs[b])
+        return verdicts[(a, b)]
+
+    report("whole zoo", sigs, truth, root, bases, judge)
+    trained = {m: s for m, s in sigs.items() if root[m] in trained_bases}
+    report("trained on this CPU only", trained, [t for t in truth if t[1] in trained_bases], root, trained_bases,
+           judge)
 
 
 if __name__ == "__main__":

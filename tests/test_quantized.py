@@ -52,6 +52,20 @@ def test_gptq_packs_along_the_input_with_zero_points_minus_one(tmp_path):
     assert reader.read("m.weight").tolist() == [[0.5 * (k - 4) for k in range(8)]]
 
 
+@pytest.mark.parametrize("bits, fmt, stored_zero, zero", [(8, "gptq_v2", 2, 2), (2, "gptq", 0, 1)])
+def test_gptq_other_widths_and_the_v2_format(tmp_path, bits, fmt, stored_zero, zero):
+    per = 32 // bits
+    codes = [k % (1 << bits) for k in range(per)]
+    word = sum(c << (bits * k) for k, c in enumerate(codes))
+    reader = _open(tmp_path / "m", {
+        "m.qweight": torch.tensor([[word - (1 << 32) if word >= 1 << 31 else word]], dtype=torch.int32),
+        "m.qzeros": torch.tensor([[stored_zero]], dtype=torch.int32),
+        "m.scales": torch.ones(1, 1, dtype=torch.float16),
+    }, {"quant_method": "gptq", "bits": bits, "checkpoint_format": fmt})
+    assert reader.tensors()["m.weight"].dtype == f"GPTQ_INT{bits}"
+    assert reader.read("m.weight").tolist() == [[c - zero for c in codes]]
+
+
 def test_awq_packs_along_the_output_in_its_interleaved_order(tmp_path):
     # in = 1, out = 8: nibble k holds output column AWQ_ORDER[k] = 0 2 4 6 1 3 5 7
     reader = _open(tmp_path / "m", {

@@ -1,0 +1,199 @@
+"""Small llama-style models actually trained on this CPU, for the accuracy benchmark's hardest negatives.
+
+Generated curves can make unrelated models too easy to tell apart. These are real: one architecture,
+one recipe and one corpus, different seeds; each base gets children by real further training (a short
+fine-tune on other text, a long continued pre-training on a third corpus). The corpus is the Python
+standard library's source, bytes as tokens, split three ways by file name, so everything runs offline.
+
+    python bench/tiny_train.py --out bench/data/trained --bases 4     # what bench/accuracy.py runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scanner.demo.model import ToyModel
+
+HIDDEN, HEADS, KV_HEADS, LAYERS, FFN, VOCAB, CONTEXT = 96, 4, 2, 10, 256, 256, 64
+
+
+@dataclass(frozen=True)
+class Recipe:
+    steps: int
+    lr: float
+    corpus: int  # which third of the standard library
+
+
+PRETRAIN = Recipe(700, 3e-3, 0)
+FINETUNE = Recipe(120, 5e-4, 1)
+CONTINUED = Recipe(600, 2e-3, 2)
+
+
+def corpus(part: int, limit: int = 8 << 20) -> torch.Tensor:
+    """Up to ``limit`` bytes of the standard library's ``.py`` files whose name hashes to ``part`` (of 3)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chunks, size = [], 0
+    for path in sorted(root.rglob("*.py")):
+        if "test" in path.parts or int(hashlib.sha256(path.name.encode()).hexdigest(), 16) % 3 != part:
+            continue
+        data = path.read_bytes()
+        chunks.append(data)
+        size += len(data)
+        if size >= limit:
+            break
+    return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8).to(torch.long)
+
+
+def rope(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding over the last dimension of [batch, heads, time, head_dim]."""
+    t, d = x.shape[-2], x.shape[-1]
+    freq = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+    angle = torch.arange(t, dtype=torch.float32)[:, None] * freq[None, :]
+    cos, sin = angle.cos(), angle.sin()
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        hd = HIDDEN // HEADS
+        self.attn_norm, self.mlp_norm = nn.RMSNorm(HIDDEN), nn.RMSNorm(HIDDEN)
+        self.q, self.o = nn.Linear(HIDDEN, HEADS * hd, bias=False), nn.Linear(HEADS * hd, HIDDEN, bias=False)
+        self.k, self.v = (nn.Linear(HIDDEN, KV_HEADS * hd, bias=False) for _ in range(2))
+        self.gate, self.up = (nn.Linear(HIDDEN, FFN, bias=False) for _ in range(2))
+        self.down = nn.Linear(FFN, HIDDEN, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        hd = HIDDEN // HEADS
+        h = self.attn_norm(x)
+        q = rope(self.q(h).view(b, t, HEADS, hd).transpose(1, 2))
+        k = rope(self.k(h).view(b, t, KV_HEADS, hd).transpose(1, 2))
+        v = self.v(h).view(b, t, KV_HEADS, hd).transpose(1, 2)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.o(att.transpose(1, 2).reshape(b, t, HIDDEN))
+        h = self.mlp_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class TinyLlama(nn.Module):
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(VOCAB, HIDDEN)
+        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+        self.norm = nn.RMSNorm(HIDDEN)
+        self.head = nn.Linear(HIDDEN, VOCAB, bias=False)
+        for p in self.parameters():  # the llama recipe: N(0, 0.02) for every matrix, norms at 1
+            if p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def train(model: TinyLlama, recipe: Recipe, seed: int, batch: int = 24) -> float:
+    """AdamW with warm-up and cosine decay on random windows of the recipe's corpus; returns the last loss."""
+    data = corpus(recipe.corpus)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    warmup = max(recipe.steps // 20, 1)
+    loss = torch.tensor(math.nan)
+    for step in range(recipe.steps):
+        lr = recipe.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        starts = torch.randint(0, data.numel() - CONTEXT - 1, (batch,), generator=gen)
+        window = data[starts[:, None] + torch.arange(CONTEXT + 1)]
+        loss = F.cross_entropy(model(window[:, :-1]).reshape(-1, VOCAB), window[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return loss.item()
+
+
+def as_toy(model: TinyLlama, name: str) -> ToyModel:
+    """The trained weights as a demo-zoo model, so every writer and transformation applies to them."""
+    def w(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to(torch.float32).numpy().copy()
+
+    toy = ToyModel(name, "llama", HIDDEN, HEADS, KV_HEADS, FFN, VOCAB, embed=w(model.embed.weight))
+    for b in model.blocks:
+        toy.layers.append({"q": w(b.q.weight), "k": w(b.k.weight), "v": w(b.v.weight), "o": w(b.o.weight),
+                           "attn_norm": w(b.attn_norm.weight), "mlp_norm": w(b.mlp_norm.weight),
+                           "gate": w(b.gate.weight), "up": w(b.up.weight), "down": w(b.down.weight)})
+    return toy
+
+
+def trained_family(seed: int, log=print) -> dict[str, ToyModel]:
+    """A base trained from scratch with ``seed`` and its two trained children: {relation: model}."""
+    name = f"trained-{seed}"
+    model = TinyLlama(seed)
+    started = time.perf_counter()
+    loss = train(model, PRETRAIN, seed)
+    out = {"base": as_toy(model, name)}
+    log(f"{name}: pre-trained {PRETRAIN.steps} steps, loss {loss:.3f} ({time.perf_counter() - started:.0f} s)")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for relation, recipe in (("finetune", FINETUNE), ("continued", CONTINUED)):
+        model.load_state_dict(state)
+        loss = train(model, recipe, seed + 1000)
+        out[relation] = as_toy(model, f"{name}-{relation}")
+        log(f"{name}-{relation}: {recipe.steps} more steps, loss {loss:.3f}")
+    return out
+
+
+RELATIONS = ("base", "finetune", "continued")
+
+
+def ensure_family(out: Path, seed: int) -> dict[str, ToyModel]:
+    """The family of ``seed``: trained and written under ``out`` once, read back from there afterwards."""
+    from scanner.demo.writers import write_hf
+
+    names = {"base": f"trained-{seed}", **{r: f"trained-{seed}-{r}" for r in RELATIONS[1:]}}
+    if not all((out / name / "config.json").is_file() for name in names.values()):
+        for model in trained_family(seed).values():
+            write_hf(model, out / model.name)
+    return {relation: load_toy(out / name) for relation, name in names.items()}
+
+
+def load_toy(directory: Path) -> ToyModel:
+    """A checkpoint written by :func:`scanner.demo.writers.write_hf` (llama style), back as a ToyModel."""
+    from safetensors.torch import load_file
+
+    t = {k: v.to(torch.float32).numpy() for k, v in load_file(directory / "model.safetensors").items()}
+    toy = ToyModel(directory.name, "llama", HIDDEN, HEADS, KV_HEADS, FFN, VOCAB, embed=t["model.embed_tokens.weight"])
+    names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+             "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "gate": "mlp.gate_proj",
+             "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    for i in range(LAYERS):
+        toy.layers.append({key: t[f"model.layers.{i}.{name}.weight"] for key, name in names.items()})
+    return toy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/data/trained")
+    parser.add_argument("--bases", type=int, default=4)
+    args = parser.parse_args()
+    for seed in range(args.bases):
+        ensure_family(Path(args.out), seed)
+
+
+if __name__ == "__main__":
+    main()
