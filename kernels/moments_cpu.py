@@ -121,6 +121,54 @@ def _tensor_partial(values, table, n, block):
     return reduce_partials(partials)
 
 
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _column_sums(values, table, rows, cols, by_column, chunks):
+    """Sum and sum of squares (float64) per column of a row-major [rows, cols] matrix, or per row when
+    ``by_column`` is False. Rows are split into ``chunks`` accumulated apart, then added in chunk order."""
+    width = cols if by_column else rows
+    total = np.zeros((chunks, width))
+    squares = np.zeros((chunks, width))
+    per = (rows + chunks - 1) // chunks
+    for c in prange(chunks):
+        scratch = np.empty(cols, dtype=np.uint32)
+        for r in range(c * per, min(rows, (c + 1) * per)):
+            f = _decode(values, table, r * cols, (r + 1) * cols, scratch)
+            if by_column:
+                for j in range(cols):
+                    x = np.float64(f[j])
+                    total[c, j] += x
+                    squares[c, j] += x * x
+            else:
+                t = 0.0
+                q = 0.0
+                for j in range(cols):
+                    x = np.float64(f[j])
+                    t += x
+                    q += x * x
+                total[c, r] = t
+                squares[c, r] = q
+    return total.sum(axis=0), squares.sum(axis=0)
+
+
+def column_sums(matrix: torch.Tensor, input_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per input column (``input_axis`` 1, nn.Linear's [out, in]) or per input row (0, Conv1D's [in, out]):
+    the sum and sum of squares over the other axis, in float64, from one compiled pass over the bytes.
+    What folding a norm gain into a matrix needs (see scanner.moments.ColumnSums)."""
+    m = matrix.detach()
+    if not m.is_contiguous() or (m.dtype == torch.bfloat16 and m.shape[1] % 2):
+        m = m.contiguous() if m.dtype != torch.bfloat16 else m.to(torch.float32)
+    rows, cols = m.shape
+    chunks = max(1, min(rows, 4 * numba.get_num_threads()))
+    if m.dtype == torch.bfloat16:
+        values, table = m.view(torch.int16).reshape(-1).numpy().view(np.uint32), _NO_TABLE
+    elif m.dtype == torch.float16:
+        values, table = m.view(torch.int16).reshape(-1).numpy().view(np.uint16), _FP16
+    else:
+        wide = torch.float64 if m.dtype == torch.float64 else torch.float32
+        values, table = m.to(wide).reshape(-1).numpy(), _NO_TABLE
+    return _column_sums(values, table, rows, cols, input_axis == 1, chunks)
+
+
 def _partial(tensor: torch.Tensor) -> tuple[float, ...]:
     flat = tensor.detach().reshape(-1)
     n = flat.numel()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from kernels import MomentsBackend
+from kernels.moments_cpu import column_sums as kernel_column_sums
 from kernels.stats import Moments
 from scanner.errors import NonFiniteError
 from scanner.layouts import Layout, Part
@@ -144,12 +145,10 @@ def column_sums(group: list[torch.Tensor], layer: int, role: str, input_axis: in
     total = squares = None
     count = 0
     for seg in group:
-        x = seg.to(torch.float32)
-        reduce = 1 - input_axis
-        t, s = x.sum(dim=reduce, dtype=torch.float64), (x * x).sum(dim=reduce, dtype=torch.float64)
+        t, s = kernel_column_sums(seg, input_axis)
         total, squares = (t, s) if total is None else (total + t, squares + s)
         count += seg.numel()
-    return ColumnSums(layer, role, total.numpy(), squares.numpy(), count)
+    return ColumnSums(layer, role, total, squares, count)
 
 
 def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,

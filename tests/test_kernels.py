@@ -114,3 +114,19 @@ def test_cli_scan_with_the_triton_backend(tmp_path, capsys):
     cpu = Store(tmp_path / "c").connect().execute(query).fetchall()
     assert [r[:3] for r in gpu] == [r[:3] for r in cpu]
     assert [g[3] for g in gpu] == pytest.approx([c[3] for c in cpu], rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(96, 130), (7, 5), (1, 1), (33, 2)])
+def test_column_sums_match_float64(dtype, shape):
+    from kernels.moments_cpu import column_sums
+
+    x = (torch.randn(*shape, generator=torch.Generator().manual_seed(4)) * 0.02 + 0.01).to(dtype)
+    ref = x.double().numpy()
+    for axis in (0, 1):  # per input column of [out, in], per input row of Conv1D's [in, out]
+        total, squares = column_sums(x, axis)
+        np.testing.assert_allclose(total, ref.sum(axis=1 - axis), rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(squares, (ref * ref).sum(axis=1 - axis), rtol=1e-9, atol=1e-18)
+    segment = x.narrow(1, 1, shape[1] - 1) if shape[1] > 1 else x  # a strided view, as a column split gives
+    np.testing.assert_allclose(column_sums(segment, 0)[0], segment.double().numpy().sum(axis=1), rtol=1e-9,
+                               atol=1e-15)
