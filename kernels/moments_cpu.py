@@ -122,66 +122,87 @@ def _tensor_partial(values, table, n, block):
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _column_sums(values, table, rows, cols, by_column, chunks):
-    """Sum and sum of squares (float64) per column of a row-major [rows, cols] matrix, or per row when
-    ``by_column`` is False. Rows are split into ``chunks`` accumulated apart, then added in chunk order."""
-    width = cols if by_column else rows
+def _tensor_partial_columns(values, table, n, block, cols, by_column, chunks):
+    """:func:`_tensor_partial` of a row-major [n / cols, cols] matrix plus, in the same pass, the sum and
+    sum of squares (float64) of each column (``by_column``) or each row. The blocks, and so the moments,
+    are exactly those of :func:`_tensor_partial`; runs of blocks are split into ``chunks`` that keep their
+    own column sums, added in chunk order at the end."""
+    n_blocks = (n + block - 1) // block
+    width = cols if by_column else n // cols
+    partials = np.empty((n_blocks, 8), dtype=np.float64)
     total = np.zeros((chunks, width))
     squares = np.zeros((chunks, width))
-    per = (rows + chunks - 1) // chunks
+    per = (n_blocks + chunks - 1) // chunks
     for c in prange(chunks):
-        scratch = np.empty(cols, dtype=np.uint32)
-        for r in range(c * per, min(rows, (c + 1) * per)):
-            f = _decode(values, table, r * cols, (r + 1) * cols, scratch)
-            if by_column:
-                for j in range(cols):
-                    x = np.float64(f[j])
-                    total[c, j] += x
-                    squares[c, j] += x * x
-            else:
-                t = 0.0
-                q = 0.0
-                for j in range(cols):
-                    x = np.float64(f[j])
-                    t += x
-                    q += x * x
-                total[c, r] = t
-                squares[c, r] = q
-    return total.sum(axis=0), squares.sum(axis=0)
+        scratch = np.empty(block, dtype=np.uint32)
+        for b in range(c * per, min(n_blocks, (c + 1) * per)):
+            lo = b * block
+            hi = min(n, lo + block)
+            f = _decode(values, table, lo, hi, scratch)
+            _block_partial(f, partials[b])
+            i = 0
+            while i < hi - lo:  # the block in runs that stay within one matrix row
+                col = (lo + i) % cols
+                run = min(cols - col, hi - lo - i)
+                if by_column:
+                    for j in range(run):
+                        x = np.float64(f[i + j])
+                        total[c, col + j] += x
+                        squares[c, col + j] += x * x
+                else:
+                    t = 0.0
+                    q = 0.0
+                    for j in range(run):
+                        x = np.float64(f[i + j])
+                        t += x
+                        q += x * x
+                    row = (lo + i) // cols
+                    total[c, row] += t
+                    squares[c, row] += q
+                i += run
+    return reduce_partials(partials), total.sum(axis=0), squares.sum(axis=0)
+
+
+def moments_and_columns(matrix: torch.Tensor, input_axis: int) -> tuple[tuple[float, ...], np.ndarray, np.ndarray]:
+    """One compiled pass over a 2-D tensor: its moments partial and, per input column (``input_axis`` 1,
+    nn.Linear's [out, in]) or input row (0, Conv1D's [in, out]), the sum and sum of squares over the other
+    axis in float64: what folding a norm gain into the matrix needs (see scanner.moments.ColumnSums)."""
+    m = matrix.detach()
+    if not m.is_contiguous():
+        m = m.contiguous()
+    if m.dtype == torch.bfloat16 and m.numel() % 2:
+        m = m.to(torch.float32)  # bf16 is decoded two values per 32-bit word
+    cols = m.shape[1]
+    chunks = max(1, min(-(-m.numel() // BLOCK), 4 * numba.get_num_threads()))
+    values, table = _words(m.reshape(-1))
+    return _tensor_partial_columns(values, table, m.numel(), BLOCK, cols, input_axis == 1, chunks)
 
 
 def column_sums(matrix: torch.Tensor, input_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per input column (``input_axis`` 1, nn.Linear's [out, in]) or per input row (0, Conv1D's [in, out]):
-    the sum and sum of squares over the other axis, in float64, from one compiled pass over the bytes.
-    What folding a norm gain into a matrix needs (see scanner.moments.ColumnSums)."""
-    m = matrix.detach()
-    if not m.is_contiguous() or (m.dtype == torch.bfloat16 and m.shape[1] % 2):
-        m = m.contiguous() if m.dtype != torch.bfloat16 else m.to(torch.float32)
-    rows, cols = m.shape
-    chunks = max(1, min(rows, 4 * numba.get_num_threads()))
-    if m.dtype == torch.bfloat16:
-        values, table = m.view(torch.int16).reshape(-1).numpy().view(np.uint32), _NO_TABLE
-    elif m.dtype == torch.float16:
-        values, table = m.view(torch.int16).reshape(-1).numpy().view(np.uint16), _FP16
-    else:
-        wide = torch.float64 if m.dtype == torch.float64 else torch.float32
-        values, table = m.to(wide).reshape(-1).numpy(), _NO_TABLE
-    return _column_sums(values, table, rows, cols, input_axis == 1, chunks)
+    """The column sums of :func:`moments_and_columns` alone (for backends that take moments elsewhere)."""
+    _, total, squares = moments_and_columns(matrix, input_axis)
+    return total, squares
+
+
+def _words(flat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """What the compiled decoders read: bf16 as 32-bit words, fp16 as codes with their table, else floats."""
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy().view(np.uint32), _NO_TABLE
+    if flat.dtype == torch.float16:
+        return flat.view(torch.int16).numpy().view(np.uint16), _FP16
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.to(torch.float32)  # fp8 and friends: small tensors, converted once
+    return flat.numpy(), _NO_TABLE
 
 
 def _partial(tensor: torch.Tensor) -> tuple[float, ...]:
     flat = tensor.detach().reshape(-1)
     n = flat.numel()
-    if flat.dtype == torch.bfloat16 and n % 2 == 0:
-        return _tensor_partial(flat.view(torch.int16).numpy().view(np.uint32), _NO_TABLE, n, BLOCK)
-    if flat.dtype == torch.bfloat16:  # odd length: the even prefix as words, the last value apart
+    if flat.dtype == torch.bfloat16 and n % 2:  # odd length: the even prefix as words, the last value apart
         head, tail = _partial(flat[:-1]), Moments.of_value(float(flat[-1]))
         return (Moments.from_partial(head) + tail).as_partial()
-    if flat.dtype == torch.float16:
-        return _tensor_partial(flat.view(torch.int16).numpy().view(np.uint16), _FP16, n, BLOCK)
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.to(torch.float32)  # fp8 and friends: small tensors, converted once
-    return _tensor_partial(flat.numpy(), _NO_TABLE, n, BLOCK)
+    values, table = _words(flat)
+    return _tensor_partial(values, table, n, BLOCK)
 
 
 class CpuBackend:
@@ -192,3 +213,8 @@ class CpuBackend:
 
     def partials(self, tensors: list[torch.Tensor]) -> list[tuple[float, ...]]:
         return [_partial(t) for t in tensors]
+
+    def partials_with_columns(self, tensors: list[torch.Tensor], input_axis: int
+                              ) -> list[tuple[tuple[float, ...], np.ndarray, np.ndarray]]:
+        """Moments and per-input-column sums of 2-D tensors, both from one read of each."""
+        return [moments_and_columns(t, input_axis) for t in tensors]

@@ -140,33 +140,43 @@ def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0) -> L
 FOLDED_ROLES = ("q", "k", "v")
 
 
-def column_sums(group: list[torch.Tensor], layer: int, role: str, input_axis: int) -> ColumnSums:
-    """Sums over the output dimension of a part's segments, per input column, in float64."""
-    total = squares = None
-    count = 0
-    for seg in group:
-        t, s = kernel_column_sums(seg, input_axis)
-        total, squares = (t, s) if total is None else (total + t, squares + s)
-        count += seg.numel()
-    return ColumnSums(layer, role, total, squares, count)
+def _column_sums(layer: int, role: str, group: list[torch.Tensor], sums: list[tuple[np.ndarray, np.ndarray]]
+                 ) -> ColumnSums:
+    """A part's column sums from those of its segments (added up over the segments' output rows)."""
+    return ColumnSums(layer, role, sum(t for t, _ in sums), sum(s for _, s in sums), sum(g.numel() for g in group))
 
 
 def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
            layout: Layout | None = None, sums: list[ColumnSums] | None = None,
            gains: dict[int, np.ndarray] | None = None) -> list[LayerStat]:
-    """Whole tensors through the backend; with ``sums``/``gains``, also what folding the norm needs."""
+    """Whole tensors through the backend; with ``sums``/``gains``, also what folding the norm needs. A
+    backend that can (CPU) takes a Q/K/V part's moments and column sums in one read."""
     infos = reader.tensors()
     tensors = {name: reader.read(name) for name in batch}
     pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
-    partials = iter(backend.partials([s for _, _, group in pieces for s in group]))
+    input_axis = 0 if layout and layout.transposed else 1
+    fused = getattr(backend, "partials_with_columns", None)
+
+    def folds(part: Part, group: list[torch.Tensor]) -> bool:
+        return sums is not None and part.role in FOLDED_ROLES and group[0].dim() == 2
+
+    plain = iter(backend.partials([s for _, part, group in pieces if not (fused and folds(part, group))
+                                   for s in group]))
     out = []
     for name, part, group in pieces:
+        if fused and folds(part, group):
+            rows = fused(group, input_axis)
+            partials = [r[0] for r in rows]
+            sums.append(_column_sums(part.layer, part.role, group, [(r[1], r[2]) for r in rows]))
+        else:
+            partials = [next(plain) for _ in group]
+            if folds(part, group):
+                sums.append(_column_sums(part.layer, part.role, group,
+                                         [kernel_column_sums(g, input_axis) for g in group]))
         total = Moments()
-        for _ in group:
-            total = total + Moments.from_partial(next(partials))
+        for partial in partials:
+            total = total + Moments.from_partial(partial)
         out.append(_checked(infos[name], part, total))
-        if sums is not None and part.role in FOLDED_ROLES and group[0].dim() == 2:
-            sums.append(column_sums(group, part.layer, part.role, 0 if layout and layout.transposed else 1))
         if gains is not None and part.role == "attn_norm" and layout and layout.pre_norm:
             gains[part.layer] = tensors[name].to(torch.float64).reshape(-1).numpy() + layout.norm_offset
     del tensors, pieces
