@@ -121,6 +121,35 @@ def _tensor_partial(values, table, n, block):
     return reduce_partials(partials)
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _add_columns(f, lo, cols, by_column, total, squares):
+    """Adds the block ``f`` (flat elements from ``lo`` on) to per-column (or per-row) sums, in runs that
+    stay within one matrix row so the inner loops vectorize."""
+    i = 0
+    while i < f.shape[0]:
+        col = (lo + i) % cols
+        run = min(cols - col, f.shape[0] - i)
+        if by_column:
+            t = total[col : col + run]
+            q = squares[col : col + run]
+            x = f[i : i + run]
+            for j in range(run):
+                v = np.float64(x[j])
+                t[j] += v
+                q[j] += v * v
+        else:
+            t = 0.0
+            q2 = 0.0
+            for j in range(run):
+                v = np.float64(f[i + j])
+                t += v
+                q2 += v * v
+            row = (lo + i) // cols
+            total[row] += t
+            squares[row] += q2
+        i += run
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
 def _tensor_partial_columns(values, table, n, block, cols, by_column, chunks):
     """:func:`_tensor_partial` of a row-major [n / cols, cols] matrix plus, in the same pass, the sum and
@@ -140,26 +169,7 @@ def _tensor_partial_columns(values, table, n, block, cols, by_column, chunks):
             hi = min(n, lo + block)
             f = _decode(values, table, lo, hi, scratch)
             _block_partial(f, partials[b])
-            i = 0
-            while i < hi - lo:  # the block in runs that stay within one matrix row
-                col = (lo + i) % cols
-                run = min(cols - col, hi - lo - i)
-                if by_column:
-                    for j in range(run):
-                        x = np.float64(f[i + j])
-                        total[c, col + j] += x
-                        squares[c, col + j] += x * x
-                else:
-                    t = 0.0
-                    q = 0.0
-                    for j in range(run):
-                        x = np.float64(f[i + j])
-                        t += x
-                        q += x * x
-                    row = (lo + i) // cols
-                    total[c, row] += t
-                    squares[c, row] += q
-                i += run
+            _add_columns(f, lo, cols, by_column, total[c], squares[c])
     return reduce_partials(partials), total.sum(axis=0), squares.sum(axis=0)
 
 
