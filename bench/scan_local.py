@@ -6,7 +6,8 @@ file); "eager" reads the whole file into memory first, as load_file used to. Eac
 subprocess of this same run (so peak RSS is each one's own), on a warm page cache and on a cold one (pages
 evicted with posix_fadvise). Reported: wall time of the work (imports excluded, the same for all; median
 of 3 runs), peak RSS, and RSS added by the work over the post-import baseline.
-Ends with the CPU moments throughput of ``bench/kernel_cpu.py``.
+"sampled" is the same scan with ``--sample-error 0.01`` (stratified runs, each std within 1% relative
+standard error, not exact). Ends with the CPU moments throughput of ``bench/kernel_cpu.py``.
 
     python bench/scan_local.py [--dir bench/data/llama-1b] [--layers 12]
 """
@@ -51,6 +52,11 @@ report = scan_sources([MODEL], Store(DB), progress=False)
 assert not report.failed, report.failed[0].error
 """,
 }
+# the same scan with --sample-error 0.01: estimates (relative std error <= 1%), not exact statistics
+WORK["sampled"] = WORK["lineage"].replace("from kernels.moments_cpu import CpuBackend",
+                                          "from kernels.moments_cpu import CpuBackend\n"
+                                          "from scanner.sampling import SamplePlan").replace(
+    "progress=False)", "progress=False, sample=SamplePlan(target_se=0.01))")
 PRELUDE = """import time, json
 ATTENTION = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
 def vm(field):  # per-process figures from /proc (ru_maxrss would carry the parent's peak across exec)
@@ -131,7 +137,7 @@ def main() -> None:
     print(f"checkpoint: {weights} ({weights.stat().st_size / 1e9:.2f} GB bf16), cpus: {os.cpu_count()}")
     rows = {}
     for cache in ("warm", "cold"):
-        for kind in ("naive", "eager", "lineage"):
+        for kind in ("naive", "eager", "lineage", "sampled"):
             runs = []
             for _ in range(REPEATS):
                 (warm if cache == "warm" else evict)(weights)
@@ -143,9 +149,9 @@ def main() -> None:
         added = r["peak_rss_mb"] - r["base_rss_mb"]
         print(f"{cache:5} {kind:8} {r['seconds']:8.3f} {r['peak_rss_mb']:12.0f} {added:13.0f}")
     for cache in ("warm", "cold"):
-        for ref in ("naive", "eager"):
-            n, s = rows[(cache, ref)], rows[(cache, "lineage")]
-            print(f"{cache}: lineage vs {ref}: {n['seconds'] / s['seconds']:.1f}x faster; peak RSS ratio "
+        for ref, mine in (("naive", "lineage"), ("eager", "lineage"), ("naive", "sampled")):
+            n, s = rows[(cache, ref)], rows[(cache, mine)]
+            print(f"{cache}: {mine} vs {ref}: {n['seconds'] / s['seconds']:.1f}x faster; peak RSS ratio "
                   f"{s['peak_rss_mb'] / n['peak_rss_mb']:.2f}, added-RSS ratio "
                   f"{(s['peak_rss_mb'] - s['base_rss_mb']) / (n['peak_rss_mb'] - n['base_rss_mb']):.3f}")
     report(throughput())

@@ -29,7 +29,7 @@ HIDDEN = 64
 MIN_STORE_PAIRS = 50
 MAX_STORE_PAIRS = 400
 #: Stored models sampled on each side of a pair, and how far their depth may differ (relative).
-PEERS = 40
+PEERS = 42
 DEPTH_TOLERANCE = 0.2
 #: Declared ancestry is followed this many generations up.
 MAX_GENERATIONS = 8
@@ -70,32 +70,34 @@ def synthetic(depth_a: int, depth_b: int, pairs: int = PAIRS) -> Null:
 
 def null_for(store, a, b) -> Null:
     """The null to judge ``a`` against ``b``: the store's own unrelated pairs where it has at least
-    MIN_STORE_PAIRS of them at these architectures and depths, else the synthetic null."""
+    MIN_STORE_PAIRS of them at these architectures and depths (pairs involving ``a`` or ``b`` left out),
+    else the synthetic null."""
     if not (a.family and b.family and a.n_layers and b.n_layers):
         return synthetic(a.n_layers or 0, b.n_layers or 0)
-    return _store_null(store, store.index_path(), a.family, a.n_layers, b.family, b.n_layers,
-                       tuple(sorted({a.model, b.model})))
+    scored = _store_pairs(store, store.index_path(), a.family, a.n_layers, b.family, b.n_layers)
+    scores = [s for x, y, s in scored if not {x, y} & {a.model, b.model}]
+    kept = _without_outliers(scores)
+    if len(kept) < MIN_STORE_PAIRS:
+        return synthetic(a.n_layers, b.n_layers)
+    return Null(tuple(kept), "store", len(scores) - len(kept))
 
 
 @lru_cache(maxsize=256)
-def _store_null(store, index: str, family_a: str, depth_a: int, family_b: str, depth_b: int,
-                exclude: tuple[str, ...]) -> Null:
-    """Cached per store state (``index`` names the signature files it was built from)."""
-    side_a = store.peers(family_a, _depths(depth_a), PEERS, list(exclude))
-    side_b = side_a if (family_b, depth_b) == (family_a, depth_a) else \
-        store.peers(family_b, _depths(depth_b), PEERS, list(exclude))
+def _store_pairs(store, index: str, family_a: str, depth_a: int, family_b: str, depth_b: int
+                 ) -> tuple[tuple[str, str, float], ...]:
+    """Scored pairs of stored models unrelated by declaration, one side like ``a``, the other like ``b``.
+    Cached per store state (``index`` names the signature files it was built from) and architecture/depth,
+    so a ``match`` over many candidates scores them once."""
+    side_a = store.peers(family_a, _depths(depth_a), PEERS)
+    side_b = side_a if (family_b, depth_b) == (family_a, depth_a) else store.peers(family_b, _depths(depth_b), PEERS)
     lineage = ancestry(store, [*side_a, *side_b])
     pairs = [(x, y) for x, y in product(side_a, side_b)
-             if x.model < y.model or (x.model != y.model and side_a is not side_b)]
-    pairs = [(x, y) for x, y in pairs if not lineage[x.model] & lineage[y.model]]
-    if len(pairs) < MIN_STORE_PAIRS:
-        return synthetic(depth_a, depth_b)
-    chosen = np.random.default_rng(0).permutation(len(pairs))[:MAX_STORE_PAIRS]
-    scores = [evidence(pairs[i][0].invariants, pairs[i][1].invariants).score for i in sorted(chosen)]
-    kept = _without_outliers([s for s in scores if math.isfinite(s)])
-    if len(kept) < MIN_STORE_PAIRS:
-        return synthetic(depth_a, depth_b)
-    return Null(tuple(kept), "store", len(scores) - len(kept))
+             if (x.model < y.model or (x.model != y.model and side_a is not side_b))
+             and not lineage[x.model] & lineage[y.model]]
+    chosen = sorted(np.random.default_rng(0).permutation(len(pairs))[:MAX_STORE_PAIRS])
+    scored = ((pairs[i][0].model, pairs[i][1].model, evidence(pairs[i][0].invariants, pairs[i][1].invariants).score)
+              for i in chosen)
+    return tuple((x, y, s) for x, y, s in scored if math.isfinite(s))
 
 
 def _depths(depth: int) -> tuple[int, int]:

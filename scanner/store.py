@@ -265,16 +265,15 @@ class Store:
             [vector, limit, *exclude]).fetchone()
         return self._rows(con, ids or [])
 
-    def peers(self, family: str, depths: tuple[int, int], limit: int, exclude: list[str]) -> list[Signature]:
+    def peers(self, family: str, depths: tuple[int, int], limit: int) -> list[Signature]:
         """Up to ``limit`` stored signatures of one architecture ``family`` with depth in ``depths``
-        (inclusive), other than the ``exclude`` models: the same sample on every call for the same store,
-        so an empirical null drawn from it is reproducible."""
+        (inclusive): the same sample on every call for the same store, so an empirical null drawn from it
+        is reproducible."""
         con = self._index_connection()
-        (ids,) = con.execute(
-            "SELECT list(rowid ORDER BY hash(model, revision)) [1:?] FROM signatures WHERE family = ? "
-            "AND n_layers BETWEEN ? AND ? AND invariants IS NOT NULL AND NOT list_contains(?, model)",
-            [limit, family, *depths, exclude]).fetchone()
-        return self._rows(con, ids or [])
+        ids = [i for (i,) in con.execute(
+            "SELECT rowid FROM signatures WHERE family = ? AND n_layers BETWEEN ? AND ? AND invariants IS NOT NULL "
+            "ORDER BY hash(model, revision) LIMIT ?", [family, *depths, limit]).fetchall()]
+        return self._rows(con, ids)
 
     def declared(self, models: Iterable[str]) -> dict[str, list[str]]:
         """The ``declared_base`` of each of ``models`` the store holds (newest revision wins)."""
