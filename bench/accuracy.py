@@ -4,12 +4,16 @@ Generated: six base families (four llama-style bases that share an architecture 
 seed, one qwen2, one phi3), each with derived models: light and heavy drift, pruned, depth up-scaled, MoE
 upcycle, quantized GGUF (Q8_0, Q4_0), quantized safetensors (GPTQ, AWQ, fp8, bitsandbytes int8 and NF4),
 rescaled (Q·a, K/a, V·b, O/b), norm-folded, and two combinations (rescaled after heavy drift, pruned after
-norm folding).
+norm folding); and twelve more llama-style bases without children.
 
-Trained (bench/tiny_train.py): four llama-style bases trained from scratch on this CPU with one recipe and
-one corpus, different seeds; each with a real fine-tune and a real continued pre-training, and from those:
-a GPTQ copy and a Q4_0 GGUF of the base, the fine-tune rescaled, the continued model pruned, the base
-norm-folded. Training takes ~15 minutes the first time; the checkpoints are kept under --trained.
+Trained (bench/tiny_train.py): twelve llama-style bases trained from scratch on this CPU with one recipe
+and one corpus, different seeds; four of them with a real fine-tune and a real continued pre-training,
+and from those: a GPTQ copy and a Q4_0 GGUF of the base, the fine-tune rescaled, the continued model
+pruned, the base norm-folded. Training takes ~25 minutes the first time; checkpoints are kept under
+--trained.
+
+Verdicts are reported twice: against the built-in synthetic null, and against the null of a store
+holding the whole zoo with each derived model's card declaring its parent.
 
 Positives: each derived model with its parent. Negatives: every pair of models from different families.
 Reports AUROC, TPR at 1% FPR and top-1 parent attribution (the parent scores highest among all bases), per
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,10 +40,14 @@ from scanner.demo.model import base_model, drift, fold_norms, prune, rescale, up
 from scanner.demo.quantize import SCHEMES, write_quantized  # noqa: E402
 from scanner.demo.writers import write_gguf, write_hf  # noqa: E402
 from scanner.evidence import decide  # noqa: E402
+from scanner.null import null_for  # noqa: E402
 from scanner.scan import scan_strict  # noqa: E402
+from scanner.store import Store  # noqa: E402
 
 BASES = [("llama-1", "llama", 101), ("llama-2", "llama", 102), ("llama-3", "llama", 103), ("llama-4", "llama", 104),
          ("qwen2-1", "qwen2", 201), ("phi3-1", "phi3", 301)]
+#: Independent bases without children: negatives, and the declared families a store's null needs.
+STRANGERS = [(f"llama-s{i}", "llama", 110 + i) for i in range(12)]
 
 
 def derivations(base, seed: int):
@@ -54,9 +63,14 @@ def derivations(base, seed: int):
     yield "folded+pruned", prune(fold_norms(base, f"{base.name}-fp"), f"{base.name}-fp"), None
 
 
-def build(out: Path, trained: Path, trained_bases: int) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+def build(out: Path, trained: Path, trained_bases: int, trained_strangers: int
+          ) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     """Write the zoo; returns (model, parent, relation) rows and each model's path."""
     truth, paths = [], {}
+    for name, style, seed in STRANGERS:
+        paths[name] = str(write_hf(base_model(name, style, seed, 12), out / name))
+    for seed in range(trained_bases, trained_bases + trained_strangers):
+        paths[ensure_family(trained, seed, children=False)["base"].name] = str(trained / f"trained-{seed}")
     for name, style, seed in BASES:
         base = base_model(name, style, seed, 12)
         paths[name] = str(write_hf(base, out / name))
@@ -112,10 +126,13 @@ def tpr_at(pos: list[float], neg: list[float], fpr: float = 0.01) -> float:
 
 
 def report(title: str, sigs: dict, truth: list[tuple[str, str, str]], root: dict[str, str], bases: list[str],
-           judge) -> None:
+           judges: dict) -> None:
+    """Scores (the same under any null) once; verdicts under each null in ``judges``."""
+    judge = next(iter(judges.values()))
     positives = [(m, parent, rel, judge(m, parent)) for m, parent, rel in truth]
     names = sorted(sigs)
-    negatives = [judge(a, b) for i, a in enumerate(names) for b in names[i + 1:] if root[a] != root[b]]
+    unrelated = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if root[a] != root[b]]
+    negatives = [judge(a, b) for a, b in unrelated]
     print(f"\n{title}: {len(sigs)} models; {len(positives)} derived pairs, {len(negatives)} unrelated pairs")
     print(f"{'method':12} {'AUROC':>7} {'TPR@1%FPR':>10} {'top-1 parent':>13}")
     for method, get in (("paper_score", lambda v: v.paper.score), ("score", lambda v: v.evidence.score)):
@@ -124,11 +141,15 @@ def report(title: str, sigs: dict, truth: list[tuple[str, str, str]], root: dict
         top1 = np.mean([max(bases, key=lambda b: _finite(get(judge(m, b)))) == parent
                         for m, parent, _, _ in positives])
         print(f"{method:12} {auroc(pos, neg):7.4f} {tpr_at(pos, neg):10.3f} {top1:13.3f}")
-    verdicts: dict[str, int] = {}
-    for v in negatives:
-        verdicts[v.verdict] = verdicts.get(v.verdict, 0) + 1
-    print(f"unrelated pairs judged: {verdicts}; highest score {max(v.evidence.score for v in negatives):.3f}, "
-          f"highest paper_score {max(v.paper.score for v in negatives):.3f}")
+    print(f"highest unrelated score {max(v.evidence.score for v in negatives):.3f}, "
+          f"highest unrelated paper_score {max(v.paper.score for v in negatives):.3f}")
+    for label, judge in judges.items():
+        counts: dict[str, int] = {}
+        for a, b in unrelated:
+            verdict = judge(a, b).verdict
+            counts[verdict] = counts.get(verdict, 0) + 1
+        missed = [m for m, parent, _ in truth if judge(m, parent).verdict != "derived"]
+        print(f"verdicts, {label} null: unrelated pairs {counts}; derived pairs not judged derived: {missed or 0}")
     print(f"{'relation':28} {'pairs':>5} {'derived':>8} {'min score':>10} {'min paper_score':>16}")
     for relation in dict.fromkeys(rel for _, _, rel, _ in positives):
         group = [v for _, _, rel, v in positives if rel == relation]
@@ -141,24 +162,34 @@ def main() -> None:
     parser.add_argument("--out", default="bench/data/accuracy-zoo")
     parser.add_argument("--trained", default="bench/data/trained")
     parser.add_argument("--trained-bases", type=int, default=4)
+    parser.add_argument("--trained-strangers", type=int, default=8)
     args = parser.parse_args()
-    truth, paths = build(Path(args.out), Path(args.trained), args.trained_bases)
+    truth, paths = build(Path(args.out), Path(args.trained), args.trained_bases, args.trained_strangers)
     backend = get_backend("cpu")
     sigs = {m: scan_strict(p, backend, set())[1] for m, p in paths.items()}
-    trained_bases = [f"trained-{seed}" for seed in range(args.trained_bases)]
-    bases = [b for b, _, _ in BASES] + trained_bases
+    trained_bases = [f"trained-{seed}" for seed in range(args.trained_bases + args.trained_strangers)]
+    bases = [b for b, _, _ in BASES + STRANGERS] + trained_bases
     root = {b: b for b in bases} | {m: parent for m, parent, _ in truth}
-    verdicts: dict[tuple[str, str], object] = {}
+    for model, parent, _ in truth:  # as the cards of a well-kept store would declare
+        sigs[model].declared_base = [parent]
+    shutil.rmtree(Path(args.out) / "store", ignore_errors=True)
+    store = Store(Path(args.out) / "store")
+    store.write(sigs.values())
+    cache: dict[tuple[str, str, str], object] = {}
 
-    def judge(a: str, b: str):
-        if (a, b) not in verdicts:
-            verdicts[(a, b)] = decide(sigs[a], sigs[b])
-        return verdicts[(a, b)]
+    def judge_with(null: str):
+        def judge(a: str, b: str):
+            key = (null, a, b)
+            if key not in cache:
+                cache[key] = decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]) if null == "store" else None)
+            return cache[key]
+        return judge
 
-    report("whole zoo", sigs, truth, root, bases, judge)
+    judges = {"synthetic": judge_with("synthetic"), "store": judge_with("store")}
+    report("whole zoo", sigs, truth, root, bases, judges)
     trained = {m: s for m, s in sigs.items() if root[m] in trained_bases}
     report("trained on this CPU only", trained, [t for t in truth if t[1] in trained_bases], root, trained_bases,
-           judge)
+           judges)
 
 
 if __name__ == "__main__":

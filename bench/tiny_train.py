@@ -5,7 +5,7 @@ one recipe and one corpus, different seeds; each base gets children by real furt
 fine-tune on other text, a long continued pre-training on a third corpus). The corpus is the Python
 standard library's source, bytes as tokens, split three ways by file name, so everything runs offline.
 
-    python bench/tiny_train.py --out bench/data/trained --bases 4     # what bench/accuracy.py runs
+    python bench/tiny_train.py --out bench/data/trained --bases 4 --strangers 8   # what bench/accuracy.py runs
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def as_toy(model: TinyLlama, name: str) -> ToyModel:
     return toy
 
 
-def trained_family(seed: int, log=print) -> dict[str, ToyModel]:
-    """A base trained from scratch with ``seed`` and its two trained children: {relation: model}."""
+def trained_family(seed: int, children: bool = True, log=print) -> dict[str, ToyModel]:
+    """A base trained from scratch with ``seed`` and (``children``) its two trained children: {relation: model}."""
     name = f"trained-{seed}"
     model = TinyLlama(seed)
     started = time.perf_counter()
@@ -150,7 +150,7 @@ def trained_family(seed: int, log=print) -> dict[str, ToyModel]:
     out = {"base": as_toy(model, name)}
     log(f"{name}: pre-trained {PRETRAIN.steps} steps, loss {loss:.3f} ({time.perf_counter() - started:.0f} s)")
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    for relation, recipe in (("finetune", FINETUNE), ("continued", CONTINUED)):
+    for relation, recipe in (("finetune", FINETUNE), ("continued", CONTINUED)) if children else ():
         model.load_state_dict(state)
         loss = train(model, recipe, seed + 1000)
         out[relation] = as_toy(model, f"{name}-{relation}")
@@ -161,13 +161,14 @@ def trained_family(seed: int, log=print) -> dict[str, ToyModel]:
 RELATIONS = ("base", "finetune", "continued")
 
 
-def ensure_family(out: Path, seed: int) -> dict[str, ToyModel]:
-    """The family of ``seed``: trained and written under ``out`` once, read back from there afterwards."""
+def ensure_family(out: Path, seed: int, children: bool = True) -> dict[str, ToyModel]:
+    """The family of ``seed`` (without ``children``: the base alone): trained and written under ``out``
+    once, read back from there afterwards."""
     from scanner.demo.writers import write_hf
 
-    names = {"base": f"trained-{seed}", **{r: f"trained-{seed}-{r}" for r in RELATIONS[1:]}}
+    names = {"base": f"trained-{seed}", **{r: f"trained-{seed}-{r}" for r in RELATIONS[1:] if children}}
     if not all((out / name / "config.json").is_file() for name in names.values()):
-        for model in trained_family(seed).values():
+        for model in trained_family(seed, children).values():
             write_hf(model, out / model.name)
     return {relation: load_toy(out / name) for relation, name in names.items()}
 
@@ -189,10 +190,13 @@ def load_toy(directory: Path) -> ToyModel:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/data/trained")
-    parser.add_argument("--bases", type=int, default=4)
+    parser.add_argument("--bases", type=int, default=4, help="bases trained with their children")
+    parser.add_argument("--strangers", type=int, default=8, help="more bases, trained alone")
     args = parser.parse_args()
     for seed in range(args.bases):
         ensure_family(Path(args.out), seed)
+    for seed in range(args.bases, args.bases + args.strangers):
+        ensure_family(Path(args.out), seed, children=False)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Nulls: how high unrelated models score by chance, to turn a lineage score into a p-value.
 
 The store's own null (:func:`null_for`): scores between stored models of different declared families
-(no shared ancestor through their cards' ``base_model``), matched on architecture family and depth
-(within ±20% of each side's depth). Real models of one era share depth trends a generator lacks, so
-this is the null to trust once a store has enough such pairs. Undeclared relatives would inflate it
-(that lineage is what the tool exists to find), so pairs scoring as robust outliers (Fisher z beyond
-the median plus five robust standard deviations) are left out and counted.
+(no shared ancestor through their cards' ``base_model``), matched on architecture (family and hidden
+size) and depth (within ±20% of each side's depth). Its pairs must span at least MIN_STORE_FAMILIES
+declared families: pairs among a handful of families are many scores but few independent facts. Real
+models of one era share depth trends a generator lacks, so this is the null to trust once a store has
+enough such pairs. Undeclared relatives would inflate it (that lineage is what the tool exists to
+find), so pairs scoring as robust outliers (Fisher z beyond the median plus five robust standard
+deviations) are left out and counted.
 
 The built-in synthetic null (:func:`synthetic`), for a small store: each synthetic model is a fresh
 draw of the demo zoo's generator (smooth random depth profiles, heavy-tailed weights, heads and rows
@@ -25,8 +27,10 @@ from scanner.evidence import Null, evidence
 
 PAIRS = 60
 HIDDEN = 64
-#: Store pairs needed before the store's null replaces the synthetic one; at most this many are scored.
+#: Store pairs, and distinct declared families among them, needed before the store's null replaces the
+#: synthetic one; at most MAX_STORE_PAIRS are scored.
 MIN_STORE_PAIRS = 50
+MIN_STORE_FAMILIES = 8
 MAX_STORE_PAIRS = 400
 #: Stored models sampled on each side of a pair, and how far their depth may differ (relative).
 PEERS = 42
@@ -69,44 +73,46 @@ def synthetic(depth_a: int, depth_b: int, pairs: int = PAIRS) -> Null:
 
 
 def null_for(store, a, b) -> Null:
-    """The null to judge ``a`` against ``b``: the store's own unrelated pairs where it has at least
-    MIN_STORE_PAIRS of them at these architectures and depths (pairs involving ``a`` or ``b`` left out),
-    else the synthetic null."""
+    """The null to judge ``a`` against ``b``: the store's own unrelated pairs where it has enough of them
+    at these architectures and depths (pairs involving ``a`` or ``b`` left out), else the synthetic null."""
     if not (a.family and b.family and a.n_layers and b.n_layers):
         return synthetic(a.n_layers or 0, b.n_layers or 0)
-    scored = _store_pairs(store, store.index_path(), a.family, a.n_layers, b.family, b.n_layers)
-    scores = [s for x, y, s in scored if not {x, y} & {a.model, b.model}]
-    kept = _without_outliers(scores)
-    if len(kept) < MIN_STORE_PAIRS:
+    scored = _store_pairs(store, store.index_path(), (a.family, a.hidden_size, a.n_layers),
+                          (b.family, b.hidden_size, b.n_layers))
+    usable = [(s, rx, ry) for x, y, s, rx, ry in scored if not {x, y} & {a.model, b.model}]
+    kept = _without_outliers([s for s, _, _ in usable])
+    if len(kept) < MIN_STORE_PAIRS or len({r for _, rx, ry in usable for r in (rx, ry)}) < MIN_STORE_FAMILIES:
         return synthetic(a.n_layers, b.n_layers)
-    return Null(tuple(kept), "store", len(scores) - len(kept))
+    return Null(tuple(kept), "store", len(usable) - len(kept))
 
 
 @lru_cache(maxsize=256)
-def _store_pairs(store, index: str, family_a: str, depth_a: int, family_b: str, depth_b: int
-                 ) -> tuple[tuple[str, str, float], ...]:
-    """Scored pairs of stored models unrelated by declaration, one side like ``a``, the other like ``b``.
-    Cached per store state (``index`` names the signature files it was built from) and architecture/depth,
-    so a ``match`` over many candidates scores them once."""
-    side_a = store.peers(family_a, _depths(depth_a), PEERS)
-    side_b = side_a if (family_b, depth_b) == (family_a, depth_a) else store.peers(family_b, _depths(depth_b), PEERS)
-    lineage = ancestry(store, [*side_a, *side_b])
+def _store_pairs(store, index: str, like_a: tuple, like_b: tuple) -> tuple[tuple[str, str, float, str, str], ...]:
+    """Scored pairs (model, model, score, root, root) of stored models unrelated by declaration, one side
+    like ``a``, the other like ``b`` (family, hidden size, depth). Cached per store state (``index`` names
+    the signature files it was built from) and architecture, so a ``match`` over many candidates scores
+    them once."""
+    side_a = _peers(store, *like_a)
+    side_b = side_a if like_a == like_b else _peers(store, *like_b)
+    lineage, roots = ancestry(store, [*side_a, *side_b])
     pairs = [(x, y) for x, y in product(side_a, side_b)
              if (x.model < y.model or (x.model != y.model and side_a is not side_b))
              and not lineage[x.model] & lineage[y.model]]
     chosen = sorted(np.random.default_rng(0).permutation(len(pairs))[:MAX_STORE_PAIRS])
     scored = ((pairs[i][0].model, pairs[i][1].model, evidence(pairs[i][0].invariants, pairs[i][1].invariants).score)
               for i in chosen)
-    return tuple((x, y, s) for x, y, s in scored if math.isfinite(s))
+    return tuple((x, y, s, roots[x], roots[y]) for x, y, s in scored if math.isfinite(s))
 
 
-def _depths(depth: int) -> tuple[int, int]:
-    return math.floor(depth * (1 - DEPTH_TOLERANCE)), math.ceil(depth * (1 + DEPTH_TOLERANCE))
+def _peers(store, family: str, hidden: int | None, depth: int) -> list:
+    low, high = math.floor(depth * (1 - DEPTH_TOLERANCE)), math.ceil(depth * (1 + DEPTH_TOLERANCE))
+    return store.peers(family, hidden, (low, high), PEERS)
 
 
-def ancestry(store, sigs) -> dict[str, frozenset[str]]:
+def ancestry(store, sigs) -> tuple[dict[str, frozenset[str]], dict[str, str]]:
     """Each model with every ancestor its card (and its ancestors' cards) declares, as far as the store
-    knows them; two models share a declared family when these sets meet."""
+    knows them (two models share a declared family when these sets meet), and each model's root: the
+    first of its ancestors that declares none."""
     declared = {s.model: list(s.declared_base) for s in sigs}
     frontier = {base for bases in declared.values() for base in bases} - declared.keys()
     for _ in range(MAX_GENERATIONS):
@@ -115,7 +121,7 @@ def ancestry(store, sigs) -> dict[str, frozenset[str]]:
         found = store.declared(frontier)
         declared.update({m: found.get(m, []) for m in frontier})
         frontier = {base for m in frontier for base in declared[m]} - declared.keys()
-    out = {}
+    out, roots = {}, {}
     for s in sigs:
         seen, todo = {s.model}, list(declared.get(s.model, []))
         while todo:
@@ -124,7 +130,9 @@ def ancestry(store, sigs) -> dict[str, frozenset[str]]:
                 seen.add(m)
                 todo.extend(declared.get(m, []))
         out[s.model] = frozenset(seen)
-    return out
+        tops = [m for m in seen if not declared.get(m)]
+        roots[s.model] = min(tops or seen)  # a cycle of declarations has no top: any member stands for it
+    return out, roots
 
 
 def _without_outliers(scores: list[float]) -> list[float]:

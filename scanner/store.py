@@ -138,17 +138,18 @@ def _layer_rows(sigs: list[Signature]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LAYERS_SCHEMA)
 
 
-_SIG_COLUMNS = ("model, revision, source, n_layers, family, format, dtype, curves, invariants, declared_base, "
-                "embedding")
+_SIG_COLUMNS = ("model, revision, source, n_layers, hidden_size, family, format, dtype, curves, invariants, "
+                "declared_base, embedding")
 
 
 def _signatures(rows) -> list[Signature]:
     """Signatures (curves and features, not layers) from rows of _SIG_COLUMNS."""
-    return [Signature(model, revision, source, n_layers=n_layers, family=family, format=fmt, dtype=dtype,
+    return [Signature(model, revision, source, n_layers=n_layers, hidden_size=hidden, family=family, format=fmt,
+                      dtype=dtype,
                       curves={k: v for k, v in (curves or {}).items() if v is not None},
                       invariants={k: v for k, v in (inv or {}).items() if v is not None},
                       declared_base=list(base or []), embedding=list(emb) if emb is not None else None)
-            for model, revision, source, n_layers, family, fmt, dtype, curves, inv, base, emb in rows]
+            for model, revision, source, n_layers, hidden, family, fmt, dtype, curves, inv, base, emb in rows]
 
 
 def _stem() -> str:
@@ -265,14 +266,15 @@ class Store:
             [vector, limit, *exclude]).fetchone()
         return self._rows(con, ids or [])
 
-    def peers(self, family: str, depths: tuple[int, int], limit: int) -> list[Signature]:
-        """Up to ``limit`` stored signatures of one architecture ``family`` with depth in ``depths``
-        (inclusive): the same sample on every call for the same store, so an empirical null drawn from it
-        is reproducible."""
+    def peers(self, family: str, hidden: int | None, depths: tuple[int, int], limit: int) -> list[Signature]:
+        """Up to ``limit`` stored signatures of one architecture (``family`` and ``hidden`` size) with depth
+        in ``depths`` (inclusive): the same sample on every call for the same store, so an empirical null
+        drawn from it is reproducible."""
         con = self._index_connection()
         ids = [i for (i,) in con.execute(
-            "SELECT rowid FROM signatures WHERE family = ? AND n_layers BETWEEN ? AND ? AND invariants IS NOT NULL "
-            "ORDER BY hash(model, revision) LIMIT ?", [family, *depths, limit]).fetchall()]
+            "SELECT rowid FROM signatures WHERE family = ? AND hidden_size IS NOT DISTINCT FROM ? "
+            "AND n_layers BETWEEN ? AND ? AND invariants IS NOT NULL ORDER BY hash(model, revision) LIMIT ?",
+            [family, hidden, *depths, limit]).fetchall()]
         return self._rows(con, ids)
 
     def declared(self, models: Iterable[str]) -> dict[str, list[str]]:

@@ -242,3 +242,19 @@ def test_store_null_from_unrelated_pairs_leaves_out_relatives(tmp_path):
     assert max(null.scores) < 0.95
     v = decide(_stored("base-5-again", noisy), sigs[5], null)
     assert v.verdict == "derived" and v.null.source == "store" and v.p_value >= v.p_null
+
+
+def test_store_null_needs_many_families_not_just_many_pairs(tmp_path):
+    from scanner.null import null_for, synthetic_features
+    from scanner.store import Store
+
+    store = Store(tmp_path / "db")
+    rng = np.random.default_rng(1)
+    sigs = []
+    for i in range(3):  # 3 families of 11: 363 unrelated pairs, but only 3 independent relationships
+        base = synthetic_features(12, 400 + i)
+        sigs.append(_stored(f"fam{i}", base))
+        sigs += [_stored(f"fam{i}-{k}", {n: list(np.asarray(v) + rng.normal(0, 0.05, 12)) for n, v in base.items()},
+                         base=[f"fam{i}"]) for k in range(10)]
+    store.write(sigs)
+    assert null_for(store, sigs[0], sigs[12]).source == "synthetic"
