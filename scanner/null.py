@@ -27,8 +27,8 @@ from scanner.evidence import Null, evidence
 
 PAIRS = 60
 HIDDEN = 64
-#: Store pairs, and distinct declared families among them, needed before the store's null replaces the
-#: synthetic one; at most MAX_STORE_PAIRS are scored.
+#: Store pairs, and distinct declared families among them (at least half as many on each side), needed
+#: before the store's null replaces the synthetic one; at most MAX_STORE_PAIRS are scored.
 MIN_STORE_PAIRS = 50
 MIN_STORE_FAMILIES = 8
 MAX_STORE_PAIRS = 400
@@ -43,7 +43,8 @@ OUTLIER_Z = 5.0
 def _kurtosis(x: np.ndarray) -> float:
     d = x.astype(np.float64).ravel()
     d = d - d.mean()
-    return float(d.size * (d**4).sum() / ((d**2).sum() ** 2))
+    d2 = d * d
+    return float(d.size * (d2 @ d2) / (d2.sum() ** 2))
 
 
 def _log_std(x: np.ndarray) -> float:
@@ -52,7 +53,7 @@ def _log_std(x: np.ndarray) -> float:
 
 @lru_cache(maxsize=512)
 def synthetic_features(depth: int, seed: int) -> dict[str, list[float]]:
-    model = base_model("null", "llama", 10_000 + seed, depth, hidden=HIDDEN)
+    model = base_model("null", "llama", 10_000 + seed, depth, hidden=HIDDEN, mlp=False)
     out: dict[str, list[float]] = {name: [] for name in ("qk", "vo", "kurt_q", "kurt_k", "kurt_v", "kurt_o")}
     for layer in model.layers:
         gain = layer["attn_norm"][None, :]
@@ -81,7 +82,9 @@ def null_for(store, a, b) -> Null:
                           (b.family, b.hidden_size, b.n_layers))
     usable = [(s, rx, ry) for x, y, s, rx, ry in scored if not {x, y} & {a.model, b.model}]
     kept = _without_outliers([s for s, _, _ in usable])
-    if len(kept) < MIN_STORE_PAIRS or len({r for _, rx, ry in usable for r in (rx, ry)}) < MIN_STORE_FAMILIES:
+    side_a, side_b = {rx for _, rx, _ in usable}, {ry for _, _, ry in usable}
+    if len(kept) < MIN_STORE_PAIRS or len(side_a | side_b) < MIN_STORE_FAMILIES or \
+            min(len(side_a), len(side_b)) < MIN_STORE_FAMILIES // 2:
         return synthetic(a.n_layers, b.n_layers)
     return Null(tuple(kept), "store", len(usable) - len(kept))
 

@@ -62,8 +62,9 @@ def projection(rng: np.random.Generator, rows: int, cols: int, std: float, head_
 
 
 def base_model(name: str, style: str, seed: int, n_layers: int, hidden: int = 128, n_heads: int = 4,
-               n_kv_heads: int = 2) -> ToyModel:
-    """A base model trained 'from scratch': its own seed, its own depth curves."""
+               n_kv_heads: int = 2, mlp: bool = True) -> ToyModel:
+    """A base model trained 'from scratch': its own seed, its own depth curves. Without ``mlp``, the
+    layers hold attention and norms only (all a lineage null needs, at a third of the cost)."""
     rng = np.random.default_rng(seed)
     if style in ("gpt2", "phi3"):
         n_kv_heads = n_heads
@@ -80,10 +81,11 @@ def base_model(name: str, style: str, seed: int, n_layers: int, hidden: int = 12
             "o": projection(rng, hidden, n_heads * hd, curves["o"][i], hd),
             "attn_norm": (norm_curve[i] * np.exp(rng.normal(0, 0.1, hidden))).astype(np.float32),
             "mlp_norm": np.exp(rng.normal(0, 0.1, hidden)).astype(np.float32),
-            "gate": projection(rng, model.intermediate, hidden, curves["mlp"][i], hd),
-            "up": projection(rng, model.intermediate, hidden, curves["mlp"][i], hd),
-            "down": projection(rng, hidden, model.intermediate, curves["mlp"][i], hd),
         }
+        if mlp:
+            layer.update(gate=projection(rng, model.intermediate, hidden, curves["mlp"][i], hd),
+                         up=projection(rng, model.intermediate, hidden, curves["mlp"][i], hd),
+                         down=projection(rng, hidden, model.intermediate, curves["mlp"][i], hd))
         if style in ("qwen2", "gpt2"):
             for role, rows in (("q", n_heads * hd), ("k", n_kv_heads * hd), ("v", n_kv_heads * hd)):
                 layer[f"{role}_bias"] = heavy_tailed(rng, (rows,)) * np.float32(0.1)
