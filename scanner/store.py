@@ -241,6 +241,8 @@ class Store:
 
     def done(self) -> set[tuple[str, str]]:
         """(model, revision) pairs already scanned successfully: a re-run skips these."""
+        if not self.files("signatures"):
+            return set()  # a new store: no need to start DuckDB
         with self.connect() as con:
             return {tuple(r) for r in con.execute("SELECT model, revision FROM signatures").fetchall()}
 
