@@ -59,15 +59,16 @@ def invariants(stats, n_layers: int) -> dict[str, list[float]]:
 
 def _matrix(features: dict[str, list[float]]) -> tuple[np.ndarray, list[str]]:
     """Layers × usable features, each z-scored; features that are flat or missing are left out."""
-    cols, names = [], []
-    for name in FEATURES:
-        x = np.asarray(features.get(name) or [], dtype=np.float64)
-        if x.size < 3 or not np.isfinite(x).all() or x.std() < FLAT:
-            continue
-        cols.append((x - x.mean()) / x.std())
-        names.append(name)
-    depth = len(next(iter(features.values()), []))
-    return (np.stack(cols, axis=1) if cols else np.empty((depth, 0))), names
+    depth = len(next((v for v in features.values() if v is not None), []))
+    names = [n for n in FEATURES if features.get(n) is not None and len(features[n]) == depth]
+    if depth < 3 or not names:
+        return np.empty((depth, 0)), []
+    x = np.array([features[n] for n in names], dtype=np.float64).T
+    with np.errstate(invalid="ignore"):
+        spread = x.std(axis=0)
+        keep = np.isfinite(x).all(axis=0) & (spread >= FLAT)
+    x = x[:, keep]
+    return (x - x.mean(axis=0)) / spread[keep], [n for n, k in zip(names, keep) if k]
 
 
 def align(a: np.ndarray, b: np.ndarray, gap: float = GAP) -> list[tuple[int, int]]:
@@ -154,11 +155,11 @@ def evidence(a: dict[str, list[float]], b: dict[str, list[float]]) -> Evidence:
     pairs = align(xa, xb)
     if len(pairs) < 3:
         return Evidence(math.nan, {}, pairs, shared)
-    ia, ib = zip(*pairs)
-    per = {}
-    for k, f in enumerate(shared):
-        u, v = xa[list(ia), k], xb[list(ib), k]
-        per[f] = float(np.corrcoef(u, v)[0, 1]) if u.std() > 0 and v.std() > 0 else math.nan
+    ia, ib = (list(t) for t in zip(*pairs))
+    u, v = xa[ia] - xa[ia].mean(axis=0), xb[ib] - xb[ib].mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (u * v).sum(axis=0) / np.sqrt((u * u).sum(axis=0) * (v * v).sum(axis=0))
+    per = {f: float(r[k]) if np.isfinite(r[k]) else math.nan for k, f in enumerate(shared)}
     finite = [r for r in per.values() if math.isfinite(r)]
     score = float(np.mean(finite)) if finite else math.nan
     perm = None
