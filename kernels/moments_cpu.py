@@ -122,45 +122,51 @@ def _tensor_partial(values, table, n, block):
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _add_columns(f, lo, cols, by_column, total, squares):
-    """Adds the block ``f`` (flat elements from ``lo`` on) to per-column (or per-row) sums, in runs that
-    stay within one matrix row so the inner loops vectorize."""
+def _add_columns(f, lo, cols, by_column, powers):
+    """Adds the block ``f`` (flat elements from ``lo`` on) to per-column (or per-row) power sums
+    ``powers[k - 1] += x**k`` for k = 1..4, in runs that stay within one matrix row so loops vectorize."""
     i = 0
     while i < f.shape[0]:
         col = (lo + i) % cols
         run = min(cols - col, f.shape[0] - i)
         if by_column:
-            t = total[col : col + run]
-            q = squares[col : col + run]
+            p1, p2 = powers[0, col : col + run], powers[1, col : col + run]
+            p3, p4 = powers[2, col : col + run], powers[3, col : col + run]
             x = f[i : i + run]
             for j in range(run):
                 v = np.float64(x[j])
-                t[j] += v
-                q[j] += v * v
+                v2 = v * v
+                p1[j] += v
+                p2[j] += v2
+                p3[j] += v2 * v
+                p4[j] += v2 * v2
         else:
-            t = 0.0
-            q2 = 0.0
+            s1 = s2 = s3 = s4 = 0.0
             for j in range(run):
                 v = np.float64(f[i + j])
-                t += v
-                q2 += v * v
+                v2 = v * v
+                s1 += v
+                s2 += v2
+                s3 += v2 * v
+                s4 += v2 * v2
             row = (lo + i) // cols
-            total[row] += t
-            squares[row] += q2
+            powers[0, row] += s1
+            powers[1, row] += s2
+            powers[2, row] += s3
+            powers[3, row] += s4
         i += run
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
 def _tensor_partial_columns(values, table, n, block, cols, by_column, chunks):
-    """:func:`_tensor_partial` of a row-major [n / cols, cols] matrix plus, in the same pass, the sum and
-    sum of squares (float64) of each column (``by_column``) or each row. The blocks, and so the moments,
+    """:func:`_tensor_partial` of a row-major [n / cols, cols] matrix plus, in the same pass, the sums of
+    x, x², x³ and x⁴ (float64) of each column (``by_column``) or each row. The blocks, and so the moments,
     are exactly those of :func:`_tensor_partial`; runs of blocks are split into ``chunks`` that keep their
-    own column sums, added in chunk order at the end."""
+    own sums, added in chunk order at the end."""
     n_blocks = (n + block - 1) // block
     width = cols if by_column else n // cols
     partials = np.empty((n_blocks, 8), dtype=np.float64)
-    total = np.zeros((chunks, width))
-    squares = np.zeros((chunks, width))
+    powers = np.zeros((chunks, 4, width))
     per = (n_blocks + chunks - 1) // chunks
     for c in prange(chunks):
         scratch = np.empty(block, dtype=np.uint32)
@@ -169,14 +175,15 @@ def _tensor_partial_columns(values, table, n, block, cols, by_column, chunks):
             hi = min(n, lo + block)
             f = _decode(values, table, lo, hi, scratch)
             _block_partial(f, partials[b])
-            _add_columns(f, lo, cols, by_column, total[c], squares[c])
-    return reduce_partials(partials), total.sum(axis=0), squares.sum(axis=0)
+            _add_columns(f, lo, cols, by_column, powers[c])
+    return reduce_partials(partials), powers.sum(axis=0)
 
 
-def moments_and_columns(matrix: torch.Tensor, input_axis: int) -> tuple[tuple[float, ...], np.ndarray, np.ndarray]:
+def moments_and_columns(matrix: torch.Tensor, input_axis: int) -> tuple[tuple[float, ...], np.ndarray]:
     """One compiled pass over a 2-D tensor: its moments partial and, per input column (``input_axis`` 1,
-    nn.Linear's [out, in]) or input row (0, Conv1D's [in, out]), the sum and sum of squares over the other
-    axis in float64: what folding a norm gain into the matrix needs (see scanner.moments.ColumnSums)."""
+    nn.Linear's [out, in]) or input row (0, Conv1D's [in, out]), the sums of x, x², x³, x⁴ over the other
+    axis in float64 ([4, inputs]): what folding a norm gain into the matrix needs (see
+    scanner.moments.ColumnSums)."""
     m = matrix.detach()
     if not m.is_contiguous():
         m = m.contiguous()
@@ -188,10 +195,9 @@ def moments_and_columns(matrix: torch.Tensor, input_axis: int) -> tuple[tuple[fl
     return _tensor_partial_columns(values, table, m.numel(), BLOCK, cols, input_axis == 1, chunks)
 
 
-def column_sums(matrix: torch.Tensor, input_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """The column sums of :func:`moments_and_columns` alone (for backends that take moments elsewhere)."""
-    _, total, squares = moments_and_columns(matrix, input_axis)
-    return total, squares
+def column_sums(matrix: torch.Tensor, input_axis: int) -> np.ndarray:
+    """The column power sums of :func:`moments_and_columns` alone (for backends that take moments elsewhere)."""
+    return moments_and_columns(matrix, input_axis)[1]
 
 
 def _words(flat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -225,6 +231,6 @@ class CpuBackend:
         return [_partial(t) for t in tensors]
 
     def partials_with_columns(self, tensors: list[torch.Tensor], input_axis: int
-                              ) -> list[tuple[tuple[float, ...], np.ndarray, np.ndarray]]:
-        """Moments and per-input-column sums of 2-D tensors, both from one read of each."""
+                              ) -> list[tuple[tuple[float, ...], np.ndarray]]:
+        """Moments and per-input-column power sums of 2-D tensors, both from one read of each."""
         return [moments_and_columns(t, input_axis) for t in tensors]

@@ -6,7 +6,10 @@ Features per layer, each chosen to survive an evasion the seed method falls for:
 - ``qk`` = log std(Q·diag γ) + log std(K·diag γ): scaling Q by a and K by 1/a changes no output and no
   product; folding the input-norm gain γ into Q/K/V changes neither (γ is folded in before measuring).
 - ``vo`` = log std(V·diag γ) + log std(O): the same for V·b, O/b.
-- ``kurt_*``: the kurtosis of each projection, blind to any rescaling.
+- ``kurt_*``: the kurtosis of each projection as stored, blind to any rescaling; ``fkurt_q/k/v``: the
+  kurtosis of Q/K/V with γ folded in, which norm folding leaves alone. Both are kept: folding moves the
+  first, while continued training that moves the gains moves the second, so together neither edit
+  costs more than half of the kurtosis evidence.
 
 Each feature curve is z-scored per model. Layers are aligned by dynamic programming (monotone, with a
 gap cost), so pruned, truncated and depth-up-scaled models align with their parents layer by layer; the
@@ -25,7 +28,7 @@ import numpy as np
 
 from scanner.lineage import PaperScore, paper_score
 
-FEATURES = ("qk", "vo", "kurt_q", "kurt_k", "kurt_v", "kurt_o")
+FEATURES = ("qk", "vo", "kurt_q", "kurt_k", "kurt_v", "kurt_o", "fkurt_q", "fkurt_k", "fkurt_v")
 GAP = 0.6
 #: A feature whose curve moves less than this (std of its log values over layers) carries no shape.
 FLAT = 0.01
@@ -51,9 +54,16 @@ def invariants(stats, n_layers: int) -> dict[str, list[float]]:
         "qk": [std(i, "q", True) + std(i, "k", True) for i in range(n_layers)],
         "vo": [std(i, "v", True) + std(i, "o", False) for i in range(n_layers)],
     }
+    def kurtosis(layer: int, role: str, folded: bool) -> float:
+        s = by.get((layer, role))
+        if s is None:
+            return math.nan
+        return s.folded_kurtosis if folded and s.folded_kurtosis is not None else s.moments.kurtosis
+
     for role in "qkvo":
-        out[f"kurt_{role}"] = [by[(i, role)].moments.kurtosis if (i, role) in by else math.nan
-                               for i in range(n_layers)]
+        out[f"kurt_{role}"] = [kurtosis(i, role, False) for i in range(n_layers)]
+    for role in "qkv":
+        out[f"fkurt_{role}"] = [kurtosis(i, role, True) for i in range(n_layers)]
     return out
 
 
@@ -254,7 +264,20 @@ def _kind(a, b, ev: Evidence, paper: PaperScore) -> str:
         return "rescaled weights (possible evasion)"
     if quantized(a) != quantized(b) and ev.score > 0.98:
         return "quantized copy"
-    return "fine-tune" if ev.score > 0.95 else "continued training"
+    return "fine-tune" if _std_drift(a, b, ev.alignment) < FINE_TUNE_DRIFT else "continued training"
+
+
+#: A fine-tune moves each projection's std by a few percent at most; continued training moves it more.
+FINE_TUNE_DRIFT = 0.03
+
+
+def _std_drift(a, b, alignment: list[tuple[int, int]]) -> float:
+    """Median over aligned layers of how far the projections' stds moved (|Δ log std| per matrix, from the
+    rescaling-invariant ``qk`` and ``vo`` products); infinite when they cannot be compared."""
+    moves = [abs(a.invariants[f][i] - b.invariants[f][j]) / 2 for f in ("qk", "vo") for i, j in alignment
+             if f in (a.invariants or {}) and f in (b.invariants or {})]
+    moves = [m for m in moves if math.isfinite(m)]
+    return float(np.median(moves)) if moves else math.inf
 
 
 #: Storage types of unquantized weights; anything else (GGUF Q*/IQ*, GPTQ, AWQ, fp8, bitsandbytes) is quantized.

@@ -41,32 +41,37 @@ MIN_SAMPLED = 1 << 14
 class LayerStat:
     """Moments of one role in one layer; ``std_se`` is the relative standard error of a sampled std.
 
-    ``folded_std`` (Q/K/V) is the std the matrix would have with the layer's input-norm gain folded into
-    its input columns, W·diag(γ): a model published with the gain folded in has the same value."""
+    ``folded_std`` and ``folded_kurtosis`` (Q/K/V) are those the matrix would have with the layer's
+    input-norm gain folded into its input columns, W·diag(γ): a model published with the gain folded in
+    has the same values."""
 
     layer: int
     role: str
     moments: Moments
     std_se: float = 0.0
     folded_std: float | None = None
+    folded_kurtosis: float | None = None
 
 
 @dataclass(frozen=True)
 class ColumnSums:
-    """Per input column: sum and sum of squares of a Q/K/V part, to fold the norm gain in afterwards."""
+    """Per input column of a Q/K/V part: the sums of x, x², x³, x⁴ over its outputs (``powers``, [4, inputs]),
+    from which the moments of W·diag(γ) follow for any gain γ without reading W again."""
 
     layer: int
     role: str
-    total: np.ndarray
-    squares: np.ndarray
+    powers: np.ndarray
     count: int
 
-    def folded_std(self, gain: np.ndarray) -> float | None:
-        if gain.shape != self.total.shape or self.count < 2:
+    def folded(self, gain: np.ndarray) -> tuple[float, float] | None:
+        """(unbiased std, Pearson kurtosis) of W·diag(``gain``); None if the gain does not fit."""
+        if gain.shape != self.powers.shape[1:] or self.count < 2:
             return None
-        mean = float(gain @ self.total) / self.count
-        second = float((gain * gain) @ self.squares) / self.count
-        return math.sqrt(max(second - mean * mean, 0.0) * self.count / (self.count - 1))
+        e1, e2, e3, e4 = (float((gain**k) @ self.powers[k - 1]) / self.count for k in range(1, 5))
+        var = max(e2 - e1 * e1, 0.0)
+        fourth = e4 - 4 * e1 * e3 + 6 * e1 * e1 * e2 - 3 * e1**4
+        kurtosis = fourth / (var * var) if var > 0 else math.nan
+        return math.sqrt(var * self.count / (self.count - 1)), kurtosis
 
 
 @dataclass(frozen=True)
@@ -126,9 +131,10 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
 
 
 def _fold(stats: list[LayerStat], sums: list[ColumnSums], gains: dict[int, np.ndarray]) -> list[LayerStat]:
-    """Attach each Q/K/V part's folded std, from its column sums and its layer's input-norm gain."""
-    folded = {(c.layer, c.role): c.folded_std(gains[c.layer]) for c in sums if c.layer in gains}
-    return [LayerStat(s.layer, s.role, s.moments, s.std_se, folded.get((s.layer, s.role))) for s in stats]
+    """Attach each Q/K/V part's folded std and kurtosis, from its column sums and its layer's norm gain."""
+    folded = {(c.layer, c.role): c.folded(gains[c.layer]) for c in sums if c.layer in gains}
+    return [LayerStat(s.layer, s.role, s.moments, s.std_se, *(folded.get((s.layer, s.role)) or (None, None)))
+            for s in stats]
 
 
 def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0) -> LayerStat:
@@ -140,10 +146,9 @@ def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0) -> L
 FOLDED_ROLES = ("q", "k", "v")
 
 
-def _column_sums(layer: int, role: str, group: list[torch.Tensor], sums: list[tuple[np.ndarray, np.ndarray]]
-                 ) -> ColumnSums:
+def _column_sums(layer: int, role: str, group: list[torch.Tensor], powers: list[np.ndarray]) -> ColumnSums:
     """A part's column sums from those of its segments (added up over the segments' output rows)."""
-    return ColumnSums(layer, role, sum(t for t, _ in sums), sum(s for _, s in sums), sum(g.numel() for g in group))
+    return ColumnSums(layer, role, sum(powers), sum(g.numel() for g in group))
 
 
 def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
@@ -167,7 +172,7 @@ def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], b
         if fused and folds(part, group):
             rows = fused(group, input_axis)
             partials = [r[0] for r in rows]
-            sums.append(_column_sums(part.layer, part.role, group, [(r[1], r[2]) for r in rows]))
+            sums.append(_column_sums(part.layer, part.role, group, [r[1] for r in rows]))
         else:
             partials = [next(plain) for _ in group]
             if folds(part, group):
@@ -235,7 +240,7 @@ def _estimate(reader: Reader, name: str, part: Part, backend: MomentsBackend, pl
 
 def _sampled_column_sums(runs: torch.Tensor, starts: tuple[np.ndarray, int], shape: tuple[int, ...], part: Part,
                          transposed: bool) -> ColumnSums | None:
-    """Per input column, the sum and sum of squares of the sampled elements. Every element of a part is
+    """Per input column, the power sums of the sampled elements. Every element of a part is
     equally likely to be sampled (one run per equal stratum), so these stand for the whole matrix's column
     sums scaled by the sampled share, and :meth:`ColumnSums.folded_std` needs nothing more."""
     if part.role not in FOLDED_ROLES or len(shape) != 2:
@@ -245,8 +250,8 @@ def _sampled_column_sums(runs: torch.Tensor, starts: tuple[np.ndarray, int], sha
     column = flat // shape[1] if transposed else flat % shape[1]
     values = runs.reshape(-1).to(torch.float64).numpy()
     width = shape[0] if transposed else shape[1]
-    return ColumnSums(part.layer, part.role, np.bincount(column, values, width),
-                      np.bincount(column, values * values, width), values.size)
+    powers = np.stack([np.bincount(column, values**k, width) for k in range(1, 5)])
+    return ColumnSums(part.layer, part.role, powers, values.size)
 
 
 def _run_starts(rng: np.random.Generator, spans: list[tuple[int, int]], fraction: float, max_runs: int

@@ -23,7 +23,7 @@ from itertools import product
 import numpy as np
 
 from scanner.demo.model import base_model
-from scanner.evidence import Null, evidence
+from scanner.evidence import FEATURES, Null, evidence
 
 PAIRS = 60
 HIDDEN = 64
@@ -54,14 +54,16 @@ def _log_std(x: np.ndarray) -> float:
 @lru_cache(maxsize=512)
 def synthetic_features(depth: int, seed: int) -> dict[str, list[float]]:
     model = base_model("null", "llama", 10_000 + seed, depth, hidden=HIDDEN, mlp=False)
-    out: dict[str, list[float]] = {name: [] for name in ("qk", "vo", "kurt_q", "kurt_k", "kurt_v", "kurt_o")}
+    out: dict[str, list[float]] = {name: [] for name in FEATURES}
     for layer in model.layers:
         gain = layer["attn_norm"][None, :]
-        q, k, v = (layer[r] * gain for r in "qkv")
-        out["qk"].append(_log_std(q) + _log_std(k))
-        out["vo"].append(_log_std(v) + _log_std(layer["o"]))
+        folded = {r: layer[r] * gain for r in "qkv"}
+        out["qk"].append(_log_std(folded["q"]) + _log_std(folded["k"]))
+        out["vo"].append(_log_std(folded["v"]) + _log_std(layer["o"]))
         for role in "qkvo":
             out[f"kurt_{role}"].append(_kurtosis(layer[role]))
+        for role in "qkv":
+            out[f"fkurt_{role}"].append(_kurtosis(folded[role]))
     return out
 
 

@@ -33,7 +33,9 @@ from scanner.lineage import EMBED_DIM
 from scanner.signature import Signature
 
 #: Bumped whenever a column is added; old files stay readable (views union by name).
-SCHEMA_VERSION = 4  # 2: layers.std_se; 3: signatures.declared_relation; 4: invariants, layers.folded_std
+#: 2: layers.std_se; 3: signatures.declared_relation; 4: invariants, layers.folded_std;
+#: 5: layers.folded_kurtosis, invariants.fkurt_q/k/v (kurtosis of the gain-folded Q/K/V)
+SCHEMA_VERSION = 5
 
 SIGNATURES_SCHEMA = pa.schema([
     ("model", pa.string()), ("revision", pa.string()), ("source", pa.string()),
@@ -54,7 +56,7 @@ LAYERS_SCHEMA = pa.schema([
     ("layer", pa.int32()), ("role", pa.string()), ("numel", pa.int64()),
     ("mean", pa.float64()), ("std", pa.float64()), ("min", pa.float64()), ("max", pa.float64()),
     ("absmax", pa.float64()), ("skew", pa.float64()), ("kurtosis", pa.float64()),
-    ("std_se", pa.float64()), ("folded_std", pa.float64()),
+    ("std_se", pa.float64()), ("folded_std", pa.float64()), ("folded_kurtosis", pa.float64()),
 ])
 
 CATALOG_SCHEMA = pa.schema([
@@ -133,7 +135,7 @@ def _layer_rows(sigs: list[Signature]) -> pa.Table:
                 "scan_id": s.scan_id, "model": s.model, "revision": s.revision, "layer": stat.layer,
                 "role": stat.role, "numel": m.count, "mean": m.mean, "std": m.std, "min": m.min,
                 "max": m.max, "absmax": m.absmax, "skew": m.skew, "kurtosis": m.kurtosis,
-                "std_se": stat.std_se, "folded_std": stat.folded_std,
+                "std_se": stat.std_se, "folded_std": stat.folded_std, "folded_kurtosis": stat.folded_kurtosis,
             })
     return pa.Table.from_pylist(rows, schema=LAYERS_SCHEMA)
 

@@ -118,7 +118,9 @@ def test_demo(capsys, tmp_path):
     truth = read_truth(tmp_path / "zoo" / "lineage.csv")
     assert code == 0 and len(data["rows"]) == sum(1 for e in truth if e.parent)
     assert all(r["family_hit"] and r["verdict"] == "derived" for r in data["rows"])
-    assert all(r["kind"] == "quantized copy" for r in data["rows"] if r["relation"] == "quantized")
+    kinds = {"finetune": "fine-tune", "continued": "continued training", "pruned": "pruned or depth up-scaled",
+             "moe_upcycle": "MoE upcycle", "quantized": "quantized copy"}
+    assert [r["kind"] for r in data["rows"]] == [kinds[r["relation"]] for r in data["rows"]]
     assert "derived" not in data["stranger_verdicts"]
     assert (tmp_path / "zoo" / "compare.png").is_file() and (tmp_path / "zoo" / "lineage.csv").is_file()
 

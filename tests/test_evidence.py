@@ -66,8 +66,24 @@ def test_norm_folding_changes_nothing(zoo_by_name, tmp_path):
     folded = scan(transformed(zoo_by_name, tmp_path, "folded", fold_norms))
     for name in ("qk", "vo"):
         assert np.allclose(folded.invariants[name], parent.invariants[name], atol=2e-3)
+    for role in "qkv":  # the folded matrices' kurtosis too, up to bf16 rounding
+        assert np.allclose(folded.invariants[f"fkurt_{role}"], parent.invariants[f"fkurt_{role}"], rtol=1e-2)
     v = decide(folded, parent)
     assert v.verdict == "derived" and v.evidence.score > 0.99
+
+
+def test_folded_moments_from_column_sums_match_numpy():
+    from kernels.moments_cpu import column_sums
+    from scanner.moments import ColumnSums
+
+    rng = np.random.default_rng(7)
+    w = torch.from_numpy((rng.standard_t(5, (48, 40)) * 0.02 + 0.003).astype(np.float32))
+    gain = rng.uniform(0.2, 3.0, 40)
+    std, kurt = ColumnSums(0, "q", column_sums(w, 1), w.numel()).folded(gain)
+    y = w.double().numpy() * gain[None, :]
+    d = y - y.mean()
+    assert std == pytest.approx(y.std(ddof=1), rel=1e-9)
+    assert kurt == pytest.approx(y.size * (d**4).sum() / ((d**2).sum() ** 2), rel=1e-7)
 
 
 def test_norm_folding_changes_nothing_in_sampled_scans(zoo_by_name, tmp_path):
