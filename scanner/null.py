@@ -111,7 +111,7 @@ def _store_pairs(store, index: str, like_a: tuple, like_b: tuple) -> tuple[tuple
 
 def _peers(store, family: str, hidden: int | None, depth: int) -> list:
     low, high = math.floor(depth * (1 - DEPTH_TOLERANCE)), math.ceil(depth * (1 + DEPTH_TOLERANCE))
-    return store.peers(family, hidden, (low, high), PEERS)
+    return sorted(store.peers(family, hidden, (low, high), PEERS), key=lambda s: (s.model, s.revision))
 
 
 def ancestry(store, sigs) -> tuple[dict[str, frozenset[str]], dict[str, str]]:
