@@ -64,6 +64,11 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
+def take_runs(tensor: torch.Tensor, starts, run: int) -> torch.Tensor:
+    """``run`` consecutive elements of the flattened ``tensor`` from each index in ``starts``: [len(starts), run]."""
+    return tensor.reshape(-1)[torch.from_numpy(starts)[:, None] + torch.arange(run)]
+
+
 def content_digest(path: str, start: int, end: int, windows: int = 8, size: int = 4096) -> bytes:
     """sha256 of ``windows`` evenly spaced byte windows of [start, end): a few KB that change when the
     weights change (a fine-tune keeps the header but not the bytes), without reading the whole file."""

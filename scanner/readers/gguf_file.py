@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from scanner.errors import HeaderError
-from scanner.readers.base import TensorInfo, content_digest
+from scanner.readers.base import TensorInfo, content_digest, take_runs
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -97,7 +97,7 @@ class GgufFile:
 
     def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
         """Quantized blocks must be decoded whole, so a sample costs a full read here."""
-        return self.read(name).reshape(-1)[torch.from_numpy(starts)[:, None] + torch.arange(run)]
+        return take_runs(self.read(name), starts, run)
 
     def release(self, name: str) -> None:
         """Nothing to drop: the parser's memmap pages are clean and reclaimable by the OS."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from scanner.errors import HeaderError
-from scanner.readers.base import TensorInfo, content_digest
+from scanner.readers.base import TensorInfo, content_digest, take_runs
 from scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
 
 
@@ -46,8 +46,7 @@ class SafetensorsFile:
 
     def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
         """Runs of ``run`` elements at flat ``starts``: only their pages are touched."""
-        flat = self._view(name).reshape(-1)
-        runs = flat[torch.from_numpy(starts)[:, None] + torch.arange(run)]
+        runs = take_runs(self._view(name), starts, run)
         self.bytes_read += runs.numel() * runs.element_size()
         return runs
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from scanner.errors import HeaderError, UnsupportedError
-from scanner.readers.base import Reader, TensorInfo
+from scanner.readers.base import Reader, TensorInfo, take_runs
 
 #: Column order of AWQ's packing: nibble i of a word holds column AWQ_ORDER[i] of its 8.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -97,7 +97,7 @@ class Dequantized:
         """Packed codes must be decoded with their scales, so a sample costs a full read here."""
         if name not in self.packed:
             return self.inner.read_runs(name, starts, run)
-        return self.read(name).reshape(-1)[torch.from_numpy(starts)[:, None] + torch.arange(run)]
+        return take_runs(self.read(name), starts, run)
 
     def release(self, name: str) -> None:
         for part in self._stored(name):
