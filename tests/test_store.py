@@ -94,15 +94,32 @@ def test_every_way_of_naming_a_checkpoint_gives_the_same_curves(tmp_path, zoo_by
 
 
 def test_old_schema_files_stay_readable(tmp_path):
-    """A store written before std_se and declared_relation existed still reads, beside new files."""
+    """A store written before std_se, declared_relation and the folded kurtosis existed still reads, beside
+    new files, and its signatures still score against new ones on the features both have."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from scanner.evidence import decide
+
     store = Store(tmp_path / "db")
-    scan_sources([str(write_llama(tmp_path / "old", seed=1))], store, progress=False)
-    for table, dropped in (("signatures", ["declared_relation"]), ("layers", ["std_se"])):
+    scan_sources([str(write_llama(tmp_path / "old", n_layers=4, seed=1))], store, progress=False)
+    for table, dropped in (("signatures", ["declared_relation"]), ("layers", ["std_se", "folded_kurtosis"])):
         for f in (tmp_path / "db" / table).glob("*.parquet"):
-            pq.write_table(pq.read_table(f).drop_columns(dropped), f)
-    scan_sources([str(write_llama(tmp_path / "new", seed=2))], store, progress=False)
+            data = pq.read_table(f).drop_columns(dropped)
+            if table == "signatures":  # schema 4's invariants struct: no fkurt_* fields
+                inv = data.column("invariants").combine_chunks()
+                keep = [k for k in range(inv.type.num_fields) if not inv.type.field(k).name.startswith("fkurt")]
+                old = pa.StructArray.from_arrays([pc.struct_field(inv, [k]) for k in keep],
+                                                 [inv.type.field(k).name for k in keep])
+                data = data.set_column(data.schema.get_field_index("invariants"), "invariants", old)
+            pq.write_table(data, f)
+    scan_sources([str(write_llama(tmp_path / "new", n_layers=4, seed=2))], store, progress=False)
     con = store.connect()
-    rows = con.execute("SELECT model, declared_relation FROM signatures ORDER BY model").fetchall()
-    assert rows == [("new", None), ("old", None)]
-    se = con.execute("SELECT model, count(std_se) FROM layers GROUP BY model ORDER BY model").fetchall()
-    assert se == [("new", 10), ("old", 0)]
+    rows = con.execute("SELECT model, declared_relation, invariants.fkurt_q IS NULL FROM signatures ORDER BY model")
+    assert rows.fetchall() == [("new", None, False), ("old", None, True)]
+    se = con.execute("SELECT model, count(std_se), count(folded_kurtosis) FROM layers GROUP BY model ORDER BY model")
+    assert se.fetchall() == [("new", 20, 12), ("old", 0, 0)]
+    old_sig, new_sig = store.load("old"), store.load("new")
+    assert "fkurt_q" not in old_sig.invariants and "fkurt_q" in new_sig.invariants
+    shared = decide(old_sig, new_sig).evidence.features  # scored on what both stores hold
+    assert "qk" in shared and not any(f.startswith("fkurt") for f in shared)
