@@ -89,14 +89,16 @@ def test_bnb_4bit_codes_high_nibble_first(tmp_path):
     assert reader.read("m.weight").tolist() == [[1.0, 2.0], [30.0, 150.0]]
 
 
-def test_fp8_block_and_channel_scales(tmp_path):
+def test_fp8_block_and_channel_scales_and_scaled_int8(tmp_path):
     w = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]).to(torch.float8_e4m3fn)
     reader = _open(tmp_path / "m", {
         "a.weight": w, "a.weight_scale_inv": torch.tensor([[2.0, 3.0]]),
         "b.weight": w.clone(), "b.weight_scale": torch.tensor([[10.0], [100.0]]),
+        "c.weight": torch.tensor([[1, -2], [3, -4]], dtype=torch.int8), "c.weight_scale": torch.tensor([0.5]),
     }, {"quant_method": "fp8", "weight_block_size": [2, 2]})
     assert reader.read("a.weight").tolist() == [[2.0, 4.0, 9.0], [8.0, 10.0, 18.0]]
     assert reader.read("b.weight").tolist() == [[10.0, 20.0, 30.0], [400.0, 500.0, 600.0]]
+    assert reader.read("c.weight").tolist() == [[0.5, -1.0], [1.5, -2.0]] and reader.tensors()["c.weight"].dtype == "I8"
 
 
 @pytest.mark.parametrize("scheme", ["gptq", "awq", "fp8", "bnb_int8", "bnb_nf4", "nested_nf4"])

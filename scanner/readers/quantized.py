@@ -18,7 +18,8 @@ Formats, as their reference implementations write them:
 - AWQ (GEMM): ``qweight`` int32 [in, out/8] packed along the output in the order 0 2 4 6 1 3 5 7,
   ``qzeros`` likewise, ``scales`` [groups, out]; w = scale · (q − z).
 - fp8: ``weight`` F8 with ``weight_scale_inv`` per 128×128 block (DeepSeek-V3, Qwen3-FP8) or ``weight_scale``
-  per tensor or per output channel (compressed-tensors, FBGEMM); w = f8 · scale.
+  per tensor or per output channel (compressed-tensors, FBGEMM); w = f8 · scale. int8 ``weight`` with a
+  ``weight_scale`` (compressed-tensors W8A8) likewise.
 - bitsandbytes: int8 ``weight`` with ``SCB`` (w = q · SCB / 127); 4-bit ``weight`` uint8 (two codes a byte,
   high nibble first) with ``weight.absmax`` per block, ``weight.quant_map`` and a JSON
   ``weight.quant_state.bitsandbytes__nf4|fp4`` (shape, block size, nested absmax quantization).
@@ -143,13 +144,12 @@ def _detect(name: str, infos: dict[str, TensorInfo], qconfig: dict, reader: Read
         return None
     info = infos[name]
     module = name[: -len(".weight")]
-    if info.dtype.startswith("F8_") and len(info.shape) == 2:
+    if (info.dtype.startswith("F8_") or info.dtype == "I8") and len(info.shape) == 2:
         for suffix, scheme in (("weight_scale_inv", "fp8_block"), ("weight_scale", "fp8_scaled")):
             if f"{module}.{suffix}" in infos:
                 block = tuple(qconfig.get("weight_block_size") or FP8_BLOCK)
                 return name, Packed(scheme, {"q": name, "scale": f"{module}.{suffix}"}, info.shape, info.dtype,
                                     state={"block": block})
-        return None
     if info.dtype == "I8" and f"{module}.SCB" in infos and len(info.shape) == 2:
         return name, Packed("bnb_int8", {"q": name, "scale": f"{module}.SCB"}, info.shape, "BNB_INT8", bits=8)
     state_name = next((n for n in (f"{name}{BNB_STATE}nf4", f"{name}{BNB_STATE}fp4") if n in infos), None)
