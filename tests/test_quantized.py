@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from kernels import get_backend
 from scanner.cli import main
 from scanner.demo.model import base_model
-from scanner.demo.quantize import bnb_nf4, quantize_tensor, write_quantized
+from scanner.demo.quantize import SCHEMES, bnb_nf4, quantize_tensor, write_quantized
 from scanner.demo.writers import write_hf
 from scanner.evidence import decide
 from scanner.readers.quantized import Dequantized, unpack
@@ -77,6 +77,16 @@ def test_awq_packs_along_the_output_in_its_interleaved_order(tmp_path):
     assert reader.read("m.weight").reshape(-1).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
+def test_pack_quantized_codes_offset_by_eight_along_the_input(tmp_path):
+    # out = 1, in = 8 in two groups of 4: stored codes 0..7 mean -8..-1
+    reader = _open(tmp_path / "m", {
+        "m.weight_packed": torch.tensor([[WORD]], dtype=torch.int32),
+        "m.weight_scale": torch.tensor([[1.0, 2.0]], dtype=torch.bfloat16),
+    }, {"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}})
+    assert reader.tensors()["m.weight"].shape == (1, 8) and reader.tensors()["m.weight"].dtype == "INT4_PACKED"
+    assert reader.read("m.weight").tolist() == [[-8.0, -7.0, -6.0, -5.0, -8.0, -6.0, -4.0, -2.0]]
+
+
 def test_bnb_4bit_codes_high_nibble_first(tmp_path):
     state = json.dumps({"quant_type": "nf4", "blocksize": 2, "shape": [2, 2]}).encode()
     reader = _open(tmp_path / "m", {
@@ -101,14 +111,15 @@ def test_fp8_block_and_channel_scales_and_scaled_int8(tmp_path):
     assert reader.read("c.weight").tolist() == [[0.5, -1.0], [1.5, -2.0]] and reader.tensors()["c.weight"].dtype == "I8"
 
 
-@pytest.mark.parametrize("scheme", ["gptq", "awq", "fp8", "bnb_int8", "bnb_nf4", "nested_nf4"])
+@pytest.mark.parametrize("scheme", ["gptq", "awq", "int4_packed", "fp8", "bnb_int8", "bnb_nf4", "nested_nf4"])
 def test_decoding_recovers_the_weight_within_the_quantization_step(tmp_path, scheme):
     rng = np.random.default_rng(0)
     w = (rng.standard_t(5, (96, 256)) * 0.02).astype(np.float32)
     stored = ({f"m.{k}": t for k, t in bnb_nf4(w, nested=True).items()} if scheme == "nested_nf4"
               else quantize_tensor("m.weight", w, scheme))
     decoded = _open(tmp_path / "m", stored).read("m.weight").double().numpy()
-    step = {"gptq": 1 / 7.5, "awq": 1 / 15, "fp8": 1 / 8, "bnb_int8": 1 / 127, "bnb_nf4": 0.2, "nested_nf4": 0.25}
+    step = {"gptq": 1 / 7.5, "awq": 1 / 15, "int4_packed": 1 / 7.5, "fp8": 1 / 8,
+            "bnb_int8": 1 / 127, "bnb_nf4": 0.2, "nested_nf4": 0.25}
     assert decoded.shape == w.shape
     assert np.abs(decoded - w).max() <= step[scheme] * np.abs(w).max()
     assert abs(decoded.std(ddof=1) / w.std(ddof=1) - 1) < 0.03
@@ -119,13 +130,13 @@ def family(tmp_path_factory):
     root = tmp_path_factory.mktemp("quant")
     base = base_model("qbase", "llama", 5, 10, hidden=128)
     paths = {"base": write_hf(base, root / "base")}
-    for scheme in ("gptq", "awq", "fp8", "bnb_int8", "bnb_nf4"):
+    for scheme in SCHEMES:
         paths[scheme] = write_quantized(base.renamed(scheme), root / scheme, scheme)
     paths["stranger"] = write_quantized(base_model("other", "llama", 6, 10, hidden=128), root / "stranger", "gptq")
     return paths
 
 
-@pytest.mark.parametrize("scheme", ["gptq", "awq", "fp8", "bnb_int8", "bnb_nf4"])
+@pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_a_quantized_copy_matches_its_parent(family, scheme):
     _, parent = scan_strict(str(family["base"]), BACKEND, set())
     _, copy = scan_strict(str(family[scheme]), BACKEND, set())

@@ -1,4 +1,5 @@
-"""Quantized exports for the demo zoo, stored the way GPTQ, AWQ, fp8 and bitsandbytes checkpoints are.
+"""Quantized exports for the demo zoo, stored the way GPTQ, AWQ, compressed-tensors, fp8 and bitsandbytes
+checkpoints are.
 
 Each encoder turns one float weight [out, in] into the tensors its format stores (see
 :mod:`scanner.readers.quantized` for the layouts); :func:`write_quantized` writes a whole model with
@@ -59,6 +60,15 @@ def awq(w: np.ndarray, group: int = GROUP) -> dict[str, torch.Tensor]:
             "scales": torch.from_numpy(scale.astype(np.float16))}
 
 
+def pack_quantized(w: np.ndarray, group: int = GROUP) -> dict[str, torch.Tensor]:
+    """compressed-tensors' symmetric int4 W4A16: one scale per output row and input group."""
+    grouped = w.astype(np.float32).reshape(w.shape[0], -1, group)
+    scale = np.maximum(np.abs(grouped).max(axis=2), 1e-12) / 7.5
+    codes = np.clip(np.round(grouped / scale[:, :, None]), -8, 7).reshape(w.shape) + 8
+    return {"weight_packed": _pack(codes, 1), "weight_scale": torch.from_numpy(scale).to(torch.bfloat16),
+            "weight_shape": torch.tensor(w.shape, dtype=torch.int64)}
+
+
 def fp8_block(w: np.ndarray, block: int = 128) -> dict[str, torch.Tensor]:
     """e4m3 with one inverse scale per block × block tile (DeepSeek-V3 style)."""
     rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
@@ -105,6 +115,9 @@ def bnb_nf4(w: np.ndarray, blocksize: int = 64, nested: bool = False) -> dict[st
 SCHEMES = {
     "gptq": (gptq, {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "sym": True, "desc_act": False}),
     "awq": (awq, {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True, "version": "gemm"}),
+    "int4_packed": (pack_quantized, {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                                     "config_groups": {"group_0": {"weights": {"num_bits": 4, "group_size": GROUP,
+                                                                               "symmetric": True}}}}),
     "fp8": (fp8_block, {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}),
     "bnb_int8": (bnb_int8, {"quant_method": "bitsandbytes", "load_in_8bit": True}),
     "bnb_nf4": (bnb_nf4, {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}),

@@ -20,6 +20,9 @@ Formats, as their reference implementations write them:
 - fp8: ``weight`` F8 with ``weight_scale_inv`` per 128×128 block (DeepSeek-V3, Qwen3-FP8) or ``weight_scale``
   per tensor or per output channel (compressed-tensors, FBGEMM); w = f8 · scale. int8 ``weight`` with a
   ``weight_scale`` (compressed-tensors W8A8) likewise.
+- compressed-tensors "pack-quantized" (symmetric int4/int8): ``weight_packed`` int32 [out, in·bits/32], codes
+  stored plus 2^(bits-1), lowest bits first along the input; ``weight_scale`` [out, in/group];
+  w = scale · (code − 2^(bits-1)).
 - bitsandbytes: int8 ``weight`` with ``SCB`` (w = q · SCB / 127); 4-bit ``weight`` uint8 (two codes a byte,
   high nibble first) with ``weight.absmax`` per block, ``weight.quant_map`` and a JSON
   ``weight.quant_state.bitsandbytes__nf4|fp4`` (shape, block size, nested absmax quantization).
@@ -47,7 +50,7 @@ BNB_STATE = ".quant_state.bitsandbytes__"
 class Packed:
     """One quantized linear weight: its scheme, its stored tensors by role, its float shape [out, in]."""
 
-    scheme: str  # "gptq" | "awq" | "fp8_block" | "fp8_scaled" | "bnb_int8" | "bnb_4bit"
+    scheme: str  # a key of DECODERS
     parts: dict[str, str]
     shape: tuple[int, int]
     label: str
@@ -140,6 +143,9 @@ def _detect(name: str, infos: dict[str, TensorInfo], qconfig: dict, reader: Read
     if name.endswith(".qweight"):
         module = name[: -len(".qweight")]
         return module + ".weight", _int_packed(module, infos, qconfig, path)
+    if name.endswith(".weight_packed"):
+        module = name[: -len(".weight_packed")]
+        return module + ".weight", _pack_quantized(module, infos, qconfig, path)
     if not name.endswith(".weight"):
         return None
     info = infos[name]
@@ -183,6 +189,30 @@ def _int_packed(module: str, infos: dict[str, TensorInfo], qconfig: dict, path: 
     v1 = scheme == "gptq" and str(qconfig.get("checkpoint_format", "gptq")).lower() == "gptq"
     group = math.ceil(shape[1] / max(scale[0], 1))
     return Packed(scheme, parts, shape, f"{scheme.upper()}_INT{bits}", bits, group, state={"zero_minus_one": v1})
+
+
+def _pack_quantized(module: str, infos: dict[str, TensorInfo], qconfig: dict, path: str) -> Packed:
+    """compressed-tensors' symmetric int4/int8 ("pack-quantized"): codes + 2^(bits-1) packed into int32 words
+    along the input, ``weight_scale`` per output row and input group."""
+    parts = {"q": f"{module}.weight_packed", "scale": f"{module}.weight_scale"}
+    if parts["scale"] not in infos:
+        raise HeaderError(path, f"quantized module {module!r} lacks {parts['scale']!r}")
+    if f"{module}.weight_zero_point" in infos:
+        raise UnsupportedError(path, f"quantized module {module!r}: asymmetric pack-quantized weights are not read")
+    if f"{module}.weight_shape" in infos:  # [out, in]: the packed shape implies it when in is a multiple of 8
+        parts["shape"] = f"{module}.weight_shape"
+    groups = (qconfig.get("config_groups") or {}).values()
+    bits = next((int(g["weights"]["num_bits"]) for g in groups if isinstance(g, dict) and
+                 isinstance(g.get("weights"), dict) and "num_bits" in g["weights"]), 4)
+    if bits not in (4, 8):
+        raise UnsupportedError(path, f"quantized module {module!r}: {bits}-bit packing is not supported")
+    packed, scale = infos[parts["q"]].shape, infos[parts["scale"]].shape
+    if len(packed) != 2 or len(scale) != 2 or scale[0] != packed[0]:
+        raise HeaderError(path, f"quantized module {module!r}: weight_packed {packed} and weight_scale {scale} "
+                                "do not fit together")
+    n_in = packed[1] * (32 // bits)
+    return Packed("pack_quantized", parts, (packed[0], n_in), f"INT{bits}_PACKED", bits,
+                  math.ceil(n_in / max(scale[1], 1)))
 
 
 def _bnb_4bit(name: str, state_name: str, infos: dict[str, TensorInfo], reader: Reader) -> Packed:
@@ -238,6 +268,12 @@ def _awq(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
     return ((q - zeros[group]).to(torch.float32) * t["scale"].to(torch.float32)[group]).T.contiguous()
 
 
+def _pack_quantized_decode(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    codes = unpack(t["q"], p.bits, 1)[:, : p.shape[1]] - (1 << (p.bits - 1))
+    group = torch.arange(p.shape[1]) // p.group
+    return codes.to(torch.float32) * t["scale"].to(torch.float32)[:, group]
+
+
 def _fp8_block(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
     rows, cols = p.state["block"]
     scale = t["scale"].to(torch.float32).repeat_interleave(rows, 0).repeat_interleave(cols, 1)
@@ -269,5 +305,5 @@ def _bnb_4bit_decode(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
     return (values * scale).reshape(p.shape)
 
 
-DECODERS = {"gptq": _gptq, "awq": _awq, "fp8_block": _fp8_block, "fp8_scaled": _fp8_scaled,
-            "bnb_int8": _bnb_int8, "bnb_4bit": _bnb_4bit_decode}
+DECODERS = {"gptq": _gptq, "awq": _awq, "pack_quantized": _pack_quantized_decode, "fp8_block": _fp8_block,
+            "fp8_scaled": _fp8_scaled, "bnb_int8": _bnb_int8, "bnb_4bit": _bnb_4bit_decode}
