@@ -16,9 +16,14 @@ of unequal scale, random norm gains) at the depth being compared, its features c
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
 from functools import lru_cache
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 
@@ -69,10 +74,34 @@ def synthetic_features(depth: int, seed: int) -> dict[str, list[float]]:
 
 @lru_cache(maxsize=64)
 def synthetic(depth_a: int, depth_b: int, pairs: int = PAIRS) -> Null:
-    """Scores of ``pairs`` independent synthetic pairs at these depths (cached: they never change)."""
+    """Scores of ``pairs`` independent synthetic pairs at these depths. They never change for a given
+    version of the code, so they are kept in memory and on disk (see :func:`_cache_file`): a one-shot
+    ``lineage compare`` need not regenerate 120 models."""
+    path = _cache_file(depth_a, depth_b, pairs)
+    with contextlib.suppress(OSError, ValueError):
+        return Null(tuple(json.loads(path.read_text())), "synthetic")
     scores = (evidence(synthetic_features(depth_a, 2 * i), synthetic_features(depth_b, 2 * i + 1)).score
               for i in range(pairs))
-    return Null(tuple(s for s in scores if math.isfinite(s)), "synthetic")
+    null = Null(tuple(s for s in scores if math.isfinite(s)), "synthetic")
+    with contextlib.suppress(OSError):  # a read-only home just means no disk cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(null.scores))
+        tmp.replace(path)
+    return null
+
+
+def _cache_file(depth_a: int, depth_b: int, pairs: int) -> Path:
+    """``$XDG_CACHE_HOME/lineage-scanner/null/<code>-<depths>.json``; <code> hashes the modules that generate
+    and score the synthetic models, so any change to them starts a new cache."""
+    code = hashlib.sha256()
+    for module in ("scanner/demo/model.py", "scanner/null.py", "scanner/evidence.py"):
+        code.update((_ROOT / module).read_bytes())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lineage-scanner" / "null" / f"{code.hexdigest()[:16]}-{depth_a}-{depth_b}-{pairs}.json"
+
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def null_for(store, a, b) -> Null:

@@ -274,3 +274,16 @@ def test_store_null_needs_many_families_not_just_many_pairs(tmp_path):
                          base=[f"fam{i}"]) for k in range(10)]
     store.write(sigs)
     assert null_for(store, sigs[0], sigs[12]).source == "synthetic"
+
+
+def test_synthetic_null_is_kept_on_disk(tmp_path, monkeypatch):
+    from scanner import null
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    null.synthetic.cache_clear()
+    first = null.synthetic(5, 4, 12)
+    (cached,) = (tmp_path / "lineage-scanner" / "null").glob("*-5-4-12.json")
+    null.synthetic.cache_clear()
+    cached.write_text(json.dumps([0.5] * 12))  # what is on disk is what a new process gets
+    assert null.synthetic(5, 4, 12).scores == (0.5,) * 12 and len(first.scores) == 12
+    null.synthetic.cache_clear()
