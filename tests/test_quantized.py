@@ -166,3 +166,16 @@ def test_broken_quantized_checkpoints_are_one_line_errors(tmp_path, capsys):
     (three_bit / "config.json").write_text(json.dumps({**llama_config(1), "quantization_config": {"bits": 3}}))
     assert main(["scan", str(three_bit), "--db", str(tmp_path / "db"), "-q"]) == 1
     assert "3-bit packing is not supported" in capsys.readouterr().err
+
+
+def test_parts_that_do_not_fit_together_are_a_bad_header(tmp_path, capsys):
+    name = "model.layers.0.self_attn.q_proj.weight"
+    tensors = quantize_tensor(name, np.ones((64, 64), np.float32), "gptq")
+    tensors[name.replace("weight", "g_idx")] = torch.full((64,), 5, dtype=torch.int32)  # names a group past the end
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(tensors, bad / "model.safetensors")
+    (bad / "config.json").write_text(json.dumps(llama_config(1)))
+    assert main(["scan", str(bad), "--db", str(tmp_path / "db"), "-q"]) == 1
+    err = capsys.readouterr().err.splitlines()[0]
+    assert "bad/model.safetensors" in err and "parts do not fit" in err

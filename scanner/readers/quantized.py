@@ -88,13 +88,13 @@ class Dequantized:
         if p is None:
             return self.inner.read(name)
         stored = {role: self.inner.read(tensor) for role, tensor in p.parts.items()}
+        file = self._tensors[name].file
         try:
             weight = DECODERS[p.scheme](p, stored)
         except (RuntimeError, IndexError, ValueError) as exc:  # stored shapes that do not fit together
-            raise HeaderError(self.path, f"tensor {name!r}: {p.label} parts do not fit {p.shape} ({exc})") from None
+            raise HeaderError(file, f"tensor {name!r}: {p.label} parts do not fit {p.shape} ({exc})") from None
         if tuple(weight.shape) != p.shape:
-            raise HeaderError(self.path, f"tensor {name!r}: {p.label} decodes to {tuple(weight.shape)}, "
-                                         f"not {p.shape}")
+            raise HeaderError(file, f"tensor {name!r}: {p.label} decodes to {tuple(weight.shape)}, not {p.shape}")
         return weight
 
     def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
