@@ -43,6 +43,8 @@ DEPTH_TOLERANCE = 0.2
 #: Declared ancestry is followed this many generations up.
 MAX_GENERATIONS = 8
 OUTLIER_Z = 5.0
+#: The checkout holding the modules whose code keys the synthetic null's disk cache.
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kurtosis(x: np.ndarray) -> float:
@@ -100,8 +102,6 @@ def _cache_file(depth_a: int, depth_b: int, pairs: int) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "lineage-scanner" / "null" / f"{code.hexdigest()[:16]}-{depth_a}-{depth_b}-{pairs}.json"
 
-
-_ROOT = Path(__file__).resolve().parents[1]
 
 
 def null_for(store, a, b) -> Null:
