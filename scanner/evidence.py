@@ -34,7 +34,7 @@ GAP = 0.6
 FLAT = 0.01
 DERIVED_P = 0.01
 UNRELATED_P = 0.2
-#: Permutations for the layer-order test; below 8 layers every permutation is enumerated instead.
+#: Permutations for the layer-order test; up to 6 layers (720 orders) every one is enumerated instead.
 PERMUTATIONS = 2000
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 
@@ -54,6 +54,7 @@ def invariants(stats, n_layers: int) -> dict[str, list[float]]:
         "qk": [std(i, "q", True) + std(i, "k", True) for i in range(n_layers)],
         "vo": [std(i, "v", True) + std(i, "o", False) for i in range(n_layers)],
     }
+
     def kurtosis(layer: int, role: str, folded: bool) -> float:
         s = by.get((layer, role))
         if s is None:

@@ -36,16 +36,20 @@ def _pack(codes: np.ndarray, axis: int, order: tuple[int, ...] = tuple(range(8))
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(words, -1, axis)).view(np.int32))
 
 
+def _symmetric_int4(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..15 standing for -8..7 ([out, in]) and one scale per output row and input group."""
+    grouped = w.astype(np.float32).reshape(w.shape[0], -1, group)
+    scale = np.maximum(np.abs(grouped).max(axis=2), 1e-12) / 7.5
+    return np.clip(np.round(grouped / scale[:, :, None]), -8, 7).reshape(w.shape) + 8, scale
+
+
 def gptq(w: np.ndarray, group: int = GROUP) -> dict[str, torch.Tensor]:
-    """Symmetric 4-bit GPTQ in the v1 checkpoint format (zero points stored minus one)."""
-    wt = w.T.astype(np.float32)  # [in, out]
-    grouped = wt.reshape(-1, group, wt.shape[1])
-    scale = np.maximum(np.abs(grouped).max(axis=1), 1e-12) / 7.5
-    q = np.clip(np.round(grouped / scale[:, None, :]) + 8, 0, 15).reshape(wt.shape)
-    zeros = np.full(scale.shape, 8 - 1)
-    return {"qweight": _pack(q, 0), "qzeros": _pack(zeros, 1),
-            "scales": torch.from_numpy(scale.astype(np.float16)),
-            "g_idx": torch.from_numpy(np.arange(wt.shape[0], dtype=np.int32) // group)}
+    """Symmetric 4-bit GPTQ in the v1 checkpoint format (zero points stored minus one), stored [in, out]."""
+    codes, scale = _symmetric_int4(w, group)
+    zeros = np.full(scale.T.shape, 8 - 1)
+    return {"qweight": _pack(codes.T, 0), "qzeros": _pack(zeros, 1),
+            "scales": torch.from_numpy(scale.T.astype(np.float16)),
+            "g_idx": torch.from_numpy(np.arange(w.shape[1], dtype=np.int32) // group)}
 
 
 def awq(w: np.ndarray, group: int = GROUP) -> dict[str, torch.Tensor]:
@@ -62,9 +66,7 @@ def awq(w: np.ndarray, group: int = GROUP) -> dict[str, torch.Tensor]:
 
 def pack_quantized(w: np.ndarray, group: int = GROUP) -> dict[str, torch.Tensor]:
     """compressed-tensors' symmetric int4 W4A16: one scale per output row and input group."""
-    grouped = w.astype(np.float32).reshape(w.shape[0], -1, group)
-    scale = np.maximum(np.abs(grouped).max(axis=2), 1e-12) / 7.5
-    codes = np.clip(np.round(grouped / scale[:, :, None]), -8, 7).reshape(w.shape) + 8
+    codes, scale = _symmetric_int4(w, group)
     return {"weight_packed": _pack(codes, 1), "weight_scale": torch.from_numpy(scale).to(torch.bfloat16),
             "weight_shape": torch.tensor(w.shape, dtype=torch.int64)}
 
