@@ -179,3 +179,19 @@ def test_parts_that_do_not_fit_together_are_a_bad_header(tmp_path, capsys):
     assert main(["scan", str(bad), "--db", str(tmp_path / "db"), "-q"]) == 1
     err = capsys.readouterr().err.splitlines()[0]
     assert "bad/model.safetensors" in err and "parts do not fit" in err
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.pop("m.weight_scale"), "lacks 'm.weight_scale'"),
+    (lambda t: t.update({"m.weight_zero_point": torch.zeros(1, 1, dtype=torch.int32)}), "asymmetric"),
+])
+def test_pack_quantized_refusals_are_one_line_errors(tmp_path, capsys, change, message):
+    tensors = quantize_tensor("m.weight", np.ones((8, 64), np.float32), "int4_packed")
+    change(tensors)
+    directory = tmp_path / "m"
+    directory.mkdir()
+    save_file(tensors, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(llama_config(1)))
+    assert main(["scan", str(directory), "--db", str(tmp_path / "db"), "-q"]) == 1
+    err = capsys.readouterr().err.splitlines()[0]
+    assert err.startswith("Error: ") and "m/model.safetensors" in err and message in err
