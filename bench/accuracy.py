@@ -35,14 +35,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.tiny_train import ensure_family  # noqa: E402
-from kernels import get_backend  # noqa: E402
-from scanner.demo.model import base_model, drift, fold_norms, prune, rescale, upscale  # noqa: E402
-from scanner.demo.quantize import SCHEMES, write_quantized  # noqa: E402
-from scanner.demo.writers import write_gguf, write_hf  # noqa: E402
-from scanner.evidence import decide  # noqa: E402
-from scanner.null import null_for  # noqa: E402
-from scanner.scan import scan_strict  # noqa: E402
-from scanner.store import Store  # noqa: E402
+from lineage_scanner.demo.derive import drift, fold_norms, prune, rescale, upscale  # noqa: E402
+from lineage_scanner.demo.quantize import SCHEMES, write_quantized  # noqa: E402
+from lineage_scanner.demo.writers import write_gguf, write_hf  # noqa: E402
+from lineage_scanner.lineage.generator import base_model  # noqa: E402
+from lineage_scanner.lineage.null import null_for, synthetic  # noqa: E402
+from lineage_scanner.lineage.verdict import decide  # noqa: E402
+from lineage_scanner.measure.kernels import get_backend  # noqa: E402
+from lineage_scanner.run.scan import scan_strict  # noqa: E402
+from lineage_scanner.store.store import Store  # noqa: E402
 
 BASES = [("llama-1", "llama", 101), ("llama-2", "llama", 102), ("llama-3", "llama", 103), ("llama-4", "llama", 104),
          ("qwen2-1", "qwen2", 201), ("phi3-1", "phi3", 301)]
@@ -181,7 +182,8 @@ def main() -> None:
         def judge(a: str, b: str):
             key = (null, a, b)
             if key not in cache:
-                cache[key] = decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]) if null == "store" else None)
+                cache[key] = decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]) if null == "store" else
+                                      synthetic(sigs[a].n_layers, sigs[b].n_layers))
             return cache[key]
         return judge
 

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scan_local import make_checkpoint  # noqa: E402
 
-from kernels import get_backend  # noqa: E402
-from scanner.sampling import SamplePlan  # noqa: E402
-from scanner.scan import scan_strict  # noqa: E402
-from tests.hub_server import HubStandIn, Repo  # noqa: E402
+from lineage_scanner.measure.kernels import get_backend  # noqa: E402
+from lineage_scanner.measure.sampling import SamplePlan  # noqa: E402
+from lineage_scanner.run.scan import scan_strict  # noqa: E402
+from lineage_scanner.testing.hub_server import HubStandIn, Repo  # noqa: E402
 
 
 def main() -> None:

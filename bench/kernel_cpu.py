@@ -1,4 +1,4 @@
-"""CPU moments throughput: ``kernels.moments_cpu`` next to ``torch.std`` on the same bf16 tensor, and a
+"""CPU moments throughput: ``lineage_scanner.measure.kernels.cpu`` next to ``torch.std`` on the same bf16 tensor, and a
 plain copy of that tensor as the machine's memory-bandwidth yardstick, all in one run.
 
 GB/s are bytes of input per second (a copy's figure is the bytes it reads per second). Best of 5.
@@ -15,7 +15,7 @@ import time
 def throughput(mib: int = 256) -> dict:
     import torch
 
-    from kernels.moments_cpu import CpuBackend
+    from lineage_scanner.measure.kernels.cpu import CpuBackend
 
     x = torch.randn(mib << 19, dtype=torch.float32).mul_(0.02).bfloat16()
     nbytes = x.numel() * 2
@@ -36,7 +36,7 @@ def throughput(mib: int = 256) -> dict:
 
 def report(t: dict) -> None:
     print(f"{'bf16 tensor, ' + str(t['mib']) + ' MiB, ' + str(t['threads']) + ' threads':40} {'GB/s':>7}")
-    print(f"{'kernels.moments_cpu (all moments)':40} {t['moments_gbps']:7.2f}")
+    print(f"{'lineage_scanner.measure.kernels.cpu (all moments)':40} {t['moments_gbps']:7.2f}")
     print(f"{'torch.std':40} {t['torch_std_gbps']:7.2f}")
     print(f"{'copy (x.clone())':40} {t['copy_gbps']:7.2f}")
     print(f"moments: {t['moments_gbps'] / t['torch_std_gbps']:.1f}x torch.std, "

@@ -19,7 +19,7 @@ import torch
 
 
 def check(backend) -> None:
-    from kernels.stats import Moments
+    from lineage_scanner.measure.kernels.stats import Moments
 
     gen = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**31, (1,))))
     sizes = [0, 1, 2, 4095, 4096, 4097, 1823 * 781, 3_000_017]
@@ -49,7 +49,13 @@ def main() -> None:
     import triton
     from triton.testing import do_bench
 
-    from kernels.moments_triton import BLOCK, PinnedStager, TritonBackend, _block_moments_kernel, block_table
+    from lineage_scanner.measure.kernels.triton import (
+        BLOCK,
+        PinnedStager,
+        TritonBackend,
+        _block_moments_kernel,
+        block_table,
+    )
 
     backend = TritonBackend("cuda")
     check(backend)

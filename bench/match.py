@@ -22,11 +22,15 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scanner.evidence import decide  # noqa: E402
-from scanner.lineage import EMBED_DIM, embedding  # noqa: E402
-from scanner.null import null_for, synthetic_features  # noqa: E402
-from scanner.signature import Signature  # noqa: E402
-from scanner.store import SIGNATURES_SCHEMA, Store  # noqa: E402
+from lineage_scanner.lineage.null import null_for, synthetic_features  # noqa: E402
+from lineage_scanner.lineage.verdict import decide  # noqa: E402
+from lineage_scanner.signature.features import embedding  # noqa: E402
+from lineage_scanner.signature.record import (
+    EMBED_DIM,  # noqa: E402
+    Signature,  # noqa: E402
+)
+from lineage_scanner.store.schema import arrow_schema  # noqa: E402
+from lineage_scanner.store.store import Store  # noqa: E402
 
 LAYERS = 12
 
@@ -37,7 +41,7 @@ def synthetic_store(root: Path, rows: int, chunk: int = 100_000) -> None:
     folder = root / "signatures"
     folder.mkdir(parents=True)
     now = datetime.now(timezone.utc)
-    inv_type = SIGNATURES_SCHEMA.field("invariants").type
+    inv_type = arrow_schema("signatures").field("invariants").type
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         curves = rng.standard_normal((n, 4, LAYERS)).cumsum(axis=2)  # smooth-ish random depth profiles

@@ -21,9 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scanner.cluster import connect, run_batch  # noqa: E402
-from scanner.demo.zoo import FAMILIES, build_zoo  # noqa: E402
-from scanner.store import Store  # noqa: E402
+from lineage_scanner.demo.zoo import FAMILIES, build_zoo  # noqa: E402
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.run.ray import RayExecutor, connect  # noqa: E402
+from lineage_scanner.store.store import Store  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -38,7 +39,7 @@ def throughput(zoo_dir: Path) -> list[tuple[int, float, float]]:
     rows = []
     for workers in (1, 2):
         with tempfile.TemporaryDirectory() as db:
-            summary = run_batch(sources, Store(db), workers=workers, progress=False, unit_bytes=64 << 20)
+            summary = run_batch(sources, Store(db), RayExecutor(workers), progress=False, unit_bytes=64 << 20)
         rows.append((workers, summary.scanned / summary.seconds * 60, summary.bytes_read / summary.seconds / 1e6))
     return rows
 
@@ -64,7 +65,7 @@ def driver_memory(entries: int) -> list[tuple[int, float]]:
     sampler.start()
     with tempfile.TemporaryDirectory() as db:
         # 5,000 entries a unit: the per-model cost here is the error row, not a scan
-        run_batch(stream(), Store(db), workers=2, progress=False, unit_bytes=5000 << 30, keep_records=False)
+        run_batch(stream(), Store(db), RayExecutor(2), progress=False, unit_bytes=5000 << 30, keep_records=False)
     stop.set()
     sampler.join()
     return samples

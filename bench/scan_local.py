@@ -41,21 +41,21 @@ with open(PATH, "rb") as f:
 stds = [sd[k].std().item() for k in sd if k.endswith(ATTENTION)]
 """,
     "lineage": """
-from scanner.scan import scan_sources
-from scanner.store import Store
-from kernels.moments_cpu import CpuBackend
+from lineage_scanner.run.batch import ScanConfig, run_batch
+from lineage_scanner.store.store import Store
+from lineage_scanner.measure.kernels.cpu import CpuBackend
 import torch, shutil
 CpuBackend().partials([torch.zeros(10, dtype=torch.bfloat16)])  # compiled-kernel cache load, as a warm CLI has
 shutil.rmtree(DB, ignore_errors=True)
 t0 = time.perf_counter()
-report = scan_sources([MODEL], Store(DB), progress=False)
+report = run_batch([MODEL], Store(DB), progress=False)
 assert not report.failed, report.failed[0].error
 """,
 }
 # the same scan with --sample-error 0.01: estimates (relative std error <= 1%), not exact statistics
-WORK["sampled"] = WORK["lineage"].replace("from kernels.moments_cpu import CpuBackend",
-                                          "from kernels.moments_cpu import CpuBackend\n"
-                                          "from scanner.sampling import SamplePlan").replace(
+WORK["sampled"] = WORK["lineage"].replace("from lineage_scanner.measure.kernels.cpu import CpuBackend",
+                                          "from lineage_scanner.measure.kernels.cpu import CpuBackend\n"
+                                          "from lineage_scanner.measure.sampling import SamplePlan").replace(
     "progress=False)", "progress=False, sample=SamplePlan(target_se=0.01))")
 PRELUDE = """import time, json
 ATTENTION = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scanner.demo.model import ToyModel
+from lineage_scanner.lineage.generator import ToyModel
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN, VOCAB, CONTEXT = 96, 4, 2, 10, 256, 256, 64
 
@@ -164,7 +164,7 @@ RELATIONS = ("base", "finetune", "continued")
 def ensure_family(out: Path, seed: int, children: bool = True) -> dict[str, ToyModel]:
     """The family of ``seed`` (without ``children``: the base alone): trained and written under ``out``
     once, read back from there afterwards."""
-    from scanner.demo.writers import write_hf
+    from lineage_scanner.demo.writers import write_hf
 
     names = {"base": f"trained-{seed}", **{r: f"trained-{seed}-{r}" for r in RELATIONS[1:] if children}}
     if not all((out / name / "config.json").is_file() for name in names.values()):
@@ -174,7 +174,7 @@ def ensure_family(out: Path, seed: int, children: bool = True) -> dict[str, ToyM
 
 
 def load_toy(directory: Path) -> ToyModel:
-    """A checkpoint written by :func:`scanner.demo.writers.write_hf` (llama style), back as a ToyModel."""
+    """A checkpoint written by :func:`lineage_scanner.demo.writers.write_hf` (llama style), back as a ToyModel."""
     from safetensors.torch import load_file
 
     t = {k: v.to(torch.float32).numpy() for k, v in load_file(directory / "model.safetensors").items()}

@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when run by `ray job submit`
 
-from scanner.cluster import run_batch  # noqa: E402
-from scanner.store import Store  # noqa: E402
+from lineage_scanner.run.batch import ScanConfig, run_batch
+from lineage_scanner.run.ray import RayExecutor  # noqa: E402
+from lineage_scanner.store.store import Store  # noqa: E402
 
 
 def read_sources(path: str):
@@ -36,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compact", action="store_true")
     args = parser.parse_args(argv)
     store = Store(args.db)
-    summary = run_batch(read_sources(args.sources_file), store, workers=args.workers, backend=args.backend,
-                        progress=False, keep_records=False)
+    summary = run_batch(read_sources(args.sources_file), store, RayExecutor(args.workers),
+                        config=ScanConfig(args.backend), progress=True, keep_records=False)
     if not args.no_compact:
         for table in ("signatures", "layers"):
             store.compact(table)

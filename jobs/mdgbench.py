@@ -18,16 +18,16 @@ import csv
 import json
 import sys
 from itertools import combinations
-from math import comb
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when run by `ray job submit`
 
-from scanner.cluster import run_batch  # noqa: E402
-from scanner.evidence import decide  # noqa: E402
-from scanner.graph import Edge, families  # noqa: E402
-from scanner.null import null_for  # noqa: E402
-from scanner.store import Store  # noqa: E402
+from lineage_scanner.lineage.graph import Edge, families, spanning_forest  # noqa: E402
+from lineage_scanner.lineage.null import null_for  # noqa: E402
+from lineage_scanner.lineage.verdict import decide  # noqa: E402
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.run.ray import RayExecutor  # noqa: E402
+from lineage_scanner.store.store import Store  # noqa: E402
 
 PUBLISHED = {"ARI": {"seed std method (PDF)": 0.52, "HuRef": 0.69, "MoTHer": 0.50, "REEF": 0.29, "TensorLock": 0.96},
              "F1": {"TensorLock": 0.78, "MoTHer": 0.04}}
@@ -52,44 +52,13 @@ def load_truth(bench: Path) -> tuple[list[str], list[list[str]], list[tuple[str,
 
 def adjusted_rand_index(truth: list[list[str]], found: list[list[str]]) -> float:
     """ARI of two partitions of the same items (items missing from one side are singletons there)."""
+    from sklearn.metrics import adjusted_rand_score
+
     items = sorted({m for c in truth for m in c} | {m for c in found for m in c})
     label_t = {m: i for i, c in enumerate(truth) for m in c}
     label_f = {m: i for i, c in enumerate(found) for m in c}
-    table: dict[tuple, int] = {}
-    for m in items:
-        key = (label_t.get(m, ("t", m)), label_f.get(m, ("f", m)))
-        table[key] = table.get(key, 0) + 1
-    rows: dict = {}
-    cols: dict = {}
-    for (t, f), n in table.items():
-        rows[t] = rows.get(t, 0) + n
-        cols[f] = cols.get(f, 0) + n
-    index = sum(comb(n, 2) for n in table.values())
-    sum_rows, sum_cols = sum(comb(n, 2) for n in rows.values()), sum(comb(n, 2) for n in cols.values())
-    expected = sum_rows * sum_cols / comb(len(items), 2) if len(items) > 1 else 0.0
-    maximum = (sum_rows + sum_cols) / 2
-    return 1.0 if maximum == expected else (index - expected) / (maximum - expected)
-
-
-def spanning_forest(edges: list[Edge]) -> list[Edge]:
-    """Dependencies, not all relatives: the maximum spanning forest of the derived pairs (by score), so
-    siblings link through their parent instead of to each other (Kruskal)."""
-    root: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        root.setdefault(x, x)
-        while root[x] != x:
-            root[x] = root[root[x]]
-            x = root[x]
-        return x
-
-    kept = []
-    for e in sorted(edges, key=lambda e: -e.score):
-        a, b = find(e.a), find(e.b)
-        if a != b:
-            root[a] = b
-            kept.append(e)
-    return kept
+    return float(adjusted_rand_score([label_t.get(m, f"only-{m}") for m in items],
+                                     [label_f.get(m, f"only-{m}") for m in items])) if len(items) > 1 else 1.0
 
 
 def prf(found: set, truth: set) -> tuple[float, float, float]:
@@ -100,7 +69,7 @@ def prf(found: set, truth: set) -> tuple[float, float, float]:
 
 
 def evaluate(store: Store, models: list[str], clusters, truth_edges) -> dict:
-    sigs = {s.model: s for s in store.curves() if s.model in set(models)}
+    sigs = {s.model: s for s in store.signatures() if s.model in set(models)}
     edges = []
     for a, b in combinations(sorted(sigs), 2):
         v = decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]))
@@ -131,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models, clusters, truth_edges = load_truth(Path(args.bench))
     store = Store(args.db)
-    summary = run_batch([f"hf://{m}" for m in models], store, workers=args.workers, progress=False,
+    summary = run_batch([f"hf://{m}" for m in models], store, RayExecutor(args.workers), progress=True,
                         keep_records=False)
     print(f"[lineage] scanned {summary.scanned - summary.n_failed} of {len(models)} "
           f"({summary.n_failed} failed: gated, adapters without weights, unreachable)", flush=True)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when run by `ray job submit`
 
-from scanner.catalog import list_catalog  # noqa: E402
-from scanner.cluster import run_batch  # noqa: E402
-from scanner.sampling import SamplePlan  # noqa: E402
-from scanner.store import Store  # noqa: E402
+from lineage_scanner.measure.sampling import SamplePlan  # noqa: E402
+from lineage_scanner.run.batch import ScanConfig, run_batch
+from lineage_scanner.run.ray import RayExecutor  # noqa: E402
+from lineage_scanner.sources.catalog import list_catalog  # noqa: E402
+from lineage_scanner.store.store import Store  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = store.todo()
     print(f"[lineage] catalog: {listed} models listed, {len(todo)} new commits to scan", flush=True)
     sample = SamplePlan(target_se=args.sample_error) if args.sample_error else None
-    summary = run_batch(todo, store, workers=args.workers, sample=sample, progress=False, keep_records=False)
+    summary = run_batch(todo, store, RayExecutor(args.workers), config=ScanConfig(sample=sample), progress=True,
+                        keep_records=False)
     for table in ("signatures", "layers", "catalog"):
         store.compact(table)
     print(f"[lineage] nightly done: scanned {summary.scanned}, failed {summary.n_failed}, "

@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from scanner.demo.zoo import build_zoo
+from lineage_scanner.demo.zoo import build_zoo
+from lineage_scanner.lineage.null import synthetic
+from lineage_scanner.lineage.verdict import Verdict, decide
+
+
+def judge(a, b) -> Verdict:
+    """A verdict against the built-in synthetic null at the pair's depths (no store needed)."""
+    return decide(a, b, synthetic(a.n_layers or 0, b.n_layers or 0))
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +74,9 @@ def raw_safetensors(path: Path, header: object, data: bytes = b"", length: int |
     path.write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
     return path
 
+
+# The synthetic null's disk cache is kept per test session, so no earlier version's scores are read.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="lineage-test-cache-")
 
 # Without a GPU, the Triton backend runs its kernels in Triton's CPU interpreter. Set before any import
 # of triton (the interpreter is chosen at import).

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scanner.cli import main
-from scanner.store import Store
+from lineage_scanner.cli.main import main
+from lineage_scanner.store.store import Store
 from tests.conftest import llama_config, raw_safetensors, write_llama
 
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from scanner.cli import build_parser, main
-from scanner.demo.zoo import read_truth
+from lineage_scanner.cli.main import build_parser, main
+from lineage_scanner.demo.zoo import read_truth
 from tests.conftest import write_llama
 
 
@@ -63,7 +63,11 @@ def test_sql_json_csv_and_table(capsys, db, zoo):
     q = "SELECT family, count(*) AS n FROM signatures GROUP BY family ORDER BY family"
     code, out, _ = run(capsys, "sql", q, "--db", db, "--json")
     rows = json.loads(out)
-    assert code == 0 and {"family": "gguf", "n": 5} in rows and {"family": "mixtral", "n": 4} in rows
+    assert code == 0 and {"family": "mixtral", "n": 4} in rows
+    assert not any(r["family"] == "gguf" for r in rows)  # a GGUF export is judged as its family
+    code, out, _ = run(capsys, "sql", "SELECT count(*) AS n FROM signatures WHERE format = 'gguf'", "--db", db,
+                       "--json")
+    assert code == 0 and json.loads(out) == [{"n": 5}]
     code, out, _ = run(capsys, "sql", q, "--db", db, "--csv")
     assert list(csv.reader(io.StringIO(out)))[0] == ["family", "n"]
     code, out, _ = run(capsys, "sql", "SELECT count(*) AS models FROM signatures", "--db", db)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scanner.cluster import CRASH_HOOK, UNKNOWN_BYTES, plan_units, run_batch
-from scanner.store import Store
+from lineage_scanner.run.batch import UNKNOWN_BYTES, plan_units, run_batch
+from lineage_scanner.run.ray import CRASH_HOOK, RayExecutor
+from lineage_scanner.store.store import Store
 from tests.conftest import raw_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray for the module (2 CPUs): starting one costs seconds."""
-    from scanner.cluster import connect
+    from lineage_scanner.run.ray import connect
 
     return connect(num_cpus=2)
 
@@ -59,7 +60,7 @@ def test_faults_lose_nothing_and_duplicate_nothing(ray_local, zoo, tmp_path, mon
     sources = [e.path for e in zoo] + [str(bad)]
     monkeypatch.setenv(CRASH_HOOK, f"{tmp_path / 'crashed-once'}:llama-b-ft,always:gpt2-a-ct")
     store = Store(tmp_path / "db")
-    summary = run_batch(sources, store, workers=2, progress=False, unit_bytes=20 << 20)
+    summary = run_batch(sources, store, RayExecutor(2), progress=False, unit_bytes=20 << 20)
     assert (tmp_path / "crashed-once").exists() and summary.retried_units >= 2
     counts = count_scans(store)
     assert set(counts.values()) == {1}, "a model was written twice"
@@ -72,9 +73,9 @@ def test_faults_lose_nothing_and_duplicate_nothing(ray_local, zoo, tmp_path, mon
 def test_an_interrupted_batch_resumes_without_duplicates(ray_local, zoo, tmp_path):
     store = Store(tmp_path / "db")
     sources = [e.path for e in zoo]
-    first = run_batch(sources, store, workers=2, progress=False, unit_bytes=8 << 20, max_units=3)
+    first = run_batch(sources, store, RayExecutor(2), progress=False, unit_bytes=8 << 20, max_units=3)
     assert 0 < first.scanned < len(zoo)
-    second = run_batch(sources, store, workers=2, progress=False, unit_bytes=8 << 20)
+    second = run_batch(sources, store, RayExecutor(2), progress=False, unit_bytes=8 << 20)
     assert second.n_skipped == first.scanned and first.scanned + second.scanned == len(zoo)
     assert set(count_scans(store).values()) == {1} and len(count_scans(store)) == len(zoo)
 

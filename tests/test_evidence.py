@@ -11,9 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kernels import get_backend
-from scanner.evidence import align, benjamini_hochberg, decide, evidence
-from scanner.scan import scan_strict
+from lineage_scanner.lineage.score import align, evidence
+from lineage_scanner.lineage.verdict import decide, q_values
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.run.scan import scan_strict
+from tests.conftest import judge
 
 CPU = get_backend("cpu")
 
@@ -53,7 +55,7 @@ def fold_norms(tensors, rng):
 def test_rescaling_evasion_is_caught(zoo_by_name, tmp_path):
     parent = scan(zoo_by_name["llama-a"].path)
     evader = scan(transformed(zoo_by_name, tmp_path, "evader", rescale))
-    v = decide(evader, parent)
+    v = judge(evader, parent)
     assert v.paper.score < 0.6, "the seed method is fooled by the rescaling"
     assert v.evidence.score > 0.99 and v.verdict == "derived"
     assert v.kind == "rescaled weights (possible evasion)"
@@ -68,13 +70,13 @@ def test_norm_folding_changes_nothing(zoo_by_name, tmp_path):
         assert np.allclose(folded.invariants[name], parent.invariants[name], atol=2e-3)
     for role in "qkv":  # the folded matrices' kurtosis too, up to bf16 rounding
         assert np.allclose(folded.invariants[f"fkurt_{role}"], parent.invariants[f"fkurt_{role}"], rtol=1e-2)
-    v = decide(folded, parent)
+    v = judge(folded, parent)
     assert v.verdict == "derived" and v.evidence.score > 0.99
 
 
 def test_folded_moments_from_column_sums_match_numpy():
-    from kernels.moments_cpu import column_sums
-    from scanner.moments import ColumnSums
+    from lineage_scanner.measure.kernels.cpu import column_sums
+    from lineage_scanner.measure.records import ColumnSums
 
     rng = np.random.default_rng(7)
     w = torch.from_numpy((rng.standard_t(5, (48, 40)) * 0.02 + 0.003).astype(np.float32))
@@ -87,7 +89,7 @@ def test_folded_moments_from_column_sums_match_numpy():
 
 
 def test_norm_folding_changes_nothing_in_sampled_scans(zoo_by_name, tmp_path):
-    from scanner.sampling import SamplePlan
+    from lineage_scanner.measure.sampling import SamplePlan
 
     plan = SamplePlan(fraction=0.25, seed=3)
     path = zoo_by_name["llama-a"].path
@@ -100,7 +102,7 @@ def test_norm_folding_changes_nothing_in_sampled_scans(zoo_by_name, tmp_path):
         assert abs(s.folded_std / exact[(s.layer, s.role)] - 1) < 5 * s.std_se + 1e-3
     for name in ("qk", "vo"):
         assert np.allclose(folded.invariants[name], parent.invariants[name], atol=5e-3)
-    assert decide(folded, parent).verdict == "derived"
+    assert judge(folded, parent).verdict == "derived"
 
 
 def test_pruned_layers_align_to_their_originals(zoo_by_name):
@@ -108,7 +110,7 @@ def test_pruned_layers_align_to_their_originals(zoo_by_name):
     kept = [i for i in range(12) if i % 3 != 1]
     pairs = evidence(pruned.invariants, parent.invariants).alignment
     assert sum(kept[i] == j for i, j in pairs) >= 7, pairs
-    v = decide(pruned, parent)
+    v = judge(pruned, parent)
     assert v.verdict == "derived" and v.kind == "pruned or depth up-scaled"
 
 
@@ -117,9 +119,9 @@ def test_zoo_verdicts(zoo):
     root = {e.model: e.parent or e.model for e in zoo}
     for e in zoo:
         if e.parent:
-            assert decide(sigs[e.model], sigs[e.parent]).verdict == "derived", e.model
+            assert judge(sigs[e.model], sigs[e.parent]).verdict == "derived", e.model
     names = sorted(sigs)
-    strangers = [decide(sigs[a], sigs[b]) for a in names for b in names if a < b and root[a] != root[b]]
+    strangers = [judge(sigs[a], sigs[b]) for a in names for b in names if a < b and root[a] != root[b]]
     assert not [v for v in strangers if v.verdict == "derived"]
     assert max(v.evidence.score for v in strangers) < max(v.paper.score for v in strangers) + 0.1
 
@@ -136,7 +138,7 @@ def test_flat_curves_are_inconclusive(tmp_path):
     save_file(tensors, d / "model.safetensors")
     flat = scan(d)
     flat.invariants = {k: [0.0] * 6 for k in flat.invariants}  # perfectly flat: no shape at all
-    v = decide(flat, flat)
+    v = judge(flat, flat)
     assert v.verdict == "inconclusive" and "low information" in v.reason
 
 
@@ -149,14 +151,14 @@ def test_alignment_recovers_a_deletion():
 
 
 def test_benjamini_hochberg():
-    q = benjamini_hochberg([0.01, None, 0.04, 0.03, 0.5])
+    q = q_values([0.01, None, 0.04, 0.03, 0.5])
     assert q[1] is None
     assert q[0] == pytest.approx(0.04) and q[2] == pytest.approx(0.04 * 4 / 3) and q[4] == pytest.approx(0.5)
     assert q[3] == pytest.approx(0.04 * 4 / 3)  # monotone: never below the q of a larger p
 
 
 def test_compare_and_match_json(zoo, tmp_path, capsys):
-    from scanner.cli import main
+    from lineage_scanner.cli.main import main
 
     db = str(tmp_path / "db")
     assert main(["scan", *[e.path for e in zoo], "--db", db, "-q"]) == 0
@@ -178,7 +180,7 @@ def test_compare_and_match_json(zoo, tmp_path, capsys):
 def test_graph_families_and_disagreements(zoo, tmp_path, capsys):
     import networkx as nx
 
-    from scanner.cli import main
+    from lineage_scanner.cli.main import main
 
     db = str(tmp_path / "db")
     assert main(["scan", *[e.path for e in zoo], "--db", db, "-q"]) == 0
@@ -198,7 +200,7 @@ def test_graph_families_and_disagreements(zoo, tmp_path, capsys):
 
 
 def test_permutation_test_is_exact_for_short_curves():
-    from scanner.evidence import permutation_p
+    from lineage_scanner.lineage.score import permutation_p
 
     rng = np.random.default_rng(2)
     a = rng.standard_normal((5, 3))
@@ -211,7 +213,7 @@ def test_permutation_test_is_exact_for_short_curves():
 
 
 def test_evidence_reports_the_permutation_test_only_for_one_to_one_alignments():
-    from scanner.null import synthetic_features
+    from lineage_scanner.lineage.null import synthetic_features
 
     a = synthetic_features(12, 1)
     assert evidence(a, a).permutation_p == pytest.approx(1 / 2001)
@@ -224,8 +226,8 @@ def test_evidence_reports_the_permutation_test_only_for_one_to_one_alignments():
 
 
 def _stored(model, features, family="llama", base=()):
-    from scanner.lineage import embedding
-    from scanner.signature import Signature
+    from lineage_scanner.signature.features import embedding
+    from lineage_scanner.signature.record import Signature
 
     depth = len(features["qk"])
     return Signature(model, "r1", model, family=family, n_layers=depth, invariants=features,
@@ -233,8 +235,8 @@ def _stored(model, features, family="llama", base=()):
 
 
 def test_store_null_from_unrelated_pairs_leaves_out_relatives(tmp_path):
-    from scanner.null import MIN_STORE_PAIRS, null_for, synthetic, synthetic_features
-    from scanner.store import Store
+    from lineage_scanner.lineage.null import MIN_STORE_PAIRS, null_for, synthetic, synthetic_features
+    from lineage_scanner.store.store import Store
 
     store = Store(tmp_path / "db")
     bases = {f"base-{i}": synthetic_features(12, 100 + i) for i in range(12)}
@@ -261,8 +263,8 @@ def test_store_null_from_unrelated_pairs_leaves_out_relatives(tmp_path):
 
 
 def test_store_null_needs_many_families_not_just_many_pairs(tmp_path):
-    from scanner.null import null_for, synthetic_features
-    from scanner.store import Store
+    from lineage_scanner.lineage.null import null_for, synthetic_features
+    from lineage_scanner.store.store import Store
 
     store = Store(tmp_path / "db")
     rng = np.random.default_rng(1)
@@ -277,7 +279,7 @@ def test_store_null_needs_many_families_not_just_many_pairs(tmp_path):
 
 
 def test_synthetic_null_is_kept_on_disk(tmp_path, monkeypatch):
-    from scanner import null
+    from lineage_scanner.lineage import null
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     null.synthetic.cache_clear()

@@ -11,9 +11,9 @@ from gguf import GGMLQuantizationType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import get_backend
-from scanner.errors import ScanError
-from scanner.scan import scan_strict
+from lineage_scanner.errors import ScanError
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.run.scan import scan_strict
 from tests.conftest import write_llama
 from tests.test_gguf import write_gguf
 

@@ -7,9 +7,9 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize
 
-from kernels import get_backend
-from scanner.scan import scan_strict
-from scanner.sources import open_local
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.readers.open import open_local
+from lineage_scanner.run.scan import scan_strict
 
 TYPES = [
     "F32",
@@ -68,7 +68,7 @@ def test_quant_types_match_reference(tmp_path, name):
     path = tmp_path / f"m-{name}.gguf"
     expected = write_gguf(path, qtype)
     _, sig = scan_strict(str(path), get_backend("cpu"), set())
-    assert sig.family == "gguf" and sig.architecture == "llama" and sig.dtype == name
+    assert sig.family == "llama" and sig.format == "gguf" and sig.architecture == "llama" and sig.dtype == name
     got = {(s.layer, s.role): s.moments for s in sig.layers}
     for key, values in expected.items():
         assert got[key].count == values.size
@@ -92,8 +92,8 @@ def test_changed_weights_change_the_revision(tmp_path):
 
 
 def test_header_end_matches_the_parser_and_asks_for_more(tmp_path):
-    from scanner.readers.gguf_file import GgufFile
-    from scanner.readers.gguf_header import NeedMore, header_end
+    from lineage_scanner.readers.gguf_file import GgufFile
+    from lineage_scanner.readers.gguf_header import NeedMore, header_end
 
     path = tmp_path / "m.gguf"
     write_gguf(path, GGMLQuantizationType.Q4_K)

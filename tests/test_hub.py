@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import get_backend
-from scanner.scan import scan_sources, scan_strict
-from scanner.store import Store
-from tests.hub_server import HubStandIn, Repo
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.run.scan import scan_strict
+from lineage_scanner.store.store import Store
+from lineage_scanner.testing.hub_server import HubStandIn, Repo
 
 BACKEND = get_backend("cpu")
 
@@ -102,11 +103,11 @@ def test_retries_then_success(hub, zoo_by_name):
 
 
 def test_persistent_failure_is_an_error_row(hub, tmp_path, monkeypatch):
-    monkeypatch.setattr("scanner.readers.hub.BACKOFF_S", 0.01)
+    monkeypatch.setattr("lineage_scanner.readers.hub.BACKOFF_S", 0.01)
     hub.inject("model.safetensors", *["503"] * 6)
     store = Store(tmp_path / "db")
-    report = scan_sources(["hf://acme/llama-a", "hf://acme/llama-a-ft"], store, progress=False)
-    assert [s.status for s in report.scanned] == ["network", "ok"]
+    report = run_batch(["hf://acme/llama-a", "hf://acme/llama-a-ft"], store, progress=False)
+    assert [s.status for s in report.records] == ["network", "ok"]
     assert "giving up after 6 attempts: HTTP 503" in report.failed[0].error
     assert "hf_secret_token_value" not in report.failed[0].error
 
@@ -114,7 +115,7 @@ def test_persistent_failure_is_an_error_row(hub, tmp_path, monkeypatch):
 def test_gated_and_missing_become_rows(hub, tmp_path):
     store = Store(tmp_path / "db")
     sources = ["hf://acme/locked", "hf://acme/nope", "hf://acme/llama-a@0123456789abcdef0123456789abcdef01234567"]
-    report = scan_sources(sources, store, progress=False)
+    report = run_batch(sources, store, progress=False)
     rows = store.connect().execute("SELECT model, status, error FROM errors ORDER BY model").fetchall()
     assert [(m, s) for m, s, _ in rows] == [
         ("acme/llama-a", "not_found"),
@@ -127,19 +128,19 @@ def test_gated_and_missing_become_rows(hub, tmp_path):
 
 def test_rescan_of_a_stored_commit_costs_no_weight_bytes(hub, tmp_path):
     store = Store(tmp_path / "db")
-    scan_sources(["hf://acme/llama-a"], store, progress=False)
+    run_batch(["hf://acme/llama-a"], store, progress=False)
     hub.reset_counts()
-    again = scan_sources(["hf://acme/llama-a"], store, progress=False)
+    again = run_batch(["hf://acme/llama-a"], store, progress=False)
     assert again.skipped == [("acme/llama-a", hub._shas["acme/llama-a"])]
     assert hub.bytes_served.get("model.safetensors", 0) == 0
     sha = hub._shas["acme/llama-a"]
     hub.reset_counts()
-    pinned = scan_sources([f"hf://acme/llama-a@{sha}"], store, progress=False)
+    pinned = run_batch([f"hf://acme/llama-a@{sha}"], store, progress=False)
     assert pinned.skipped and sum(hub.requests.values()) == 0
 
 
 def test_catalog_lists_pages_and_drives_incremental_scans(hub, tmp_path, capsys):
-    from scanner.cli import main
+    from lineage_scanner.cli.main import main
 
     db = str(tmp_path / "db")
     hub.reset_counts()
@@ -163,7 +164,7 @@ def test_catalog_lists_pages_and_drives_incremental_scans(hub, tmp_path, capsys)
 
 
 def test_catalog_search_and_sort(hub, tmp_path, capsys):
-    from scanner.cli import main
+    from lineage_scanner.cli.main import main
 
     assert main(["catalog", "--search", "moe", "--db", str(tmp_path / "db"), "--json"]) == 0
     assert [m["model"] for m in json.loads(capsys.readouterr().out)] == ["other/qwen2-a-moe"]
@@ -176,7 +177,7 @@ def test_catalog_search_and_sort(hub, tmp_path, capsys):
 
 
 def test_sampled_remote_scan_equals_sampled_local_scan(hub, zoo_by_name):
-    from scanner.sampling import MAX_RUNS, SamplePlan
+    from lineage_scanner.measure.sampling import MAX_RUNS, SamplePlan
 
     plan = SamplePlan(fraction=0.1, seed=9)
     hub.reset_counts()
@@ -201,8 +202,8 @@ def test_remote_gguf_equals_local(hub, zoo_by_name, tmp_path):
 
 
 def check_remote_gguf(hub, path):
-    from scanner.readers.gguf_file import GgufFile
-    from scanner.readers.gguf_header import header_end
+    from lineage_scanner.readers.gguf_file import GgufFile
+    from lineage_scanner.readers.gguf_header import header_end
 
     hub.reset_counts()
     _, remote = scan_strict("hf://acme/llama-a-gguf", BACKEND, set())
@@ -272,7 +273,7 @@ def test_reading_beyond_the_prefetched_plan(hub, zoo_by_name):
     """A tensor read without being prefetched gets its own range; the planned ones keep theirs."""
     from safetensors.torch import load_file
 
-    from scanner.sources import open_source
+    from lineage_scanner.readers.open import open_source
 
     opened = open_source("hf://acme/llama-a")
     local = load_file(Path(zoo_by_name["llama-a"].path) / "model.safetensors")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import get_backend
-from kernels.moments_triton import BLOCK, block_table
-from kernels.stats import Moments
-from scanner.moments import head_views
-from scanner.scan import scan_strict
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.measure.kernels.stats import Moments
+from lineage_scanner.measure.kernels.triton import BLOCK, block_table
+from lineage_scanner.measure.moments import head_views
+from lineage_scanner.run.scan import scan_strict
 
 CPU = get_backend("cpu")
 
@@ -90,7 +90,7 @@ def test_auto_picks_cpu_without_cuda():
 
 
 def test_triton_without_a_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    from scanner.cli import main
+    from lineage_scanner.cli.main import main
     from tests.conftest import write_llama
 
     if torch.cuda.is_available():
@@ -102,8 +102,8 @@ def test_triton_without_a_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch)
 
 
 def test_cli_scan_with_the_triton_backend(tmp_path, capsys):
-    from scanner.cli import main
-    from scanner.store import Store
+    from lineage_scanner.cli.main import main
+    from lineage_scanner.store.store import Store
     from tests.conftest import write_llama
 
     model = write_llama(tmp_path / "m", n_layers=2)
@@ -119,7 +119,7 @@ def test_cli_scan_with_the_triton_backend(tmp_path, capsys):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", [(96, 130), (7, 5), (1, 1), (33, 2)])
 def test_column_sums_match_float64(dtype, shape):
-    from kernels.moments_cpu import column_sums
+    from lineage_scanner.measure.kernels.cpu import column_sums
 
     x = (torch.randn(*shape, generator=torch.Generator().manual_seed(4)) * 0.02 + 0.01).to(dtype)
     ref = x.double().numpy()
@@ -133,7 +133,7 @@ def test_column_sums_match_float64(dtype, shape):
 
 
 def test_fused_column_pass_gives_the_same_moments_as_the_plain_one():
-    from kernels.moments_cpu import moments_and_columns
+    from lineage_scanner.measure.kernels.cpu import moments_and_columns
 
     x = (torch.randn(300, 160, generator=torch.Generator().manual_seed(5)) * 0.02).to(torch.bfloat16)
     partial, powers = moments_and_columns(x, 1)

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import get_backend
-from kernels.stats import Moments
-from scanner.errors import ConfigError, UnsupportedError
-from scanner.layouts import Shape, resolve
-from scanner.moments import segments
-from scanner.readers.base import TensorInfo
+from lineage_scanner.errors import ConfigError, UnsupportedError
+from lineage_scanner.layouts.families import family, gguf_family
+from lineage_scanner.layouts.resolve import Shape, resolve
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.measure.kernels.stats import Moments
+from lineage_scanner.measure.moments import segments
+from lineage_scanner.readers.base import TensorInfo
 
 NAMES = {
     "llama": ["model.layers.{i}.self_attn.q_proj.weight", "model.layers.{i}.self_attn.o_proj.weight"],
@@ -44,34 +45,39 @@ NAMES = {
 }
 
 
+def spec_of(name: str):
+    """A family's spec by config model_type; "gguf" stands for a llama GGUF (GGUF's own tensor names)."""
+    return gguf_family({"general.architecture": "llama"}) if name == "gguf" else family(name)
+
+
 def infos(names: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
     return {n: TensorInfo(n, "F32", s, "x", 0, 0) for n, s in names.items()}
 
 
-@pytest.mark.parametrize("family", sorted(NAMES))
-def test_family_tables(family):
-    names = {pattern.format(i=i): (8, 8) for pattern in NAMES[family] for i in range(3)}
-    layout = resolve(family, infos(names), Shape(2, 2, 4), {}, 3, "x")
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_family_tables(name):
+    names = {pattern.format(i=i): (8, 8) for pattern in NAMES[name] for i in range(3)}
+    layout = resolve(spec_of(name), infos(names), Shape(2, 2, 4), {}, 3, "x")
     assert layout.n_layers == 3 and not layout.fallback
     assert {p.layer for p in layout.parts} == {0, 1, 2}
     assert not any("vision" in p.tensor for p in layout.parts)
     assert {p.role for p in layout.parts} & {"q", "k", "v", "o"}
 
 
-def test_unknown_architecture_falls_back_with_a_warning():
+def test_unknown_architecture_falls_back_to_name_patterns_and_says_so():
     names = {f"model.layers.{i}.self_attn.{r}_proj.weight": (8, 8) for i in range(2) for r in "qkvo"}
-    with pytest.warns(UserWarning, match="unknown architecture 'olmo9'"):
-        layout = resolve("olmo9", infos(names), None, {}, None, "x")
+    layout = resolve(spec_of("olmo9"), infos(names), None, {}, None, "x")
     assert layout.fallback and len(layout.parts) == 8
+    assert layout.family == "olmo9" and layout.spec.source == "name-patterns"
 
 
 def test_no_attention_is_unsupported():
     with pytest.raises(UnsupportedError, match="no attention projections"):
-        resolve("llama", infos({"model.layers.0.mlp.up_proj.weight": (4, 4)}), None, {}, None, "x")
+        resolve(spec_of("llama"), infos({"model.layers.0.mlp.up_proj.weight": (4, 4)}), None, {}, None, "x")
 
 
 def split_moments(family, name, tensor, shape, config=None):
-    layout = resolve(family, infos({name: tuple(tensor.shape)}), shape, config or {}, 1, "x")
+    layout = resolve(spec_of(family), infos({name: tuple(tensor.shape)}), shape, config or {}, 1, "x")
     backend = get_backend("cpu")
     out = {}
     for part in layout.parts:
@@ -146,12 +152,13 @@ def test_deepseek_mla_kv_split():
 
 def test_fused_shape_disagreeing_with_config():
     with pytest.raises(ConfigError, match="imply 48"):
-        resolve("phi3", infos({"model.layers.0.self_attn.qkv_proj.weight": (40, 16)}), Shape(8, 2, 4), {}, 1, "x")
+        resolve(spec_of("phi3"), infos({"model.layers.0.self_attn.qkv_proj.weight": (40, 16)}), Shape(8, 2, 4),
+                {}, 1, "x")
 
 
 def test_depth_comes_from_tensors_and_config_cannot_inflate_it():
     names = {f"model.layers.{i}.self_attn.q_proj.weight": (8, 8) for i in range(3)}
     with pytest.raises(ConfigError, match="declares 2000000000 layers"):
-        resolve("llama", infos(names), None, {}, 2_000_000_000, "x")
+        resolve(spec_of("llama"), infos(names), None, {}, 2_000_000_000, "x")
     with pytest.raises(UnsupportedError, match="layer index 99999999"):
-        resolve("llama", infos({"model.layers.99999999.self_attn.q_proj.weight": (8, 8)}), None, {}, None, "x")
+        resolve(spec_of("llama"), infos({"model.layers.99999999.self_attn.q_proj.weight": (8, 8)}), None, {}, None, "x")

@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scanner.lineage import paper_score
-from scanner.scan import scan_sources
-from scanner.store import Store
+from lineage_scanner.lineage.paper import paper_score
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.store.store import Store
 
 
 @pytest.fixture(scope="module")
 def store(zoo, tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("db"))
-    report = scan_sources([e.path for e in zoo], store, progress=False)
+    report = run_batch([e.path for e in zoo], store, progress=False)
     assert not report.failed, report.failed[0].error
     return store
 
@@ -65,7 +65,7 @@ def test_quantized_and_moe_children_match_their_parent(store, zoo):
 
 def test_every_derived_model_ranks_its_family_first(store, zoo):
     root = {e.model: e.parent or e.model for e in zoo}
-    candidates = store.curves()
+    candidates = store.signatures()
     for e in zoo:
         if e.parent:
             query = store.load(e.model)

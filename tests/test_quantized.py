@@ -9,16 +9,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kernels import get_backend
-from scanner.cli import main
-from scanner.demo.model import base_model
-from scanner.demo.quantize import SCHEMES, bnb_nf4, quantize_tensor, write_quantized
-from scanner.demo.writers import write_hf
-from scanner.evidence import decide
-from scanner.readers.quantized import Dequantized, unpack
-from scanner.scan import scan_strict
-from scanner.sources import open_local
-from tests.conftest import llama_config
+from lineage_scanner.cli.main import main
+from lineage_scanner.demo.quantize import SCHEMES, bnb_nf4, quantize_tensor, write_quantized
+from lineage_scanner.demo.writers import write_hf
+from lineage_scanner.lineage.generator import base_model
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.readers.open import open_local
+from lineage_scanner.readers.quantized import Dequantized, unpack
+from lineage_scanner.run.scan import scan_strict
+from tests.conftest import judge, llama_config
 
 BACKEND = get_backend("cpu")
 WORD = 0x76543210  # nibble k holds the value k
@@ -142,10 +141,10 @@ def test_a_quantized_copy_matches_its_parent(family, scheme):
     _, copy = scan_strict(str(family[scheme]), BACKEND, set())
     assert copy.params == parent.params and copy.dtype not in ("BF16", "F32")
     assert [(s.layer, s.role) for s in copy.layers] == [(s.layer, s.role) for s in parent.layers]
-    v = decide(copy, parent)
+    v = judge(copy, parent)
     assert v.verdict == "derived" and v.kind == "quantized copy", (v.evidence.score, v.kind)
     _, stranger = scan_strict(str(family["stranger"]), BACKEND, set())
-    assert decide(copy, stranger).verdict != "derived"
+    assert judge(copy, stranger).verdict != "derived"
 
 
 def test_broken_quantized_checkpoints_are_one_line_errors(tmp_path, capsys):

@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kernels import get_backend
-from scanner.demo.model import projection
-from scanner.lineage import paper_score
-from scanner.sampling import SamplePlan
-from scanner.scan import scan_sources, scan_strict
-from scanner.store import Store
+from lineage_scanner.lineage.generator import projection
+from lineage_scanner.lineage.paper import paper_score
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.run.batch import ScanConfig, run_batch
+from lineage_scanner.run.scan import scan_strict
+from lineage_scanner.store.store import Store
 
 CPU = get_backend("cpu")
 
@@ -64,7 +65,7 @@ def test_target_error_raises_the_fraction(tmp_path):
 @pytest.fixture(scope="module")
 def larger_zoo(tmp_path_factory):
     """Two same-architecture families at hidden 384: matrices large enough that sampling pays."""
-    from scanner.demo.zoo import FAMILIES, build_zoo
+    from lineage_scanner.demo.zoo import FAMILIES, build_zoo
 
     return build_zoo(tmp_path_factory.mktemp("zoo384"), hidden=384, families=FAMILIES[:2])
 
@@ -72,14 +73,15 @@ def larger_zoo(tmp_path_factory):
 def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
     exact_store, sampled_store = Store(tmp_path / "exact"), Store(tmp_path / "sampled")
     sources = [e.path for e in larger_zoo if e.relation != "quantized"]
-    scan_sources(sources, exact_store, progress=False)
-    report = scan_sources(sources, sampled_store, progress=False, sample=SamplePlan(target_se=0.02, seed=3))
-    assert all(s.sampled for s in report.scanned)
+    run_batch(sources, exact_store, progress=False)
+    report = run_batch(sources, sampled_store, progress=False,
+                       config=ScanConfig(sample=SamplePlan(target_se=0.02, seed=3)))
+    assert all(s.sampled for s in report.records)
     exact_bytes = exact_store.connect().execute("SELECT sum(bytes_read) FROM signatures").fetchone()[0]
     # flat curves demand near-exact points on matrices this small; big savings need big tensors (bench/)
-    assert sum(s.bytes_read for s in report.scanned) < exact_bytes
-    exact = {s.model: s for s in exact_store.curves()}
-    sampled = {s.model: s for s in sampled_store.curves()}
+    assert sum(s.bytes_read for s in report.records) < exact_bytes
+    exact = {s.model: s for s in exact_store.signatures()}
+    sampled = {s.model: s for s in sampled_store.signatures()}
     root = {e.model: e.parent or e.model for e in larger_zoo}
     worst = 0.0
     names = sorted(exact)
@@ -89,12 +91,12 @@ def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
             s = paper_score(sampled[a].curves, sampled[b].curves).score
             worst = max(worst, abs(e - s))
     assert worst <= 0.02, worst
-    from scanner.evidence import decide
+    from tests.conftest import judge
 
     for e in larger_zoo:  # no verdict changes: every derived model is still judged derived from its parent
         if e.parent and e.relation != "quantized":
             a, b = sampled[e.model], sampled[e.parent]
-            assert decide(a, b).verdict == "derived", e.model
+            assert judge(a, b).verdict == "derived", e.model
     for name in names:  # the nearest model keeps its family
         best = max(
             (n for n in names if n != name), key=lambda n: paper_score(sampled[name].curves, sampled[n].curves).score
@@ -103,7 +105,7 @@ def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
 
 
 def test_sample_flag_validation(tmp_path, capsys):
-    from scanner.cli import main
+    from lineage_scanner.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["scan", str(tmp_path), "--sample", "1.5"])

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import get_backend
-from kernels.stats import Moments
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.measure.kernels.stats import Moments
 from tests.conftest import BACKEND_NAMES
 
 BACKEND = get_backend("cpu")

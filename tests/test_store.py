@@ -8,27 +8,28 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from scanner.scan import scan_sources
-from scanner.store import SIGNATURES_SCHEMA, Store
+from lineage_scanner.run.batch import ScanConfig, run_batch
+from lineage_scanner.store.schema import arrow_schema
+from lineage_scanner.store.store import Store
 from tests.conftest import write_llama
 
 
 def test_scan_skip_force_and_views(tmp_path):
     store = Store(tmp_path / "db")
     model = write_llama(tmp_path / "tiny", n_layers=3)
-    first = scan_sources([str(model)], store, progress=False)
-    assert [s.status for s in first.scanned] == ["ok"] and not first.skipped
-    again = scan_sources([str(model)], store, progress=False)
-    assert not again.scanned and again.skipped == [("tiny", first.scanned[0].revision)]
-    forced = scan_sources([str(model)], store, force=True, progress=False)
-    assert len(forced.scanned) == 1
+    first = run_batch([str(model)], store, progress=False)
+    assert [s.status for s in first.records] == ["ok"] and not first.skipped
+    again = run_batch([str(model)], store, progress=False)
+    assert not again.records and again.skipped == [("tiny", first.records[0].revision)]
+    forced = run_batch([str(model)], store, config=ScanConfig(force=True), progress=False)
+    assert len(forced.records) == 1
     con = store.connect()
     assert con.execute("SELECT count(*) FROM scans").fetchone()[0] == 2
     assert con.execute("SELECT count(*) FROM signatures").fetchone()[0] == 1
     # the layers view follows the newest scan only: 3 layers x (q, k, v, o, attn_norm)
     assert con.execute("SELECT count(*) FROM layers").fetchone()[0] == 15
     newest = con.execute("SELECT scan_id FROM signatures").fetchone()[0]
-    assert newest == forced.scanned[0].scan_id
+    assert newest == forced.records[0].scan_id
     row = con.execute(
         "SELECT n_layers, n_heads, n_kv_heads, head_dim, dtype, params, len(curves.q), "
         "array_length(embedding) FROM signatures"
@@ -39,7 +40,7 @@ def test_scan_skip_force_and_views(tmp_path):
 def test_layers_match_torch_std(tmp_path):
     store = Store(tmp_path / "db")
     model = write_llama(tmp_path / "tiny", n_layers=2)
-    scan_sources([str(model)], store, progress=False)
+    run_batch([str(model)], store, progress=False)
     tensors = load_file(model / "model.safetensors")
     rows = store.connect().execute("SELECT layer, role, std, numel FROM layers WHERE role = 'k'").fetchall()
     for layer, _, std, numel in rows:
@@ -51,22 +52,22 @@ def test_layers_match_torch_std(tmp_path):
 def test_changed_weights_are_rescanned(tmp_path):
     store = Store(tmp_path / "db")
     model = write_llama(tmp_path / "tiny")
-    scan_sources([str(model)], store, progress=False)
+    run_batch([str(model)], store, progress=False)
     tensors = load_file(model / "model.safetensors")
     tensors = {k: v * 1.5 for k, v in tensors.items()}
     save_file(tensors, model / "model.safetensors")
-    second = scan_sources([str(model)], store, progress=False)
-    assert len(second.scanned) == 1, "same header, different weights must be a new revision"
+    second = run_batch([str(model)], store, progress=False)
+    assert len(second.records) == 1, "same header, different weights must be a new revision"
     assert store.connect().execute("SELECT count(*) FROM signatures").fetchone()[0] == 2
 
 
 def test_files_are_written_atomically_with_the_schema(tmp_path):
     store = Store(tmp_path / "db")
-    scan_sources([str(write_llama(tmp_path / "tiny"))], store, progress=False)
+    run_batch([str(write_llama(tmp_path / "tiny"))], store, progress=False)
     files = list(Path(tmp_path / "db").rglob("*"))
     assert not [f for f in files if f.name.startswith(".") or f.suffix == ".tmp"]
     sig_files = list((tmp_path / "db" / "signatures").glob("*.parquet"))
-    assert len(sig_files) == 1 and pq.read_schema(sig_files[0]).equals(SIGNATURES_SCHEMA, check_metadata=False)
+    assert len(sig_files) == 1 and pq.read_schema(sig_files[0]).equals(arrow_schema("signatures"), check_metadata=False)
 
 
 def test_empty_store_has_typed_empty_views(tmp_path):
@@ -76,8 +77,8 @@ def test_empty_store_has_typed_empty_views(tmp_path):
 
 
 def test_every_way_of_naming_a_checkpoint_gives_the_same_curves(tmp_path, zoo_by_name):
-    from kernels import get_backend
-    from scanner.scan import scan_strict
+    from lineage_scanner.measure.kernels import get_backend
+    from lineage_scanner.run.scan import scan_strict
 
     backend = get_backend("cpu")
     sharded = Path(zoo_by_name["phi3-a"].path)
@@ -99,10 +100,10 @@ def test_old_schema_files_stay_readable(tmp_path):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from scanner.evidence import decide
+    from tests.conftest import judge
 
     store = Store(tmp_path / "db")
-    scan_sources([str(write_llama(tmp_path / "old", n_layers=4, seed=1))], store, progress=False)
+    run_batch([str(write_llama(tmp_path / "old", n_layers=4, seed=1))], store, progress=False)
     for table, dropped in (("signatures", ["declared_relation"]), ("layers", ["std_se", "folded_kurtosis"])):
         for f in (tmp_path / "db" / table).glob("*.parquet"):
             data = pq.read_table(f).drop_columns(dropped)
@@ -113,7 +114,7 @@ def test_old_schema_files_stay_readable(tmp_path):
                                                  [inv.type.field(k).name for k in keep])
                 data = data.set_column(data.schema.get_field_index("invariants"), "invariants", old)
             pq.write_table(data, f)
-    scan_sources([str(write_llama(tmp_path / "new", n_layers=4, seed=2))], store, progress=False)
+    run_batch([str(write_llama(tmp_path / "new", n_layers=4, seed=2))], store, progress=False)
     con = store.connect()
     rows = con.execute("SELECT model, declared_relation, invariants.fkurt_q IS NULL FROM signatures ORDER BY model")
     assert rows.fetchall() == [("new", None, False), ("old", None, True)]
@@ -121,5 +122,5 @@ def test_old_schema_files_stay_readable(tmp_path):
     assert se.fetchall() == [("new", 20, 12), ("old", 0, 0)]
     old_sig, new_sig = store.load("old"), store.load("new")
     assert "fkurt_q" not in old_sig.invariants and "fkurt_q" in new_sig.invariants
-    shared = decide(old_sig, new_sig).evidence.features  # scored on what both stores hold
+    shared = judge(old_sig, new_sig).evidence.features  # scored on what both stores hold
     assert "qk" in shared and not any(f.startswith("fkurt") for f in shared)

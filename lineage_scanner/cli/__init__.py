@@ -1,0 +1,1 @@
+"""The command line: ``lineage`` (see :mod:`lineage_scanner.cli.main`)."""

@@ -1,0 +1,353 @@
+"""The ``lineage`` command: a thin layer that parses options, calls one library function, prints.
+
+Errors reach the user as one line, ``Error: …``, with exit code 1. ``--json`` prints data on stdout;
+progress bars and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+
+from lineage_scanner import __version__
+from lineage_scanner.cli.output import fmt, print_json, print_table
+from lineage_scanner.errors import ScanError
+from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
+
+# Commands import what they use when they run: ``--help``, ``sql`` and lookups of stored models never
+# load torch, numba, ray or matplotlib.
+
+
+class UsageError(Exception):
+    """A command was given something it cannot use (not a scan error)."""
+
+
+# ---- commands -----------------------------------------------------------------------------------------
+
+def cmd_scan(args) -> int:
+    from lineage_scanner.measure.sampling import SamplePlan
+    from lineage_scanner.run.batch import ScanConfig, choose_executor, run_batch
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    sources = list(args.sources) + (store.todo(args.limit) if args.catalog else [])
+    if not sources:
+        raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
+    sample = None
+    if args.sample is not None or args.sample_error is not None:
+        sample = SamplePlan(args.sample, args.sample_error, max_runs=args.sample_runs)
+    summary = run_batch(sources, store, choose_executor(args.workers, args.address, sources),
+                        config=ScanConfig(args.backend, args.force, sample), progress=not args.quiet)
+    for record in summary.failed:
+        print(f"Error: {record.error}", file=sys.stderr)
+    for record in summary.records:
+        if record.layout_source == "name-patterns":
+            print(f"note: {record.model}: unknown architecture; attention found by name patterns", file=sys.stderr)
+    if args.json:
+        print_json({"scanned": [r.__dict__ for r in summary.records],
+                     "skipped": [{"model": m, "revision": r} for m, r in summary.skipped],
+                     "bytes_read": summary.bytes_read, "retried_units": summary.retried_units})
+    else:
+        ok = [r for r in summary.records if r.status == "ok"]
+        if ok:
+            print_table(["model", "revision", "layers", "MB read"],
+                         [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
+        print(f"scanned {len(ok)}, skipped {len(summary.skipped)} already stored, failed {len(summary.failed)}",
+              file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_catalog(args) -> int:
+    from lineage_scanner.sources.catalog import list_catalog
+    from lineage_scanner.store.store import Store
+
+    entries = list_catalog(author=args.author, search=args.search, filter=args.filter, sort=args.sort,
+                           limit=args.limit)
+    store = Store(args.db)
+    store.write_catalog(entries)
+    todo = set(store.todo())
+    if args.json:
+        print_json([{"model": e.model, "sha": e.sha, "params": e.params, "declared_base": e.declared_base,
+                      "gated": e.gated, "scanned": e.source not in todo and not e.gated} for e in entries])
+        return 0
+    print_table(["model", "sha", "params", "gated", "declared base", "to scan"],
+                 [(e.model, e.sha[:12], e.params, "yes" if e.gated else "", ", ".join(e.declared_base),
+                   "yes" if e.source in todo else "") for e in entries])
+    print(f"listed {len(entries)}; {len(todo)} commits in the store's work list (lineage scan --catalog)",
+          file=sys.stderr)
+    return 0
+
+
+def verdict_json(v) -> dict:
+    return {
+        "a": v.a, "b": v.b, "paper_score": v.paper.score, "score": v.evidence.score, "p_value": v.p_value,
+        "verdict": v.verdict, "reason": v.reason, "kind": v.kind,
+        "per_role": v.paper.per_role, "per_feature": v.evidence.per_feature,
+        "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment], "p_null": v.p_null,
+        "p_permutation": v.evidence.permutation_p,
+        "null": {"source": v.null.source, "size": v.null_size, "excluded": v.null.excluded} if v.null else None,
+    }
+
+
+def cmd_compare(args) -> int:
+    from lineage_scanner.lineage.null import null_for
+    from lineage_scanner.lineage.verdict import decide
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
+    v = decide(a, b, null_for(store, a, b))
+    out = verdict_json(v)
+    if args.plot:
+        from lineage_scanner.report.plot import plot_curves
+
+        plot_curves([a, b], args.plot, title=f"{a.model} vs {b.model}: {v.verdict}, score {fmt(v.evidence.score)}"
+                    f", paper_score {fmt(v.paper.score)}", per_role=v.paper.per_role,
+                    alignment=v.evidence.alignment)
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
+    print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
+    print(f"score        {fmt(v.evidence.score)}   p = {fmt(v.p_value)}  (null: {v.null_size} unrelated pairs"
+          f" from the {v.null.source}; layer-order permutation p = {fmt(v.evidence.permutation_p)})")
+    print(f"paper_score  {fmt(v.paper.score)}")
+    for role, r in v.paper.per_role.items():
+        print(f"  {role}  r = {fmt(r)}")
+    for name, r in v.evidence.per_feature.items():
+        print(f"  {name}  r = {fmt(r)}")
+    gaps_a = sorted(set(range(a.n_layers or 0)) - {i for i, _ in v.evidence.alignment})
+    gaps_b = sorted(set(range(b.n_layers or 0)) - {j for _, j in v.evidence.alignment})
+    if gaps_a or gaps_b:
+        print(f"unaligned layers: {a.model} {gaps_a}, {b.model} {gaps_b}")
+    if args.plot:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_match(args) -> int:
+    from lineage_scanner.lineage.null import null_for
+    from lineage_scanner.lineage.verdict import decide, q_values
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.signature.record import EMBED_DIM
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    query = signature_for(args.source, store, args.backend)
+    candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
+    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates),
+                      key=lambda v: -v.evidence.score if math.isfinite(v.evidence.score) else math.inf)
+    qs = q_values([v.p_value for v in verdicts])
+    rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,
+             "p_value": v.p_value, "q_value": q, "verdict": v.verdict, "kind": v.kind,
+             "paper_score": v.paper.score} for v, q in zip(verdicts, qs)][: args.top]
+    if args.json:
+        print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
+    else:
+        print(f"nearest to {query.model}@{query.revision}:")
+        print_table(["model", "score", "p", "q", "verdict", "kind", "paper_score"],
+                     [(r["model"], r["score"], r["p_value"], r["q_value"], r["verdict"], r["kind"] or "",
+                       r["paper_score"]) for r in rows])
+    return 0
+
+
+def run_sql(store, query: str) -> tuple[list[str], list[tuple]]:
+    """Run read-only SQL over the store's views; any statement but SELECT/EXPLAIN is refused."""
+    import duckdb
+
+    read_only = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+    with store.connect() as con:
+        statements = con.extract_statements(query)
+        if not statements:
+            raise UsageError("empty SQL")
+        for stmt in statements:
+            if stmt.type not in read_only:
+                raise UsageError(f"only SELECT queries are allowed here, not {stmt.type.name}")
+        result = None
+        for stmt in statements:
+            result = con.execute(stmt.query)
+        columns = [d[0] for d in result.description]
+        return columns, result.fetchall()
+
+
+def cmd_sql(args) -> int:
+    query = args.query if args.query not in (None, "-") else sys.stdin.read()
+    from lineage_scanner.store.store import Store
+
+    columns, rows = run_sql(Store(args.db), query)
+    if args.json:
+        print_json([dict(zip(columns, r)) for r in rows])
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        print_table(columns, rows)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from lineage_scanner.report.plot import plot_curves
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    sigs = [signature_for(s, store, args.backend) for s in args.sources]
+    plot_curves(sigs, args.out, title="per-layer std of attention projections")
+    print(f"plot written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from lineage_scanner.lineage.graph import detect, export
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    edges = detect(store, args.min_confidence)
+    store.write_edges(edges)
+    graph = export(store, edges, args.out)
+    with store.connect() as con:
+        disagreements = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
+    if args.json:
+        print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
+        return 0
+    print(f"{len(edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}")
+    for family in graph["families"]:
+        if len(family) > 1:
+            print("  " + ", ".join(family))
+    if disagreements:
+        print("cards and weights disagree:")
+        print_table(["model", "other", "problem"], disagreements)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from lineage_scanner.demo.run import run_demo
+    from lineage_scanner.store.store import Store
+
+    report = run_demo(args.out, Store(args.db), backend=args.backend, progress=not args.quiet)
+    if args.json:
+        print_json({"rows": [row.__dict__ for row in report.rows], "plot": str(report.plot),
+                     "stranger_paper_score": report.stranger_paper, "stranger_score": report.stranger_score,
+                     "stranger_verdicts": report.stranger_verdicts})
+        return 0
+    rows = report.rows
+    print_table(["model", "relation", "true parent", "paper_score", "score", "verdict", "kind", "family right"],
+                 [(r.model, r.relation, r.parent, r.paper_score, r.score, r.verdict, r.kind or "",
+                   "yes" if r.family_hit else "NO") for r in rows])
+    print(f"\nderived models judged 'derived' from their parent: {sum(r.verdict == 'derived' for r in rows)}"
+          f"/{len(rows)}; best match in the right family: {sum(r.family_hit for r in rows)}/{len(rows)}")
+    print(f"pairs of unrelated models: verdicts {report.stranger_verdicts}; highest score "
+          f"{report.stranger_score:.3f} (paper_score: {report.stranger_paper:.3f})")
+    print(f"store: {args.db}   plot: {report.plot}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------------
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1]")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
+                        help="signature store directory (default ./lineage-db, env LINEAGE_DB)")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("--backend", choices=BACKENDS, default="auto", help="moments backend")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    parser = argparse.ArgumentParser(prog="lineage", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lineage-scanner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", parents=[common], help="scan checkpoints into signatures in the store")
+    p.add_argument("sources", nargs="*", help="model directory, .safetensors, index.json, .gguf, or "
+                   "hf://org/name[@revision]")
+    p.add_argument("--force", action="store_true", help="re-scan models already in the store")
+    p.add_argument("--catalog", action="store_true", help="also scan catalog entries not yet in the store")
+    p.add_argument("--limit", type=int, help="with --catalog: at most this many entries")
+    p.add_argument("--sample", type=_fraction, metavar="FRACTION",
+                   help="estimate large tensors from this fraction of their elements, in spread runs")
+    p.add_argument("--sample-error", type=_fraction, metavar="E",
+                   help="raise the sampled fraction per tensor until std's relative standard error <= E")
+    p.add_argument("--sample-runs", type=_positive, default=16, metavar="N",
+                   help="runs (range requests) per tensor part when sampling (default 16)")
+    p.add_argument("--workers", type=_positive, help="Ray scan workers (default: one per GPU, else per CPU)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("catalog", parents=[common], help="list Hub models into the store's work list")
+    p.add_argument("--author")
+    p.add_argument("--search")
+    p.add_argument("--filter", help="a Hub tag, e.g. text-generation")
+    p.add_argument("--sort", choices=["downloads", "likes", "last_modified", "created_at", "trending_score"])
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("compare", parents=[common], help="score two models (paths or stored ids)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--plot", metavar="FILE.png", help="draw both models' normalized curves per role")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("match", parents=[common], help="nearest relatives of a model in the store")
+    p.add_argument("source")
+    p.add_argument("--top", type=_positive, default=10)
+    p.add_argument("--prefilter", type=_positive, default=100, help="candidates kept by the SQL embedding pre-filter")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("sql", parents=[common], help="read-only SQL over the views "
+                       "signatures, layers, errors, scans")
+    p.add_argument("query", nargs="?", help="SQL text; '-' or nothing reads stdin")
+    p.add_argument("--csv", action="store_true", help="CSV output")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("plot", parents=[common], help="per-layer curves of one or more models")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("graph", parents=[common], help="lineage graph of the store: detected and declared edges")
+    p.add_argument("--min-confidence", type=float, default=0.99, help="1 - p-value an edge needs (default 0.99)")
+    p.add_argument("--out", default="lineage-graph.json", help="FILE.graphml or FILE.json")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("demo", parents=[common], help="build the demo zoo, scan it, print the lineage table")
+    p.add_argument("--out", default="./lineage-demo", help="where the zoo is written")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        if not isinstance(exc, (ScanError, UsageError, BackendUnavailable)) and not _is_duckdb_error(exc):
+            raise
+        print(f"Error: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+def _is_duckdb_error(exc: Exception) -> bool:
+    duckdb = sys.modules.get("duckdb")  # only a command that used DuckDB can raise its errors
+    return duckdb is not None and isinstance(exc, duckdb.Error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

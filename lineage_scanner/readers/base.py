@@ -1,0 +1,87 @@
+"""What every reader offers: the tensor list from the header alone, and tensors read on demand."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # a reader's tensors are torch tensors; its header types are needed without torch
+    import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a header describes it. ``start``/``end`` are absolute byte offsets in ``file``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
+    start: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+class Reader(Protocol):
+    """A checkpoint opened for scanning. Only ``read`` touches tensor data."""
+
+    path: str
+    #: the storage format, the signature's ``format`` column: safetensors, gguf, or a quantization scheme
+    #: (gptq, awq, fp8, int8, bnb, compressed-tensors) read through :mod:`lineage_scanner.readers.quantized`
+    format: str
+    #: bytes fetched from storage so far (headers and tensor data)
+    bytes_read: int
+
+    def tensors(self) -> dict[str, TensorInfo]: ...
+
+    def prefetch(self, names: list[str]) -> None:
+        """The tensors about to be read, in order, so a reader can start fetching them early."""
+        ...
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor as floats (native 16/32-bit dtype, or float32 after dequantization)."""
+        ...
+
+    def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
+        """A sample: ``run`` consecutive elements from each flat index in ``starts``, as [len(starts), run]."""
+        ...
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process's memory once its statistics are taken."""
+        ...
+
+    def fingerprint(self) -> bytes:
+        """Bytes that identify the checkpoint's content without reading its data (headers, sizes)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def take_runs(tensor: torch.Tensor, starts, run: int) -> torch.Tensor:
+    """``run`` consecutive elements of the flattened ``tensor`` from each index in ``starts``: [len(starts), run]."""
+    import torch
+
+    return tensor.reshape(-1)[torch.from_numpy(starts)[:, None] + torch.arange(run)]
+
+
+def content_digest(path: str, start: int, end: int, windows: int = 8, size: int = 4096) -> bytes:
+    """sha256 of ``windows`` evenly spaced byte windows of [start, end): a few KB that change when the
+    weights change (a fine-tune keeps the header but not the bytes), without reading the whole file."""
+    h = hashlib.sha256()
+    span = max(end - start - size, 0)
+    with open(path, "rb") as f:
+        for i in range(windows):
+            f.seek(start + span * i // max(windows - 1, 1))
+            h.update(f.read(min(size, end - start)))
+    return h.digest()

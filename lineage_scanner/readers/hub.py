@@ -1,0 +1,338 @@
+"""Hugging Face Hub checkpoints, read by HTTP range requests: only the headers and the needed tensors.
+
+``hf://org/name[@revision]`` resolves to the commit SHA through the real ``huggingface_hub`` client
+(``HF_ENDPOINT`` and ``HF_TOKEN`` honoured, as the client does). Each safetensors shard's header is
+fetched with one request for its first 100 KB (a second one only for larger headers) and validated as
+strictly as a local file. Tensor bytes are fetched as coalesced ranges (adjacent tensors of a layer in one
+request), several at a time, a bounded window ahead of the consumer, and dropped once measured.
+
+Every request retries 429 (honouring Retry-After), 5xx, dropped connections and short bodies with
+exponential backoff and jitter, a bounded number of times; then :class:`RemoteError`. The token travels
+only in request headers, never in messages.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from lineage_scanner.errors import GatedError, HeaderError, RemoteError, SourceError
+from lineage_scanner.readers.base import TensorInfo
+from lineage_scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
+from lineage_scanner.sources.hub import HubRef, endpoint
+
+HEADER_PROBE = 100_000
+#: Two tensors closer than this are fetched in one request (a layer's q/k/v/o are adjacent).
+MAX_GAP = 64 * 1024
+RETRIES = 5
+BACKOFF_S = 0.2
+WINDOW = 8
+#: Sampled runs closer than this share one request: the bytes in between cost less than a request.
+SAMPLE_GAP = 4096
+WORKERS = 4
+
+
+class HubClient:
+    """Range reads with retries and byte/request accounting, on the client library's HTTP session."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.bytes_read = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def get(self, url: str, start: int | None = None, end: int | None = None) -> tuple[bytes, dict]:
+        """Bytes [start, end] (inclusive) of ``url``, or the whole body; verified against the range asked."""
+        import httpx2 as httpx
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        headers = build_hf_headers()
+        if start is not None:
+            headers["Range"] = f"bytes={start}-{end}"
+        problem = ""
+        for attempt in range(RETRIES + 1):
+            wait = BACKOFF_S * 2**attempt * (0.5 + random.random())
+            try:
+                response = get_session().get(url, headers=headers, follow_redirects=True)
+                with self._lock:
+                    self.requests += 1
+                    self.bytes_read += len(response.content)
+                if response.status_code == 429 or response.status_code >= 500:
+                    problem = f"HTTP {response.status_code}"
+                    retry_after = response.headers.get("Retry-After", "")
+                    if retry_after.isdigit():
+                        wait = float(retry_after) + random.random() * BACKOFF_S
+                else:
+                    hf_raise_for_status(response)
+                    body = response.content
+                    if start is not None and len(body) != min(end, _total(response, end)) - start + 1:
+                        problem = f"short body ({len(body)} bytes for range {start}-{end})"
+                    else:
+                        return body, dict(response.headers)
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                problem = f"{exc.__class__.__name__}"
+            if attempt < RETRIES:
+                time.sleep(wait)
+        raise RemoteError(self.source, f"giving up after {RETRIES + 1} attempts: {problem}")
+
+
+def _total(response, default: int) -> int:
+    """Last byte index of the file, from Content-Range ('bytes a-b/size'), for ranges that overrun it."""
+    total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    return int(total) - 1 if total.isdigit() else default
+
+
+def resolve(ref: HubRef, client: HubClient):
+    """Model info at the pinned commit; Hub errors become typed scan errors."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return HfApi(endpoint=endpoint()).model_info(ref.repo_id, revision=ref.revision)
+    except GatedRepoError:
+        raise GatedError(client.source, "gated or private repo: request access or set HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise SourceError(client.source, f"revision {ref.revision!r} not found") from None
+    except RepositoryNotFoundError:
+        raise SourceError(client.source, "repository not found (or private without access)") from None
+
+
+def file_url(repo_id: str, sha: str, filename: str) -> str:
+    from huggingface_hub import hf_hub_url
+
+    return hf_hub_url(repo_id, filename, revision=sha, endpoint=endpoint())
+
+
+def fetch_json(client: HubClient, repo_id: str, sha: str, filename: str) -> dict:
+    body, _ = _checked(client, repo_id, file_url(repo_id, sha, filename))
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HeaderError(f"{client.source}/{filename}", f"malformed JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise HeaderError(f"{client.source}/{filename}", "not a JSON object")
+    return data
+
+
+def _checked(client: HubClient, repo_id: str, url: str, start=None, end=None):
+    from huggingface_hub.errors import GatedRepoError
+
+    try:
+        return client.get(url, start, end)
+    except GatedRepoError:
+        raise GatedError(client.source, "gated or private repo: request access or set HF_TOKEN") from None
+
+
+class HubSafetensors:
+    """Safetensors shards of one Hub commit, read by range requests."""
+
+    format = "safetensors"
+
+    def __init__(self, client: HubClient, repo_id: str, sha: str, shards: list[str]):
+        self.path = client.source
+        self.client = client
+        self._urls: dict[str, str] = {}
+        self._tensors: dict[str, TensorInfo] = {}
+        self._headers: list[bytes] = []
+        for shard in shards:
+            url = file_url(repo_id, sha, shard)
+            name = f"{client.source}/{shard}"
+            probe, headers = _checked(client, repo_id, url, 0, HEADER_PROBE - 1)
+            size = int(headers.get("content-range", "").rpartition("/")[2] or len(probe))
+            n = header_length(probe[:8], size, name)
+            raw = probe[8 : 8 + n] if 8 + n <= len(probe) else _checked(client, repo_id, url, 8, 7 + n)[0]
+            tensors, _ = parse_header(raw, size, name)
+            self._headers.append(shard.encode() + b"\0" + raw)
+            for t in tensors.values():
+                self._urls[t.name] = url
+                self._tensors[t.name] = t
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="range")
+        self._plan: list[tuple[str, int, int, list[str]]] = []
+        self._futures: dict[int, Future] = {}  # submitted ranges whose tensors are not all released
+        self._submitted = 0  # ranges are submitted in plan order; a read can pull one forward
+        self._range_of: dict[str, int] = {}
+        self._pending: dict[int, int] = {}
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return self._tensors
+
+    def prefetch(self, names: list[str]) -> None:
+        """Plan coalesced ranges for ``names`` (in this order) after those already planned, and start the
+        first few requests. A name read without being prefetched is planned on its own."""
+        names = [n for n in names if n not in self._range_of]
+        spans = sorted((self._urls[n], self._tensors[n].start, self._tensors[n].end, n) for n in names)
+        order = {n: i for i, n in enumerate(names)}
+        plan: list[tuple[str, int, int, list[str]]] = []
+        for url, start, end, name in spans:
+            if plan and plan[-1][0] == url and start - plan[-1][2] <= MAX_GAP:
+                plan[-1] = (url, plan[-1][1], max(end, plan[-1][2]), plan[-1][3] + [name])
+            else:
+                plan.append((url, start, end, [name]))
+        plan.sort(key=lambda r: min(order[n] for n in r[3]))
+        first = len(self._plan)
+        self._plan += plan
+        for i, (_, _, _, members) in enumerate(plan, start=first):
+            self._pending[i] = len(members)
+            for n in members:
+                self._range_of[n] = i
+        self._fill()
+
+    def _submit(self, i: int) -> None:
+        if i in self._futures or self._pending.get(i, 0) == 0:
+            return
+        url, start, end, _ = self._plan[i]
+        self._futures[i] = self._pool.submit(self.client.get, url, start, end - 1) if end > start else _done((b"", {}))
+
+    def _fill(self) -> None:
+        """Keep up to WINDOW ranges in flight ahead of the reader."""
+        while self._submitted < len(self._plan) and len(self._futures) < WINDOW:
+            self._submit(self._submitted)
+            self._submitted += 1
+
+    def read(self, name: str) -> torch.Tensor:
+        if name not in self._range_of:
+            self.prefetch([name])
+        i = self._range_of[name]
+        self._submit(i)  # normally already in flight; a batched consumer may read past the window
+        info = self._tensors[name]
+        dtype = numeric_dtype(info, self.path)
+        if info.numel == 0:
+            return torch.empty(info.shape, dtype=dtype)
+        if i in self._futures:
+            body, _ = self._futures[i].result()
+            offset = info.start - self._plan[i][1]
+        else:  # read again after its range was released (a norm gain, say): fetch just this tensor
+            body, _ = self.client.get(self._urls[name], info.start, info.end - 1)
+            offset = 0
+        data = bytearray(memoryview(body)[offset : offset + info.nbytes])
+        return torch.frombuffer(data, dtype=dtype).view(info.shape)
+
+    def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
+        """Runs fetched as range requests, runs closer than SAMPLE_GAP bytes sharing one request."""
+        info = self._tensors[name]
+        dtype = numeric_dtype(info, self.path)
+        size = torch.empty(0, dtype=dtype).element_size()
+        spans: list[list[int]] = []
+        for s in sorted(int(x) for x in starts):
+            a, b = info.start + s * size, info.start + (s + run) * size
+            if spans and a - spans[-1][1] <= SAMPLE_GAP:
+                spans[-1][1] = b
+            else:
+                spans.append([a, b])
+        bodies = list(self._pool.map(lambda span: self.client.get(self._urls[name], span[0], span[1] - 1)[0], spans))
+        out = torch.empty((len(starts), run), dtype=dtype)
+        for row, s in enumerate(int(x) for x in starts):
+            a = info.start + s * size
+            k = next(i for i, span in enumerate(spans) if span[0] <= a < span[1])
+            chunk = bytearray(memoryview(bodies[k])[a - spans[k][0] : a - spans[k][0] + run * size])
+            out[row] = torch.frombuffer(chunk, dtype=dtype)
+        return out
+
+    def release(self, name: str) -> None:
+        i = self._range_of.get(name)
+        if i is None:
+            return
+        self._pending[i] -= 1
+        if self._pending[i] == 0:
+            self._futures.pop(i, None)
+            self._fill()
+
+    def fingerprint(self) -> bytes:
+        return b"".join(self._headers)
+
+    @property
+    def bytes_read(self) -> int:
+        return self.client.bytes_read
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+class HubGguf:
+    """A ``.gguf`` file of a Hub commit. The header is fetched (walked to its end), then written with each
+    needed tensor's bytes into a sparse local file that :class:`GgufFile` parses and dequantizes: the
+    disk holds only what was fetched."""
+
+    format = "gguf"
+
+    def __init__(self, client: HubClient, repo_id: str, sha: str, filename: str):
+        import tempfile
+
+        from lineage_scanner.readers.gguf_file import GgufFile, check_prefix
+        from lineage_scanner.readers.gguf_header import NeedMore, header_end
+
+        self.path = f"{client.source}/{filename}"
+        self.client = client
+        self._url = file_url(repo_id, sha, filename)
+        data, headers = _checked(client, repo_id, self._url, 0, HEADER_PROBE - 1)
+        size = int(headers.get("content-range", "").rpartition("/")[2] or len(data))
+        check_prefix(data[:24], size, self.path)
+        while True:
+            try:
+                end = header_end(data)
+                break
+            except NeedMore as more:
+                if more.at_least > size:
+                    raise HeaderError(self.path, "header runs past the end of the file") from None
+                data += client.get(self._url, len(data), min(size, more.at_least) - 1)[0]
+            except (ValueError, KeyError) as exc:
+                raise HeaderError(self.path, f"malformed GGUF header ({exc})") from None
+        self._dir = tempfile.TemporaryDirectory(prefix="lineage-gguf-")
+        self._local = f"{self._dir.name}/{filename.rpartition('/')[2]}"
+        with open(self._local, "wb") as f:
+            f.write(data[:end])
+            f.truncate(size)  # sparse: unfetched ranges take no disk
+        try:
+            self._gguf = GgufFile(self._local)
+        except HeaderError as exc:
+            raise HeaderError(self.path, exc.problem) from None
+        self.metadata = self._gguf.metadata
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        return self._gguf.tensors()
+
+    def prefetch(self, names: list[str]) -> None:
+        """Tensors are fetched as they are read."""
+
+    def _fetch(self, name: str) -> None:
+        info = self._gguf.tensors()[name]
+        body, _ = self.client.get(self._url, info.start, info.end - 1)
+        with open(self._local, "r+b") as f:
+            f.seek(info.start)
+            f.write(body)
+
+    def read(self, name: str) -> torch.Tensor:
+        self._fetch(name)
+        return self._gguf.read(name)
+
+    def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
+        """Quantized blocks decode whole: a GGUF sample costs a full read of the tensor."""
+        self._fetch(name)
+        return self._gguf.read_runs(name, starts, run)
+
+    def release(self, name: str) -> None:
+        """Nothing held: the sparse file's pages are clean page cache."""
+
+    def fingerprint(self) -> bytes:
+        return self._gguf.fingerprint()
+
+    @property
+    def bytes_read(self) -> int:
+        return self.client.bytes_read
+
+    def close(self) -> None:
+        self._gguf.close()
+        self._dir.cleanup()

@@ -1,0 +1,205 @@
+"""Open what a user names as a checkpoint with an immutable identity and a reader over its tensors.
+
+A local source is a directory holding ``config.json`` and safetensors or GGUF weights, a single
+``.safetensors`` file, a ``model.safetensors.index.json``, or a ``.gguf`` file. Its identity is (model id,
+revision): the id is the directory (or file stem) name, the revision a hash of the headers and config,
+so a changed checkpoint gets a new revision without its data being read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lineage_scanner.errors import ConfigError, SourceError, UnsafeFormatError
+from lineage_scanner.readers.base import Reader
+from lineage_scanner.readers.gguf_file import GgufFile
+from lineage_scanner.readers.local import ShardedSafetensors
+from lineage_scanner.readers.quantized import dequantizing
+from lineage_scanner.sources import INDEX_NAME, PICKLE_SUFFIXES, is_hub
+
+
+@dataclass
+class OpenedModel:
+    """A checkpoint ready to scan: identity, config and a reader over its tensors."""
+
+    model: str
+    revision: str
+    source: str
+    config: dict
+    reader: Reader
+    declared_base: list[str] = field(default_factory=list)
+    #: the card's ``base_model_relation`` (finetune, quantized, merge, adapter), when it declares one
+    declared_relation: str | None = None
+
+    @property
+    def format(self) -> str:
+        return self.reader.format
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def open_local(text: str | Path) -> OpenedModel:
+    """Open a local checkpoint; raises a :class:`lineage_scanner.errors.ScanError` naming the file at fault."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise SourceError(path, "no such file or directory")
+    path = path.resolve()
+    if path.is_dir():
+        return _open_directory(path)
+    name = path.name
+    if name.endswith(PICKLE_SUFFIXES):
+        raise _pickle_refusal(path)
+    if name.endswith(".gguf"):
+        reader = GgufFile(path)
+        return _opened(path.stem, path, reader.metadata, reader, [])
+    if name.endswith(".index.json"):
+        config = _config_beside(path)
+        reader = dequantizing(ShardedSafetensors.from_index(path), config)
+        return _opened(path.parent.name, path, config, reader, _card(path.parent))
+    if name.endswith(".safetensors"):
+        config = _config_beside(path)
+        reader = dequantizing(ShardedSafetensors([path]), config)
+        return _opened(path.stem, path, config, reader, _card(path.parent))
+    raise SourceError(path, "not a checkpoint (expected a directory, .safetensors, "
+                            f"{INDEX_NAME} or .gguf)")
+
+
+def _open_directory(path: Path) -> OpenedModel:
+    entries = sorted(p for p in path.iterdir() if p.is_file())
+    if not entries:
+        raise SourceError(path, "empty directory")
+    ggufs = [p for p in entries if p.name.endswith(".gguf")]
+    shards = [p for p in entries if p.name.endswith(".safetensors")]
+    index = path / INDEX_NAME
+    if not shards and not ggufs:
+        pickles = [p for p in entries if p.name.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise _pickle_refusal(pickles[0])
+        raise SourceError(path, "no .safetensors or .gguf weights in directory")
+    if not shards:
+        if len(ggufs) > 1:
+            raise SourceError(path, f"{len(ggufs)} .gguf files; name the one to scan")
+        reader = GgufFile(ggufs[0])
+        return _opened(path.name, path, reader.metadata, reader, _card(path))
+    config = _read_config(path / "config.json")
+    reader = dequantizing(ShardedSafetensors.from_index(index) if index.is_file() else ShardedSafetensors(shards),
+                          config)
+    return _opened(path.name, path, config, reader, _card(path))
+
+
+def _opened(model: str, path: Path, config: dict, reader: Reader, base: list[str]) -> OpenedModel:
+    digest = hashlib.sha256(reader.fingerprint())
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return OpenedModel(model, digest.hexdigest()[:16], str(path), config, reader, base)
+
+
+def _pickle_refusal(path: Path) -> UnsafeFormatError:
+    return UnsafeFormatError(path, "pickle-based weights are refused (unpickling can run arbitrary code); "
+                                   "convert the checkpoint to safetensors")
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(path, "config.json missing")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(path, f"malformed JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(path, f"config is a JSON {type(config).__name__}, not an object")
+    return config
+
+
+def _config_beside(weights: Path) -> dict:
+    """A lone weights file may sit in a model directory; without a config the layout infers sizes."""
+    config = weights.parent / "config.json"
+    return _read_config(config) if config.is_file() else {}
+
+
+def _card(directory: Path) -> list[str]:
+    """``base_model`` declared in the model card's YAML front matter (README.md), as a list."""
+    readme = directory / "README.md"
+    if not readme.is_file():
+        return []
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme) or {}
+    except Exception:  # a card with broken YAML declares nothing; the weights still scan
+        return []
+    return _as_list(meta.get("base_model"))
+
+
+def _as_list(base: object) -> list[str]:
+    """``base_model`` may be one id or a list of them (merges)."""
+    if not base:
+        return []
+    return [base] if isinstance(base, str) else [str(b) for b in base]
+
+
+def open_source(text: str, done: set[tuple[str, str]] | None = None) -> OpenedModel | tuple[str, str]:
+    """Open a local path or an ``hf://`` reference; for a Hub commit already in ``done``, just its key."""
+    if not is_hub(text):
+        return open_local(text)
+    return open_hub(str(text), done or set())
+
+
+def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, str]:
+    """Resolve ``hf://org/name[@revision]`` to its commit and open its safetensors by range reads."""
+    from lineage_scanner.readers.hub import HubClient, HubSafetensors, fetch_json, resolve
+    from lineage_scanner.sources.hub import HubRef
+
+    ref = HubRef.parse(text)
+    if ref.revision and len(ref.revision) == 40 and (ref.repo_id, ref.revision) in done:
+        return ref.repo_id, ref.revision  # a pinned commit already scanned: not one request
+    client = HubClient(text)
+    info = resolve(ref, client)
+    sha = info.sha
+    if (info.id, sha) in done:
+        return info.id, sha
+    client.source = f"hf://{info.id}@{sha}"
+    files = [s.rfilename for s in info.siblings or []]
+    card = info.card_data.to_dict() if info.card_data else {}
+    declared = _as_list(card.get("base_model"))
+    relation = card.get("base_model_relation")
+    ggufs = [f for f in files if f.endswith(".gguf")]
+    if ref.filename or (ggufs and not any(f.endswith(".safetensors") for f in files)):
+        opened = _open_hub_gguf(client, info.id, sha, ref.filename, ggufs, declared)
+        opened.declared_relation = relation
+        return opened
+    top = [f for f in files if "/" not in f]
+    if INDEX_NAME in top:
+        index = fetch_json(client, info.id, sha, INDEX_NAME)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConfigError(f"{client.source}/{INDEX_NAME}", "no weight_map")
+        shards = sorted(set(map(str, weight_map.values())))
+    else:
+        shards = [f for f in top if f.endswith(".safetensors")]
+    if not shards:
+        if any(f.endswith(PICKLE_SUFFIXES) for f in top):
+            raise _pickle_refusal(client.source)
+        raise SourceError(client.source, "no .safetensors weights in the repo")
+    config = fetch_json(client, info.id, sha, "config.json") if "config.json" in top else {}
+    reader = dequantizing(HubSafetensors(client, info.id, sha, shards), config)
+    return OpenedModel(info.id, sha, client.source, config, reader, declared, relation)
+
+
+def _open_hub_gguf(client, repo_id: str, sha: str, chosen: str | None, ggufs: list[str], declared: list[str]
+                   ) -> OpenedModel:
+    """A GGUF in a Hub repo: the one named after the repo id, or the repo's only one."""
+    from lineage_scanner.readers.hub import HubGguf
+
+    if chosen is None:
+        if len(ggufs) != 1:
+            raise SourceError(client.source, f"{len(ggufs)} .gguf files; name one: hf://{repo_id}@{sha}/FILE.gguf")
+        chosen = ggufs[0]
+    elif chosen not in ggufs:
+        raise SourceError(client.source, f"no file {chosen!r} in the repo")
+    reader = HubGguf(client, repo_id, sha, chosen)
+    model = repo_id if len(ggufs) == 1 else f"{repo_id}/{chosen}"
+    return OpenedModel(model, sha, f"{client.source}/{chosen}", reader.metadata, reader, declared)

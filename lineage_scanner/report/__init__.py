@@ -1,0 +1,1 @@
+"""Report: what a person reads: plots of curves and evidence."""

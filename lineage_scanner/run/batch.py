@@ -1,0 +1,250 @@
+"""The batch loop, written once for every executor: plan units, skip what is done, scan, flush, summarise.
+
+The work list streams through (a generator: a million-line list costs no memory) and is packed into units
+balanced by bytes, not count: small models share a unit up to ``unit_bytes``, a large model is a unit of
+its own. An executor (:mod:`lineage_scanner.run.local`, :mod:`lineage_scanner.run.ray`) only dispatches
+units to :class:`Scanner` instances and yields their results; everything else happens here, in one place:
+signatures are written as they come (every ``flush_every`` models or ``flush_seconds``, and at the end),
+one bad model is an error row and the batch goes on, and a re-run skips every (model, revision) already
+stored, so an interrupted batch neither redoes nor duplicates finished work.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Protocol
+
+from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.signature.record import Signature
+from lineage_scanner.store.store import Store
+
+#: Target bytes per unit: about a few seconds of scanning on one worker.
+UNIT_BYTES = 2 << 30
+#: Bytes assumed for a model whose size is unknown before it is opened (a Hub repo, say).
+UNKNOWN_BYTES = 1 << 30
+#: Failures a job keeps in memory to report (all of them are rows in the store's ``errors`` view).
+KEPT_FAILURES = 1000
+FLUSH_EVERY = 32
+#: Weights a batch must hold before a local Ray pays for its start-up and per-unit copies (measured:
+#: bench/batch.py and the README's "Choosing the executor").
+RAY_MIN_BYTES = 64 << 30
+FLUSH_SECONDS = 30.0
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    sources: tuple[str, ...]
+    nbytes: int
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """What every scanning process needs to know about the batch (picklable: Ray ships it to workers)."""
+
+    backend: str = "auto"
+    force: bool = False
+    sample: SamplePlan | None = None
+
+
+@dataclass
+class UnitResult:
+    scanned: list[Signature] = field(default_factory=list)
+    skipped: list[Key] = field(default_factory=list)
+
+
+class Scanner:
+    """One scanning process's state (a moments backend, the done set) and the per-unit scan."""
+
+    def __init__(self, config: ScanConfig, done: set[Key]):
+        from lineage_scanner.measure.kernels import get_backend
+
+        self.backend = get_backend(config.backend)
+        self.config = config
+        self.done = done
+
+    def scan(self, unit: WorkUnit) -> UnitResult:
+        from lineage_scanner.run.scan import scan_one
+
+        result = UnitResult()
+        for source in unit.sources:
+            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample)
+            if sig is None:
+                result.skipped.append(key)
+            else:
+                result.scanned.append(sig)
+        return result
+
+
+class Executor(Protocol):
+    """Runs units through Scanners somewhere and yields their results, in any order."""
+
+    #: units run again after their worker was lost
+    retried_units: int
+
+    def run(self, units: Iterator[WorkUnit], config: ScanConfig, done: set[Key]) -> Iterator[UnitResult]: ...
+
+
+def source_bytes(source: str) -> int:
+    """Size on disk of a local checkpoint's weights; UNKNOWN_BYTES for remote or unreadable ones."""
+    path = Path(source)
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".gguf"))
+    except OSError:
+        pass
+    return UNKNOWN_BYTES
+
+
+def plan_units(sources: Iterable[str], unit_bytes: int = UNIT_BYTES) -> Iterator[WorkUnit]:
+    """Pack consecutive sources into units of about ``unit_bytes``, lazily."""
+    batch: list[str] = []
+    size = 0
+    for source in sources:
+        nbytes = source_bytes(source)
+        if batch and size + nbytes > unit_bytes:
+            yield WorkUnit(tuple(batch), size)
+            batch, size = [], 0
+        batch.append(source)
+        size += nbytes
+    if batch:
+        yield WorkUnit(tuple(batch), size)
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One scanned model, as a batch reports it (the signature itself is in the store)."""
+
+    model: str
+    revision: str
+    status: str
+    error: str | None
+    n_layers: int | None
+    bytes_read: int
+    sampled: bool
+    layout_source: str | None
+    scan_id: str
+
+    @classmethod
+    def of(cls, sig: Signature) -> ScanRecord:
+        return cls(sig.model, sig.revision, sig.status, sig.error, sig.n_layers, sig.bytes_read, sig.sampled,
+                   sig.layout_source, sig.scan_id)
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did. Signatures went to the store; in memory stay counters, the failures, and, when
+    ``keep_records`` (the CLI, not a million-model job), one small record per model."""
+
+    records: list[ScanRecord] = field(default_factory=list)
+    skipped: list[Key] = field(default_factory=list)
+    failed: list[ScanRecord] = field(default_factory=list)
+    scanned: int = 0
+    n_skipped: int = 0
+    n_failed: int = 0
+    bytes_read: int = 0
+    retried_units: int = 0
+    seconds: float = 0.0
+    keep_records: bool = True
+
+    def add(self, result: UnitResult) -> None:
+        for sig in result.scanned:
+            record = ScanRecord.of(sig)
+            self.scanned += 1
+            self.bytes_read += record.bytes_read
+            if record.status != "ok":
+                self.n_failed += 1
+                if self.keep_records or len(self.failed) < KEPT_FAILURES:
+                    self.failed.append(record)
+            if self.keep_records:
+                self.records.append(record)
+        self.n_skipped += len(result.skipped)
+        if self.keep_records:
+            self.skipped += result.skipped
+
+
+def choose_executor(workers: int | None, address: str | None, sources: list[str]) -> Executor:
+    """Ray when it was asked for (``--workers``, ``--address``, ``RAY_ADDRESS``) or when the batch is big
+    enough to pay for starting it (RAY_MIN_BYTES of weights, a Hub model counted as UNKNOWN_BYTES); else
+    this process, which starts nothing and already uses every core of the machine for each tensor."""
+    import os
+
+    if workers or address or os.environ.get("RAY_ADDRESS") or \
+            sum(source_bytes(s) for s in sources) >= RAY_MIN_BYTES:
+        from lineage_scanner.run.ray import RayExecutor
+
+        return RayExecutor(workers, address)
+    from lineage_scanner.run.local import InProcess
+
+    return InProcess()
+
+
+def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = None, *,
+              config: ScanConfig = ScanConfig(), unit_bytes: int = UNIT_BYTES, progress: bool = True,
+              max_units: int | None = None, keep_records: bool = True, flush_every: int = FLUSH_EVERY,
+              flush_seconds: float = FLUSH_SECONDS) -> BatchSummary:
+    """Scan ``sources`` into ``store`` through ``executor`` (in this process by default).
+    ``max_units`` stops after that many units (to test resuming)."""
+    if executor is None:
+        from lineage_scanner.run.local import InProcess
+
+        executor = InProcess()
+    summary = BatchSummary(keep_records=keep_records)
+    started = last_flush = time.perf_counter()
+    units = plan_units(sources, unit_bytes)
+    pending: list[Signature] = []
+    shown = None  # from the first result on, so that a batch that cannot start prints only its error
+    try:
+        for result in executor.run(islice(units, max_units), config, store.done()):
+            shown = shown or (_Progress() if progress else None)
+            pending.extend(result.scanned)
+            summary.add(result)
+            if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_seconds:
+                store.write(pending)
+                pending.clear()
+                last_flush = time.perf_counter()
+            if shown:
+                shown.update(summary)
+    finally:
+        store.write(pending)
+        if shown:
+            shown.close()
+    summary.retried_units = executor.retried_units
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _Progress:
+    """A bar on a terminal; elsewhere (a Ray job's log, say) one ``[lineage]`` line per result."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="scan", unit="model", file=sys.stderr)
+
+    def update(self, summary: BatchSummary) -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        done = summary.scanned + summary.n_skipped
+        figures = (f"failed {summary.n_failed} read {summary.bytes_read / 1e9:.2f} GB "
+                   f"({summary.bytes_read / elapsed / 1e6:.1f} MB/s)")
+        if self.bar is None:
+            print(f"[lineage] done {done} {figures}", file=sys.stderr, flush=True)
+        else:
+            self.bar.n = done
+            self.bar.set_postfix_str(figures)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,25 @@
+"""A model as ``compare``, ``match`` and ``plot`` name it: a stored id, or a path or Hub reference to scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lineage_scanner.signature.record import Signature
+from lineage_scanner.sources import is_hub
+from lineage_scanner.store.store import Store
+
+
+def signature_for(text: str, store: Store, backend: str = "auto") -> Signature:
+    """A stored ``model[@revision]``, or a path / ``hf://`` source scanned into the store unless already
+    there. A stored id costs no import of the scanning stack (torch, numba)."""
+    if not is_hub(text) and not Path(text).expanduser().exists():
+        model, _, revision = text.partition("@")
+        return store.load(model, revision or None)
+    from lineage_scanner.measure.kernels import get_backend
+    from lineage_scanner.run.scan import scan_strict
+
+    key, sig = scan_strict(text, get_backend(backend), store.done())
+    if sig is None:
+        return store.load(*key)
+    store.write([sig])
+    return sig

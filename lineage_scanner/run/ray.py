@@ -1,0 +1,162 @@
+"""The Ray executor: ``ScanWorker`` actors on a cluster (or a local Ray), fed one unit at a time.
+
+Each actor holds one unit at a time, so the work in flight is bounded by the actor count (backpressure).
+Actors hold a GPU each and use the Triton kernel where the cluster has GPUs, else a CPU each. The batch
+loop itself (:func:`lineage_scanner.run.batch.run_batch`) is the same as in-process; this module only
+dispatches.
+
+Faults: an actor that dies is restarted by Ray (``max_restarts``); the executor re-queues its unit, split
+into single models so one bad model cannot sink its neighbours, and gives a model ``max_attempts``
+before yielding it as an error row (``worker_died``). Errors of the application (bad files, gated repos)
+are error rows from the worker itself and are not retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from lineage_scanner.errors import InternalError, ScanError
+from lineage_scanner.run.batch import Key, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
+from lineage_scanner.signature.record import Signature
+from lineage_scanner.sources import name_of
+
+MAX_ATTEMPTS = 3
+#: Test hook for the fault-injection tests: "MARKER_FILE:SUBSTRING" makes a worker exit abruptly on a
+#: unit holding a source containing SUBSTRING, once (it creates MARKER_FILE); "always:SUBSTRING" every time.
+CRASH_HOOK = "LINEAGE_TEST_CRASH"
+#: Variables the workers need from the driver's environment. Never a secret: Ray logs runtime_env in
+#: clear text. Workers read HF_TOKEN from their own environment or the Hub client's token file.
+WORKER_ENV = (CRASH_HOOK, "HF_ENDPOINT", "TRITON_INTERPRET")
+
+
+class ScanWorker:
+    """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it."""
+
+    def __init__(self, config: ScanConfig, done: set[Key], threads: int):
+        import numba
+        import torch
+
+        # the CPU kernel's threads match the CPUs Ray gave this actor, so workers do not fight for cores
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        torch.set_num_threads(max(1, threads))
+        self.scanner = Scanner(config, done)
+
+    def ping(self) -> bool:
+        return True
+
+    def scan(self, unit: WorkUnit) -> UnitResult:
+        for source in unit.sources:
+            _crash_hook(source)
+        return self.scanner.scan(unit)
+
+
+def _crash_hook(source: str) -> None:
+    for rule in filter(None, os.environ.get(CRASH_HOOK, "").split(",")):
+        marker, _, needle = rule.partition(":")
+        if needle in source and (marker == "always" or not os.path.exists(marker)):
+            if marker != "always":
+                Path(marker).touch()
+            os._exit(13)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None):
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray on this machine."""
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kwargs = {"address": address} if address else {"num_cpus": num_cpus or os.cpu_count(),
+                                                      "include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+        ray.init(**kwargs, log_to_driver=False, logging_level="ERROR")
+    return ray
+
+
+class RayExecutor:
+    """``workers`` actors (default: one per GPU, else one per CPU) on the Ray at ``address``."""
+
+    def __init__(self, workers: int | None = None, address: str | None = None):
+        self.workers = workers
+        self.address = address
+        self.retried_units = 0
+
+    def run(self, units: Iterator[WorkUnit], config: ScanConfig, done: set[Key]) -> Iterator[UnitResult]:
+        ray = connect(self.address)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        count = self.workers or (gpus if gpus else max(1, cpus))
+        # leave a share of a CPU free, so other Ray work (a job's driver, say) is never starved by the workers
+        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": min(1.0, cpus / (count + 1))}
+        env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+        remote = ray.remote(max_restarts=-1, max_task_retries=0, runtime_env={"env_vars": env})(ScanWorker)
+        if gpus and config.backend == "auto":
+            config = dataclasses.replace(config, backend="triton")
+        args = (config, ray.put(done), max(1, round(cpus / count)))
+        idle = deque(remote.options(**options).remote(*args) for _ in range(count))
+        retry: deque[WorkUnit] = deque()
+        pending: dict = {}
+        try:
+            while True:
+                while idle:
+                    unit = retry.popleft() if retry else next(units, None)
+                    if unit is None:
+                        break
+                    actor = idle.popleft()
+                    pending[actor.scan.remote(unit)] = (actor, unit)
+                if not pending:
+                    break
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                actor, unit = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the application's own error: recorded, not retried
+                    idle.append(actor)
+                    yield UnitResult([Signature.failed(*name_of(s), s, InternalError.of(s, exc.cause or exc))
+                                      for s in unit.sources])
+                    continue
+                except ray.exceptions.RayError as exc:  # the worker died (crash, OOM, preemption) during this unit
+                    self.retried_units += 1
+                    failed = _requeue(unit, exc, retry)
+                    if failed is not None:
+                        yield UnitResult([failed])
+                    idle.append(_revived(ray, actor, lambda: remote.options(**options).remote(*args)))
+                    continue
+                idle.append(actor)
+                yield result
+        finally:
+            for actor in [*idle, *(a for a, _ in pending.values())]:
+                ray.kill(actor)
+
+
+def _revived(ray, actor, replacement):
+    """The actor once Ray has restarted it (so work never lands on a restarting actor), else a new one."""
+    try:
+        ray.get(actor.ping.remote(), timeout=120)
+        return actor
+    except ray.exceptions.RayError:
+        ray.kill(actor)
+        return replacement()
+
+
+def _requeue(unit: WorkUnit, exc: Exception, retry: deque) -> Signature | None:
+    """Queue the unit again (split, so one bad model cannot sink its neighbours); past MAX_ATTEMPTS, the
+    model's error row."""
+    if len(unit.sources) > 1:  # isolate the culprit: each model again, on its own
+        retry.extend(WorkUnit((s,), source_bytes(s), unit.attempt + 1) for s in unit.sources)
+    elif unit.attempt < MAX_ATTEMPTS:
+        retry.append(WorkUnit(unit.sources, unit.nbytes, unit.attempt + 1))
+    else:
+        source = unit.sources[0]
+        return Signature.failed(*name_of(source), source, WorkerDied(source, unit.attempt, exc))
+    return None
+
+
+class WorkerDied(ScanError):
+    status = "worker_died"
+
+    def __init__(self, source: str, attempts: int, exc: Exception):
+        super().__init__(source, f"the scanning worker died {attempts} times on this model "
+                                 f"({exc.__class__.__name__})")

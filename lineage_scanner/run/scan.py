@@ -1,0 +1,44 @@
+"""One source, scanned: open, skip what is done, build the signature, turn bad input into an error row."""
+
+from __future__ import annotations
+
+from lineage_scanner.errors import InternalError, ScanError
+from lineage_scanner.measure.kernels import MomentsBackend
+from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.readers.open import OpenedModel, open_source
+from lineage_scanner.signature.build import build
+from lineage_scanner.signature.record import Signature
+from lineage_scanner.sources import name_of
+
+Key = tuple[str, str]
+
+
+def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
+                sample: SamplePlan | None = None) -> tuple[Key, Signature | None]:
+    """Scan one source; the signature is None when (model, revision) is in ``done`` and not forced.
+
+    Raises :class:`ScanError` on bad input.
+    """
+    opened = open_source(source, None if force else done)
+    if not isinstance(opened, OpenedModel):  # a Hub commit already stored: skipped before reading weights
+        return opened, None
+    try:
+        key = (opened.model, opened.revision)
+        if key in done and not force:
+            return key, None
+        return key, build(opened, backend, sample)
+    finally:
+        opened.close()
+
+
+def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
+             sample: SamplePlan | None = None) -> tuple[Key, Signature | None]:
+    """Like :func:`scan_strict`, but bad input becomes an error signature instead of an exception."""
+    try:
+        return scan_strict(source, backend, done, force, sample)
+    except ScanError as exc:
+        sig = Signature.failed(*name_of(source), source, exc)
+        return sig.key, sig
+    except Exception as exc:  # noqa: BLE001 - the error boundary: one model's bug never stops a batch
+        sig = Signature.failed(*name_of(source), source, InternalError.of(source, exc))
+        return sig.key, sig

@@ -1,0 +1,31 @@
+"""How an opened checkpoint becomes a :class:`Signature`: facts, layout, moments, features."""
+
+from __future__ import annotations
+
+from lineage_scanner.layouts.arch import from_config
+from lineage_scanner.layouts.resolve import resolve
+from lineage_scanner.measure.kernels import MomentsBackend
+from lineage_scanner.measure.moments import measure
+from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.readers.open import OpenedModel
+from lineage_scanner.signature.features import curves_from, embedding, invariants
+from lineage_scanner.signature.record import Signature
+
+
+def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | None = None) -> Signature:
+    """Scan an opened checkpoint into a signature; raises ScanError on bad input."""
+    facts = from_config(opened.config, opened.format, opened.source)
+    tensors = opened.reader.tensors()
+    layout = resolve(facts.spec, tensors, facts.shape, opened.config, facts.n_layers, opened.source)
+    result = measure(opened.reader, layout, backend, sample)
+    features = invariants(result.stats, layout.n_layers)
+    return Signature(
+        model=opened.model, revision=opened.revision, source=opened.source, format=opened.format,
+        family=facts.family, architecture=facts.architecture, n_layers=layout.n_layers,
+        hidden_size=facts.hidden_size, n_heads=facts.n_heads, n_kv_heads=facts.n_kv_heads,
+        head_dim=facts.head_dim, dtype=result.dtype, params=sum(t.numel for t in tensors.values()),
+        declared_base=opened.declared_base, declared_relation=opened.declared_relation,
+        layout_source=layout.spec.source, curves=curves_from(result.stats, layout.n_layers),
+        invariants=features, embedding=embedding(features),
+        layers=result.stats, bytes_read=opened.reader.bytes_read, sampled=result.sampled,
+    )

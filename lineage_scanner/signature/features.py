@@ -1,0 +1,80 @@
+"""Feature curves a signature carries for the lineage engine, computed by one function for every model.
+
+Per layer, each feature chosen to survive an evasion the seed method falls for:
+
+- ``qk`` = log std(Q·diag γ) + log std(K·diag γ): scaling Q by a and K by 1/a changes no output and no
+  product; folding the input-norm gain γ into Q/K/V changes neither (γ is folded in before measuring).
+- ``vo`` = log std(V·diag γ) + log std(O): the same for V·b, O/b.
+- ``kurt_*``: the kurtosis of each projection as stored, blind to any rescaling; ``fkurt_q/k/v``: the
+  kurtosis of Q/K/V with γ folded in, which norm folding leaves alone. Both are kept: folding moves the
+  first, while continued training that moves the gains moves the second, so together neither edit
+  costs more than half of the kurtosis evidence.
+
+Scanned checkpoints and the synthetic null's generated models both go through :func:`invariants`, so a
+null is made of exactly the numbers a scan stores. The embedding is the fixed-length vector the SQL
+pre-filter of ``match`` ranks by inner product.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from lineage_scanner.curves import resample, zscore
+from lineage_scanner.layouts.families import CURVE_ROLES
+from lineage_scanner.signature.record import EMBED_FEATURES, EMBED_POINTS
+
+
+def curves_from(stats: Iterable, n_layers: int) -> dict[str, list[float]]:
+    """Per-role std over layers 0..n_layers-1 (the seed method's curves); NaN where a layer lacks the role."""
+    curves = {role: [math.nan] * n_layers for role in CURVE_ROLES}
+    for s in stats:
+        if s.role in curves:
+            curves[s.role][s.layer] = s.moments.std
+    return {role: values for role, values in curves.items() if not all(math.isnan(v) for v in values)}
+
+
+def invariants(stats: Iterable, n_layers: int) -> dict[str, list[float]]:
+    """Feature curves from per-layer statistics (:class:`lineage_scanner.measure.moments.LayerStat`)."""
+    by = {(s.layer, s.role): s for s in stats}
+
+    def log_std(layer: int, role: str, folded: bool) -> float:
+        s = by.get((layer, role))
+        if s is None:
+            return math.nan
+        value = s.folded_std if folded and s.folded_std is not None else s.moments.std
+        return math.log(value) if value and value > 0 else math.nan
+
+    def kurtosis(layer: int, role: str, folded: bool) -> float:
+        s = by.get((layer, role))
+        if s is None:
+            return math.nan
+        return s.folded_kurtosis if folded and s.folded_kurtosis is not None else s.moments.kurtosis
+
+    layers = range(n_layers)
+    out: dict[str, list[float]] = {
+        "qk": [log_std(i, "q", True) + log_std(i, "k", True) for i in layers],
+        "vo": [log_std(i, "v", True) + log_std(i, "o", False) for i in layers],
+    }
+    for role in "qkvo":
+        out[f"kurt_{role}"] = [kurtosis(i, role, False) for i in layers]
+    for role in "qkv":
+        out[f"fkurt_{role}"] = [kurtosis(i, role, True) for i in layers]
+    return out
+
+
+def embedding(features: dict[str, list[float]]) -> list[float] | None:
+    """z-scored feature curves resampled to EMBED_POINTS each, concatenated, centred and unit-normalised.
+
+    The inner product of two embeddings then behaves like a correlation, which SQL can rank cheaply.
+    """
+    parts = []
+    for name in EMBED_FEATURES:
+        z = zscore(features[name]) if name in features else None
+        parts.append(np.zeros(EMBED_POINTS) if z is None else resample(z, EMBED_POINTS))
+    vec = np.concatenate(parts)
+    vec -= vec.mean()
+    norm = np.linalg.norm(vec)
+    return None if norm == 0 else (vec / norm).astype(np.float32).tolist()

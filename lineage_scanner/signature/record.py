@@ -1,0 +1,82 @@
+"""The Signature: one typed record per (model, revision), the unit every later stage reads.
+
+A signature carries the per-role std curves over depth (the seed method's input), the invariant feature
+curves the lineage engine scores, the full per-layer moments (``layers``, stored in their own long-form
+table), the architecture facts, provenance and the lineage a model card declares. A model that fails
+becomes a signature too, with ``status`` and ``error`` set and no curves, so a batch never loses track of
+what it was asked to scan.
+
+The store derives its Parquet schema from these fields (see :mod:`lineage_scanner.store.schema`): a new
+field is a new column. ``column`` metadata names a storage type where the Python type leaves it open.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from lineage_scanner import __version__
+from lineage_scanner.errors import ScanError
+
+if TYPE_CHECKING:  # measured signatures carry them; stored ones are read without torch or numba
+    from lineage_scanner.measure.moments import LayerStat
+
+
+FEATURES = ("qk", "vo", "kurt_q", "kurt_k", "kurt_v", "kurt_o", "fkurt_q", "fkurt_k", "fkurt_v")
+#: Points per feature in the fixed-length embedding the SQL pre-filter ranks by, and its features.
+EMBED_POINTS = 32
+EMBED_FEATURES = ("qk", "vo", "kurt_q", "kurt_k")
+EMBED_DIM = EMBED_POINTS * len(EMBED_FEATURES)
+
+
+def _column(kind: str, default=None):
+    return field(default=default, metadata={"column": kind})
+
+
+@dataclass
+class Signature:
+    model: str
+    revision: str
+    source: str
+    status: str = "ok"
+    error: str | None = None
+    format: str | None = None
+    family: str | None = None
+    architecture: str | None = None
+    n_layers: int | None = _column("int32")
+    hidden_size: int | None = _column("int32")
+    n_heads: int | None = _column("int32")
+    n_kv_heads: int | None = _column("int32")
+    head_dim: int | None = _column("int32")
+    dtype: str | None = None
+    params: int | None = None
+    declared_base: list[str] = field(default_factory=list)
+    declared_relation: str | None = None
+    #: how the layout was found: "table" (a known family) or "name-patterns" (an unknown architecture)
+    layout_source: str | None = None
+    curves: dict[str, list[float]] = field(default_factory=dict, metadata={"column": "curves"})
+    #: rescaling- and folding-invariant feature curves (see lineage_scanner.signature.features)
+    invariants: dict[str, list[float]] = field(default_factory=dict, metadata={"column": "invariants"})
+    embedding: list[float] | None = _column("embedding")
+    layers: tuple[LayerStat, ...] = field(default=(), metadata={"column": None})  # the layers table
+    bytes_read: int = 0
+    sampled: bool = False
+    scanner_version: str = __version__
+    scanned_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    scan_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.model, self.revision
+
+    @classmethod
+    def failed(cls, model: str, revision: str, source: str, exc: Exception) -> Signature:
+        status = exc.status if isinstance(exc, ScanError) else "error"
+        message = str(exc) if isinstance(exc, ScanError) else f"{source}: {exc.__class__.__name__}: {exc}"
+        return cls(model, revision, source, status=status, error=message)

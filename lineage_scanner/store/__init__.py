@@ -1,0 +1,1 @@
+"""Store: the append-only Parquet dataset of signatures (``store``), its schema (``schema``)."""
