@@ -116,9 +116,9 @@ def _finite(x: float) -> float:
 
 
 def auroc(pos: list[float], neg: list[float]) -> float:
-    pos, neg = np.asarray(pos), np.asarray(neg)
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
-                 / (len(pos) * len(neg)))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([1] * len(pos) + [0] * len(neg), [*pos, *neg]))
 
 
 def tpr_at(pos: list[float], neg: list[float], fpr: float = 0.01) -> float:

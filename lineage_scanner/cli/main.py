@@ -39,7 +39,7 @@ def cmd_scan(args) -> int:
     sample = None
     if args.sample is not None or args.sample_error is not None:
         sample = SamplePlan(args.sample, args.sample_error, max_runs=args.sample_runs)
-    summary = run_batch(sources, store, choose_executor(args.workers, args.address, sources),
+    summary = run_batch(sources, store, choose_executor(args.workers, args.address),
                         config=ScanConfig(args.backend, args.force, sample), progress=not args.quiet)
     for record in summary.failed:
         print(f"Error: {record.error}", file=sys.stderr)

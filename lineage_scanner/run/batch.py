@@ -30,9 +30,6 @@ UNKNOWN_BYTES = 1 << 30
 #: Failures a job keeps in memory to report (all of them are rows in the store's ``errors`` view).
 KEPT_FAILURES = 1000
 FLUSH_EVERY = 32
-#: Weights a batch must hold before a local Ray pays for its start-up and per-unit copies (measured:
-#: bench/batch.py and the README's "Choosing the executor").
-RAY_MIN_BYTES = 64 << 30
 FLUSH_SECONDS = 30.0
 
 Key = tuple[str, str]
@@ -172,14 +169,15 @@ class BatchSummary:
             self.skipped += result.skipped
 
 
-def choose_executor(workers: int | None, address: str | None, sources: list[str]) -> Executor:
-    """Ray when it was asked for (``--workers``, ``--address``, ``RAY_ADDRESS``) or when the batch is big
-    enough to pay for starting it (RAY_MIN_BYTES of weights, a Hub model counted as UNKNOWN_BYTES); else
-    this process, which starts nothing and already uses every core of the machine for each tensor."""
+def choose_executor(workers: int | None, address: str | None) -> Executor:
+    """Ray when it was asked for (``--workers``, ``--address``, ``RAY_ADDRESS``), else this process.
+
+    Measured (bench/batch.py, 2 cores): in-process wins at every batch size there, small models and large
+    alike, because the CPU kernel already spreads each tensor over every core and a local Ray costs
+    seconds of start-up and worker imports. Ray is for clusters and GPU nodes, which only the user knows of."""
     import os
 
-    if workers or address or os.environ.get("RAY_ADDRESS") or \
-            sum(source_bytes(s) for s in sources) >= RAY_MIN_BYTES:
+    if workers or address or os.environ.get("RAY_ADDRESS"):
         from lineage_scanner.run.ray import RayExecutor
 
         return RayExecutor(workers, address)
