@@ -7,6 +7,10 @@ goes on with the next model. ``status`` is what the error row's ``status`` colum
 from __future__ import annotations
 
 
+class UsageError(Exception):
+    """A command was given something it cannot use (not a scan error): refused SQL, nothing to scan."""
+
+
 class ScanError(Exception):
     """Base class: a model could not be scanned. ``path`` is the file (or source) at fault."""
 

@@ -14,15 +14,11 @@ import sys
 
 from lineage_scanner import __version__
 from lineage_scanner.cli.output import fmt, print_json, print_table
-from lineage_scanner.errors import ScanError
+from lineage_scanner.errors import ScanError, UsageError
 from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
 
 # Commands import what they use when they run: ``--help``, ``sql`` and lookups of stored models never
 # load torch, numba, ray or matplotlib.
-
-
-class UsageError(Exception):
-    """A command was given something it cannot use (not a scan error)."""
 
 
 # ---- commands -----------------------------------------------------------------------------------------
@@ -155,30 +151,23 @@ def cmd_match(args) -> int:
     return 0
 
 
-def run_sql(store, query: str) -> tuple[list[str], list[tuple]]:
-    """Run read-only SQL over the store's views; any statement but SELECT/EXPLAIN is refused."""
-    import duckdb
-
-    read_only = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-    with store.connect() as con:
-        statements = con.extract_statements(query)
-        if not statements:
-            raise UsageError("empty SQL")
-        for stmt in statements:
-            if stmt.type not in read_only:
-                raise UsageError(f"only SELECT queries are allowed here, not {stmt.type.name}")
-        result = None
-        for stmt in statements:
-            result = con.execute(stmt.query)
-        columns = [d[0] for d in result.description]
-        return columns, result.fetchall()
+def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
+    """``-p VALUE`` binds ``?`` in order; ``-p NAME VALUE`` binds ``$NAME``; the two do not mix."""
+    given = given or []
+    if any(len(p) > 2 for p in given):
+        raise UsageError("-p takes VALUE (for ?) or NAME VALUE (for $NAME)")
+    named = [p for p in given if len(p) == 2]
+    if named and len(named) != len(given):
+        raise UsageError("use -p VALUE for every ? or -p NAME VALUE for every $NAME, not both")
+    return {name: value for name, value in named} if named else [p[0] for p in given]
 
 
 def cmd_sql(args) -> int:
-    query = args.query if args.query not in (None, "-") else sys.stdin.read()
+    from lineage_scanner.store.sql import run_sql
     from lineage_scanner.store.store import Store
 
-    columns, rows = run_sql(Store(args.db), query)
+    query = args.query if args.query not in (None, "-") else sys.stdin.read()
+    columns, rows = run_sql(Store(args.db), query, sql_params(args.param))
     if args.json:
         print_json([dict(zip(columns, r)) for r in rows])
     elif args.csv:
@@ -314,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sql", parents=[common], help="read-only SQL over the views "
                        "signatures, layers, errors, scans")
     p.add_argument("query", nargs="?", help="SQL text; '-' or nothing reads stdin")
+    p.add_argument("-p", "--param", action="append", nargs="+", metavar="VALUE",
+                   help="bind a parameter: -p VALUE for each ?, or -p NAME VALUE for each $NAME (as text: "
+                        "cast in SQL, e.g. ?::INT)")
     p.add_argument("--csv", action="store_true", help="CSV output")
     p.set_defaults(func=cmd_sql)
 

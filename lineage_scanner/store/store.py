@@ -212,17 +212,23 @@ class Store:
                                [limit if limit is not None else 1 << 62]).fetchall()
         return [f"hf://{model}@{sha}" for model, sha in rows]
 
-    def connect(self, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    def connect(self, database: str = ":memory:", sandbox: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the store's views defined (as temporary views: ``database`` may be a
-        file that is being filled, and never keeps them)."""
-        con = duckdb.connect(database)
-        for table in TABLES:
-            self._define_files_view(con, table)
+        file that is being filled, and never keeps them). ``sandbox``: then locked so that only the
+        store's data files can be read and nothing written (see :mod:`lineage_scanner.store.sql`)."""
+        con = duckdb.connect(database, config={"autoinstall_known_extensions": False,
+                                               "autoload_known_extensions": False})
+        files = [f for table in TABLES for f in self._define_files_view(con, table)]
         for name, body in VIEWS.items():
             con.execute(f"CREATE TEMP VIEW {name} AS {body.format(dim=EMBED_DIM)}")
+        if sandbox:
+            con.execute("SET allowed_paths = ?", [files if not self.remote else []])
+            con.execute("SET allowed_directories = ?", [[]])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
         return con
 
-    def _define_files_view(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+    def _define_files_view(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
         """``<table>_files``: every file of the table under the current schema; columns that older files
         lack read as NULL. Paths reach DuckDB as values of its relational API, never as SQL text."""
         files = self.files(table)
@@ -241,6 +247,7 @@ class Store:
                            for c in columns(table))
         source = f"FROM {raw}" if present else "WHERE false"
         con.execute(f"CREATE TEMP VIEW {table}_files AS SELECT {select} {source}")
+        return files
 
     def done(self) -> set[tuple[str, str]]:
         """(model, revision) pairs already scanned successfully: a re-run skips these."""

@@ -60,8 +60,10 @@ def _head(path: Path) -> bytes:
 class HubStandIn:
     """Start with ``with HubStandIn(repos) as hub:``; ``hub.endpoint`` goes into HF_ENDPOINT."""
 
-    def __init__(self, repos: list[Repo], page_size: int = 2):
+    def __init__(self, repos: list[Repo], page_size: int = 2, token: str | None = None):
         self.repos = {r.repo_id: r for r in repos}
+        #: a token that may read gated repos (``Authorization: Bearer TOKEN``); without one none may
+        self.token = token
         self.page_size = page_size
         self.faults: dict[str, deque[str]] = defaultdict(deque)
         self.renames: dict[str, str] = {}  # old repo id -> new: answered with a redirect, as the Hub does
@@ -141,6 +143,9 @@ class HubStandIn:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _authorised(self) -> bool:
+                return hub.token is not None and self.headers.get("Authorization") == f"Bearer {hub.token}"
+
             def do_HEAD(self):
                 self.do_GET(head=True)
 
@@ -197,7 +202,7 @@ class HubStandIn:
                 repo = hub.repos.get(repo_id)
                 if repo is None:
                     return self._error(404, "RepoNotFound", "Repository not found")
-                if repo.gated:
+                if repo.gated and not self._authorised():
                     return self._error(403, "GatedRepo", "Access to model is restricted")
                 if revision not in ("main", hub._shas[repo_id]):
                     return self._error(404, "RevisionNotFound", "Invalid rev id")

@@ -1,0 +1,73 @@
+"""User SQL over the store, sandboxed: it can read the store's views and nothing else.
+
+The connection that runs it has the store's views defined first, then DuckDB's own locks: external access
+off with only the store's data files allowed (so no other file is read, and no file is written, not even
+inside the store), extensions neither installed nor loaded, and the configuration locked so the query
+cannot undo any of it. On top, one statement only, and only a SELECT: ``EXPLAIN [ANALYZE]`` is judged by
+the statement it wraps (``EXPLAIN ANALYZE`` runs it). Values reach the query as bound parameters (``?``
+or ``$name``), never as SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import duckdb
+
+from lineage_scanner.errors import UsageError
+from lineage_scanner.store.store import Store
+
+Params = Sequence[object] | Mapping[str, object] | None
+
+
+def run_sql(store: Store, query: str, params: Params = None) -> tuple[list[str], list[tuple]]:
+    """(column names, rows) of one read-only query over the store's views."""
+    with store.connect(sandbox=True) as con:
+        statement = _only_select(con, query)
+        try:
+            result = con.execute(statement, params or [])
+        except duckdb.PermissionException as exc:
+            raise UsageError(f"refused: the query reaches outside the store ({_first_line(exc)})") from None
+        columns = [d[0] for d in result.description]
+        return columns, result.fetchall()
+
+
+def _only_select(con: duckdb.DuckDBPyConnection, query: str) -> str:
+    """The query's single statement, if it is a SELECT (or an EXPLAIN of one); else UsageError."""
+    statements = con.extract_statements(query)
+    if len(statements) != 1:
+        raise UsageError("empty SQL" if not statements else
+                         f"one statement at a time, not {len(statements)}")
+    statement = statements[0]
+    kind = statement.type
+    text = statement.query
+    if kind == duckdb.StatementType.EXPLAIN:
+        text = _explained(text)
+        inner = con.extract_statements(text)
+        kind = inner[0].type if len(inner) == 1 else None
+    if kind != duckdb.StatementType.SELECT:
+        name = kind.name if kind is not None else "several statements"
+        raise UsageError(f"only SELECT queries are allowed here, not {name}")
+    return statement.query
+
+
+def _explained(text: str) -> str:
+    """What ``EXPLAIN [ANALYZE]`` wraps, found by DuckDB's tokenizer (comments in between are skipped);
+    EXPLAIN with options in parentheses is refused rather than parsed."""
+    tokens = duckdb.tokenize(text)
+    words = [(start, tok) for start, tok in tokens if tok != duckdb.token_type.comment]
+    skip = 1
+    if len(words) > 1 and _word(text, tokens, words[1][0]).upper() == "ANALYZE":
+        skip = 2
+    if len(words) <= skip or text[words[skip][0]] == "(":
+        raise UsageError("only EXPLAIN [ANALYZE] SELECT ... is allowed here")
+    return text[words[skip][0]:]
+
+
+def _word(text: str, tokens, start: int) -> str:
+    ends = [s for s, _ in tokens if s > start] + [len(text)]
+    return text[start:min(ends)].strip()
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0]

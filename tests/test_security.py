@@ -1,0 +1,133 @@
+"""The trust boundary: SQL that can read only the store, no secret in anything Ray writes, store paths
+with any characters, and one error row (never a stopped batch) for whatever goes wrong in a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from lineage_scanner.cli.main import main
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.store.store import Store
+from lineage_scanner.testing.hub_server import HubStandIn, Repo
+from tests.conftest import write_llama
+
+LINEAGE = str(Path(sys.executable).parent / "lineage")
+
+
+@pytest.fixture(scope="module")
+def db(zoo, tmp_path_factory):
+    """A store whose path holds a quote, a space and a semicolon: no path is ever pasted into SQL."""
+    path = tmp_path_factory.mktemp("sec") / "it's a; db"
+    run_batch([e.path for e in zoo[:6]], Store(path), progress=False)
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("EXPLAIN ANALYZE COPY (SELECT 1) TO '{db}/signatures/evil.parquet'", "not COPY"),
+    ("EXPLAIN /* hidden */ ANALYZE COPY (SELECT 1) TO '{tmp}/evil.csv'", "not COPY"),
+    ("COPY (SELECT 1) TO '{tmp}/evil.csv'", "not COPY"),
+    ("EXPLAIN ANALYZE INSTALL httpfs", "not LOAD"),
+    ("LOAD httpfs", "not LOAD"),
+    ("EXPLAIN ANALYZE SET enable_external_access = true", "not SET"),
+    ("SELECT 1; SELECT 2", "one statement at a time"),
+    ("ATTACH '{tmp}/other.duckdb' AS o", "not ATTACH"),
+    ("SELECT * FROM read_text('/etc/passwd')", "reaches outside the store"),
+    ("SELECT * FROM read_blob('/etc/hostname')", "reaches outside the store"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "reaches outside the store"),
+    ("SELECT * FROM glob('/etc/*')", "reaches outside the store"),
+    ("SELECT * FROM read_parquet('{db}/../*/*.parquet')", "reaches outside the store"),
+    ("EXPLAIN (FORMAT JSON) SELECT 1", "EXPLAIN [ANALYZE] SELECT"),
+])
+def test_sql_reads_only_the_store(capsys, db, tmp_path, query, problem):
+    before = sorted(p for p in Path(db).rglob("*"))
+    code, out, err = run(capsys, "sql", query.format(db=db.replace("'", "''"), tmp=tmp_path), "--db", db)
+    assert code == 1 and out == "" and err.startswith("Error: ") and problem in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p for p in Path(db).rglob("*")) == before and not list(tmp_path.iterdir())
+
+
+def test_sql_select_explain_and_bound_parameters(capsys, db, zoo):
+    model = zoo[0].model
+    code, out, _ = run(capsys, "sql", "SELECT model FROM signatures WHERE model = ?", "-p", model, "--db", db, "--json")
+    assert code == 0 and json.loads(out) == [{"model": model}]
+    code, out, _ = run(capsys, "sql", "SELECT count(*) AS n FROM layers WHERE model = $m AND layer < $k::INT",
+                       "-p", "m", model, "-p", "k", "2", "--db", db, "--json")
+    assert code == 0 and json.loads(out)[0]["n"] > 0
+    code, out, _ = run(capsys, "sql", "SELECT ? AS v", "-p", "x'); DROP VIEW signatures; --", "--db", db, "--json")
+    assert code == 0 and json.loads(out) == [{"v": "x'); DROP VIEW signatures; --"}]
+    code, out, _ = run(capsys, "sql", "EXPLAIN ANALYZE SELECT count(*) FROM signatures", "--db", db)
+    assert code == 0 and "analyzed_plan" in out
+    code, _, err = run(capsys, "sql", "SELECT ? , $a", "-p", "1", "-p", "a", "2", "--db", db)
+    assert code == 1 and "not both" in err
+
+
+def test_commands_work_on_a_store_path_with_quotes(capsys, db, zoo):
+    a, b = zoo[0].model, zoo[1].model
+    code, out, _ = run(capsys, "compare", a, b, "--db", db, "--json")
+    assert code == 0 and json.loads(out)["verdict"] in ("derived", "unrelated", "inconclusive")
+    code, out, _ = run(capsys, "match", a, "--db", db, "--json", "--top", "2")
+    assert code == 0 and len(json.loads(out)["matches"]) == 2
+    code, out, _ = run(capsys, "graph", "--db", db, "--json", "--out", str(Path(db) / "graph.json"))
+    assert code == 0 and {n["model"] for n in json.loads(out)["nodes"]} >= {a, b}
+
+
+def test_an_unexpected_exception_is_an_internal_error_row(tmp_path, monkeypatch):
+    good = write_llama(tmp_path / "good", seed=1)
+    bad = write_llama(tmp_path / "bad", seed=2)
+    from lineage_scanner.signature import build
+
+    real = build.measure
+
+    def exploding(reader, layout, backend, sample=None):
+        if "bad" in reader.path:
+            raise KeyError("surprise")
+        return real(reader, layout, backend, sample)
+
+    monkeypatch.setattr(build, "measure", exploding)
+    summary = run_batch([str(bad), str(good)], Store(tmp_path / "db"), progress=False)
+    (failed,) = summary.failed
+    assert failed.status == "internal_error" and "KeyError: 'surprise'" in failed.error
+    assert "signature/build.py" in failed.error and str(bad) in failed.error
+    assert [r.model for r in summary.records if r.status == "ok"] == ["good"]
+
+
+def test_no_secret_in_anything_ray_writes(zoo_by_name, tmp_path):
+    """A canary token scans a gated repo through a local Ray; no file Ray's session holds contains it."""
+    canary = "hf_canary_" + os.urandom(8).hex()
+    repos = [Repo("acme/locked", Path(zoo_by_name["llama-b"].path), gated=True),
+             Repo("acme/open", Path(zoo_by_name["llama-a"].path))]
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
+    db = tmp_path / "db"
+    try:
+        with HubStandIn(repos, token=canary) as hub:
+            env = {**os.environ, "HF_TOKEN": canary, "HF_ENDPOINT": hub.endpoint, "RAY_TMPDIR": ray_tmp,
+                   "HF_HUB_DISABLE_TELEMETRY": "1"}
+            env.pop("RAY_ADDRESS", None)
+            done = subprocess.run([LINEAGE, "scan", "hf://acme/locked", "hf://acme/open", "--workers", "1",
+                                   "--db", str(db), "--json", "-q"], env=env, capture_output=True, text=True,
+                                  timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        scanned = json.loads(done.stdout)["scanned"]
+        assert {r["model"]: r["status"] for r in scanned} == {"acme/locked": "ok", "acme/open": "ok"}
+        assert canary not in done.stdout + done.stderr
+        files = [p for p in Path(ray_tmp).rglob("*") if p.is_file() and not p.is_symlink()]
+        assert files, "Ray wrote no session files where it was told to"
+        leaks = [str(p) for p in files + [p for p in db.rglob("*") if p.is_file()]
+                 if canary.encode() in p.read_bytes()]
+        assert not leaks
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
