@@ -70,6 +70,12 @@ class RemoteError(ScanError):
     status = "network"
 
 
+class RateLimitedError(ScanError):
+    """The Hub kept asking this model's requests to wait longer than a scan waits: deferred, not failed."""
+
+    status = "rate_limited"
+
+
 class InternalError(ScanError):
     """An exception the scanner did not expect: still one error row, naming its type and where it arose."""
 

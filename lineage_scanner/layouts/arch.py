@@ -68,6 +68,10 @@ def from_config(config: dict, fmt: str, path: str) -> ArchFacts:
             kv = 1 if cfg.get("multi_query") and not cfg.get("new_decoder_architecture") else heads
         head_dim = cfg.get("head_dim") or _divide(hidden, heads)
         archs = config.get("architectures") or ["unknown"]
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ConfigError(path, f"architectures must be a list of names, got {archs!r:.80}")
+        if not isinstance(cfg.get("model_type", ""), str):
+            raise ConfigError(path, f"model_type must be a name, got {cfg.get('model_type')!r:.80}")
         facts = ArchFacts(family(str(cfg.get("model_type", "unknown"))), str(archs[0]),
                           _first(cfg, "num_hidden_layers", "n_layer", "num_layers"), hidden, heads, kv, head_dim)
     for name in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim"):

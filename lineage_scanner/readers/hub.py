@@ -13,7 +13,7 @@ only in request headers, never in messages.
 
 from __future__ import annotations
 
-import json
+import math
 import random
 import threading
 import time
@@ -21,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from lineage_scanner.errors import GatedError, HeaderError, RemoteError, SourceError
+from lineage_scanner.errors import GatedError, HeaderError, RateLimitedError, RemoteError, SourceError
 from lineage_scanner.readers.base import TensorInfo
+from lineage_scanner.readers.jsonfile import MAX_JSON_BYTES, parse_object
 from lineage_scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
 from lineage_scanner.sources.hub import HubRef, endpoint
 
@@ -31,6 +32,9 @@ HEADER_PROBE = 100_000
 MAX_GAP = 64 * 1024
 RETRIES = 5
 BACKOFF_S = 0.2
+#: The longest single wait a server's Retry-After gets, and the most a model waits in all.
+MAX_RETRY_AFTER_S = 30.0
+MAX_WAIT_S = 120.0
 WINDOW = 8
 #: Sampled runs closer than this share one request: the bytes in between cost less than a request.
 SAMPLE_GAP = 4096
@@ -38,53 +42,117 @@ WORKERS = 4
 
 
 class HubClient:
-    """Range reads with retries and byte/request accounting, on the client library's HTTP session."""
+    """Range reads with retries, bounds and byte/request accounting, on the client library's HTTP session.
+
+    Every body is read as a stream and cut off at the bytes asked for: a server that ignores ``Range`` (or
+    sends more than it announced) is an error after one buffer, never a download of the whole file. Waits
+    are bounded too: a ``Retry-After`` is honoured up to MAX_RETRY_AFTER_S, and a model that has waited
+    MAX_WAIT_S in all is given up as ``rate_limited`` (the next ``scan --catalog`` takes it again)."""
 
     def __init__(self, source: str):
         self.source = source
         self.bytes_read = 0
         self.requests = 0
+        self.waited = 0.0
         self._lock = threading.Lock()
 
-    def get(self, url: str, start: int | None = None, end: int | None = None) -> tuple[bytes, dict]:
-        """Bytes [start, end] (inclusive) of ``url``, or the whole body; verified against the range asked."""
+    def get(self, url: str, start: int | None = None, end: int | None = None,
+            limit: int | None = None) -> tuple[bytes, dict]:
+        """Bytes [start, end] (inclusive) of ``url``, or the whole body of at most ``limit`` bytes; verified
+        against the range asked."""
         import httpx2 as httpx
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+        from huggingface_hub.utils import build_hf_headers, get_session
 
         headers = build_hf_headers()
         if start is not None:
             headers["Range"] = f"bytes={start}-{end}"
-        problem = ""
+        cap = end - start + 1 if start is not None else limit
+        problem, limited = "", False
         for attempt in range(RETRIES + 1):
             wait = BACKOFF_S * 2**attempt * (0.5 + random.random())
             try:
-                response = get_session().get(url, headers=headers, follow_redirects=True)
-                with self._lock:
-                    self.requests += 1
-                    self.bytes_read += len(response.content)
-                if response.status_code == 429 or response.status_code >= 500:
-                    problem = f"HTTP {response.status_code}"
-                    retry_after = response.headers.get("Retry-After", "")
-                    if retry_after.isdigit():
-                        wait = float(retry_after) + random.random() * BACKOFF_S
-                else:
-                    hf_raise_for_status(response)
-                    body = response.content
-                    if start is not None and len(body) != min(end, _total(response, end)) - start + 1:
-                        problem = f"short body ({len(body)} bytes for range {start}-{end})"
+                with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+                    with self._lock:
+                        self.requests += 1
+                    status = response.status_code
+                    if status == 429 or status >= 500:
+                        problem, limited = f"HTTP {status}", status == 429
+                        wait = _retry_after(response.headers.get("Retry-After", ""), wait)
                     else:
-                        return body, dict(response.headers)
+                        _raise_for_status(self.source, url, status)
+                        body = self._read(response, cap, start, end)
+                        if start is not None and len(body) != min(end, _last_byte(response, end)) - start + 1:
+                            problem = f"short body ({len(body)} bytes for range {start}-{end})"
+                        else:
+                            return body, dict(response.headers)
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 problem = f"{exc.__class__.__name__}"
             if attempt < RETRIES:
+                if self.waited + wait > MAX_WAIT_S:
+                    break
+                self.waited += wait
                 time.sleep(wait)
-        raise RemoteError(self.source, f"giving up after {RETRIES + 1} attempts: {problem}")
+        if limited:
+            raise RateLimitedError(self.source, f"rate limited after {self.waited:.0f} s of waiting ({problem}); "
+                                                "left for the next run")
+        raise RemoteError(self.source, f"giving up after {attempt + 1} attempts: {problem}")
+
+    def _read(self, response, cap: int | None, start: int | None, end: int | None) -> bytes:
+        if start is not None and response.status_code != 206:
+            announced = response.headers.get("Content-Length", "")
+            if not (announced.isdigit() and int(announced) <= cap):
+                raise RemoteError(self.source, f"the server ignored the range request for bytes {start}-{end} "
+                                               f"(HTTP {response.status_code}): refusing to read the whole file")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            with self._lock:
+                self.bytes_read += len(chunk)
+            if cap is not None and size > cap:
+                raise RemoteError(self.source, f"the server sent more than the {cap} bytes asked for")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
-def _total(response, default: int) -> int:
+def _retry_after(value: str, default: float) -> float:
+    """Seconds a 429/503 asks to wait (a number of seconds; dates are not trusted), capped."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return default
+    if not math.isfinite(seconds) or seconds < 0:
+        return default
+    return min(seconds, MAX_RETRY_AFTER_S) + random.random() * BACKOFF_S
+
+
+def _raise_for_status(source: str, url: str, status: int) -> None:
+    """Typed errors for the statuses that retrying cannot fix."""
+    if status < 400:
+        return
+    name = url.rpartition("/")[2].partition("?")[0]
+    if status in (401, 403):
+        raise GatedError(source, f"access to {name} refused (HTTP {status}): request access or set HF_TOKEN")
+    if status == 404:
+        raise SourceError(source, f"{name} not found (HTTP 404)")
+    if status == 416:
+        raise RemoteError(source, f"{name}: range not satisfiable (HTTP 416): the file is shorter than its header says")
+    raise RemoteError(source, f"{name}: HTTP {status}")
+
+
+def _last_byte(response, default: int) -> int:
     """Last byte index of the file, from Content-Range ('bytes a-b/size'), for ranges that overrun it."""
     total = response.headers.get("Content-Range", "").rpartition("/")[2]
     return int(total) - 1 if total.isdigit() else default
+
+
+def file_size(source: str, headers: dict, body: bytes) -> int:
+    """The whole file's size from a range answer's Content-Range ('bytes a-b/size')."""
+    total = {k.lower(): v for k, v in headers.items()}.get("content-range", "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    if total in ("", "*"):
+        return len(body)
+    raise RemoteError(source, f"malformed Content-Range {total!r}")
 
 
 def resolve(ref: HubRef, client: HubClient):
@@ -109,23 +177,9 @@ def file_url(repo_id: str, sha: str, filename: str) -> str:
 
 
 def fetch_json(client: HubClient, repo_id: str, sha: str, filename: str) -> dict:
-    body, _ = _checked(client, repo_id, file_url(repo_id, sha, filename))
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HeaderError(f"{client.source}/{filename}", f"malformed JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise HeaderError(f"{client.source}/{filename}", "not a JSON object")
-    return data
-
-
-def _checked(client: HubClient, repo_id: str, url: str, start=None, end=None):
-    from huggingface_hub.errors import GatedRepoError
-
-    try:
-        return client.get(url, start, end)
-    except GatedRepoError:
-        raise GatedError(client.source, "gated or private repo: request access or set HF_TOKEN") from None
+    """A JSON file of the repo, read whole but never past MAX_JSON_BYTES."""
+    body, _ = client.get(file_url(repo_id, sha, filename), limit=MAX_JSON_BYTES)
+    return parse_object(body, f"{client.source}/{filename}")
 
 
 class HubSafetensors:
@@ -142,10 +196,10 @@ class HubSafetensors:
         for shard in shards:
             url = file_url(repo_id, sha, shard)
             name = f"{client.source}/{shard}"
-            probe, headers = _checked(client, repo_id, url, 0, HEADER_PROBE - 1)
-            size = int(headers.get("content-range", "").rpartition("/")[2] or len(probe))
+            probe, headers = client.get(url, 0, HEADER_PROBE - 1)
+            size = file_size(name, headers, probe)
             n = header_length(probe[:8], size, name)
-            raw = probe[8 : 8 + n] if 8 + n <= len(probe) else _checked(client, repo_id, url, 8, 7 + n)[0]
+            raw = probe[8 : 8 + n] if 8 + n <= len(probe) else client.get(url, 8, 7 + n)[0]
             tensors, _ = parse_header(raw, size, name)
             self._headers.append(shard.encode() + b"\0" + raw)
             for t in tensors.values():
@@ -277,8 +331,8 @@ class HubGguf:
         self.path = f"{client.source}/{filename}"
         self.client = client
         self._url = file_url(repo_id, sha, filename)
-        data, headers = _checked(client, repo_id, self._url, 0, HEADER_PROBE - 1)
-        size = int(headers.get("content-range", "").rpartition("/")[2] or len(data))
+        data, headers = client.get(self._url, 0, HEADER_PROBE - 1)
+        size = file_size(self.path, headers, data)
         check_prefix(data[:24], size, self.path)
         while True:
             try:

@@ -9,17 +9,54 @@ them for the next reader.
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lineage_scanner.errors import HeaderError
+from lineage_scanner.errors import ConfigError, HeaderError, SourceError
 from lineage_scanner.readers.base import TensorInfo, content_digest, take_runs
+from lineage_scanner.readers.jsonfile import MAX_JSON_BYTES, parse_object
 from lineage_scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
+from lineage_scanner.sources.names import check_relative_name
+
+
+def allowed_roots(directory: Path) -> tuple[Path, ...]:
+    """Where a model directory's files may lead: the directory, and for a Hugging Face cache snapshot
+    (``…/snapshots/<sha>/``, whose files link to ``…/blobs/``) the cached repo's folder."""
+    directory = directory.resolve()
+    return (directory, directory.parent.parent) if directory.parent.name == "snapshots" else (directory,)
+
+
+def inside(path: Path, directory: Path) -> Path:
+    """``path`` resolved, if it is a regular file that stays within ``directory`` (see allowed_roots):
+    a FIFO or device would hang or stream forever, a link out of the model could read any file."""
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in allowed_roots(directory)):
+        raise SourceError(path, f"leads outside the model directory (to {resolved})")
+    return regular(resolved)
+
+
+def regular(path: Path) -> Path:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise SourceError(path, f"cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise SourceError(path, "not a regular file (a FIFO, device or directory)")
+    return path
+
+
+def read_capped(path: Path, directory: Path, cap: int = MAX_JSON_BYTES) -> bytes:
+    """A small file of a model directory (config, index), refused past ``cap`` bytes."""
+    path = inside(path, directory)
+    if path.stat().st_size > cap:
+        raise ConfigError(path, f"{path.stat().st_size} bytes, over the {cap >> 20} MiB cap for a JSON file")
+    with open(path, "rb") as f:
+        return f.read(cap + 1)
 
 
 class SafetensorsFile:
@@ -107,15 +144,15 @@ class ShardedSafetensors:
 
     @classmethod
     def from_index(cls, index: Path) -> ShardedSafetensors:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise HeaderError(index, f"not a valid safetensors index ({exc.__class__.__name__}: {exc})") from None
-        missing = [s for s in shards if not (index.parent / s).is_file()]
+        """The shards an index names: plain relative names, each a regular file inside its directory."""
+        weight_map = parse_object(read_capped(index, index.parent), str(index), HeaderError).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise HeaderError(index, "not a valid safetensors index: no weight_map object")
+        names = {check_relative_name(v, str(index)) for v in weight_map.values()}
+        missing = [n for n in sorted(names) if not (index.parent / n).exists()]
         if missing:
             raise HeaderError(index, f"names shard {missing[0]} which does not exist")
-        return cls([index.parent / s for s in shards], index)
+        return cls([inside(index.parent / n, index.parent) for n in sorted(names)], index)
 
     def tensors(self) -> dict[str, TensorInfo]:
         return {name: f.tensors()[name] for name, f in self._owner.items()}

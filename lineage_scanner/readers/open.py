@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lineage_scanner.errors import ConfigError, SourceError, UnsafeFormatError
+from lineage_scanner.errors import ConfigError, HeaderError, SourceError, UnsafeFormatError
 from lineage_scanner.readers.base import Reader
 from lineage_scanner.readers.gguf_file import GgufFile
-from lineage_scanner.readers.local import ShardedSafetensors
+from lineage_scanner.readers.jsonfile import parse_object
+from lineage_scanner.readers.local import ShardedSafetensors, inside, read_capped, regular
 from lineage_scanner.readers.quantized import dequantizing
 from lineage_scanner.sources import INDEX_NAME, PICKLE_SUFFIXES, is_hub
+from lineage_scanner.sources.names import check_relative_name
 
 
 @dataclass
@@ -47,9 +50,10 @@ def open_local(text: str | Path) -> OpenedModel:
     path = Path(text).expanduser()
     if not path.exists():
         raise SourceError(path, "no such file or directory")
-    path = path.resolve()
+    path = path.resolve()  # a link the user named is followed: naming it is consent
     if path.is_dir():
         return _open_directory(path)
+    regular(path)
     name = path.name
     if name.endswith(PICKLE_SUFFIXES):
         raise _pickle_refusal(path)
@@ -69,7 +73,11 @@ def open_local(text: str | Path) -> OpenedModel:
 
 
 def _open_directory(path: Path) -> OpenedModel:
-    entries = sorted(p for p in path.iterdir() if p.is_file())
+    """A model directory. Its entries are checked before use: only regular files, none leading out."""
+    entries = sorted(p for p in path.iterdir() if p.is_file() or p.is_symlink() or _special(p))
+    for entry in entries:
+        if entry.name.endswith((".safetensors", ".gguf", ".json")):
+            inside(entry, path)
     if not entries:
         raise SourceError(path, "empty directory")
     ggufs = [p for p in entries if p.name.endswith(".gguf")]
@@ -102,16 +110,18 @@ def _pickle_refusal(path: Path) -> UnsafeFormatError:
                                    "convert the checkpoint to safetensors")
 
 
-def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(path, "config.json missing")
+def _special(path: Path) -> bool:
+    """A FIFO, socket or device among a directory's entries (is_file() says False for them)."""
     try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(path, f"malformed JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(path, f"config is a JSON {type(config).__name__}, not an object")
-    return config
+        return not stat.S_ISDIR(path.lstat().st_mode) and not path.is_file()
+    except OSError:
+        return False
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(path, "config.json missing")
+    return parse_object(read_capped(path, path.parent), str(path))
 
 
 def _config_beside(weights: Path) -> dict:
@@ -177,7 +187,11 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict):
             raise ConfigError(f"{client.source}/{INDEX_NAME}", "no weight_map")
-        shards = sorted(set(map(str, weight_map.values())))
+        where = f"{client.source}/{INDEX_NAME}"
+        shards = sorted({check_relative_name(v, where) for v in weight_map.values()})
+        strangers = [name for name in shards if name not in files]
+        if strangers:  # never fetch, with the user's token, a file this repo does not hold
+            raise HeaderError(where, f"names shard {strangers[0]!r}, which is not a file of this repo")
     else:
         shards = [f for f in top if f.endswith(".safetensors")]
     if not shards:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from lineage_scanner.errors import SourceError
+from lineage_scanner.sources.names import PR_REF, check_relative_name, check_repo_id, check_revision
 
 
 def endpoint() -> str:
@@ -23,9 +24,18 @@ class HubRef:
 
     @classmethod
     def parse(cls, text: str) -> HubRef:
+        """``hf://org/name[@revision][/file]``; the revision may be ``refs/pr/N`` (which holds slashes)."""
         body = text.removeprefix("hf://")
-        parts = body.split("/")
-        if len(parts) < 2 or not parts[0] or not parts[1]:
+        org, _, rest = body.partition("/")
+        head, slash, tail = rest.partition("/")
+        name, at, revision = head.partition("@")
+        if not org or not name:
             raise SourceError(text, "expected hf://org/name[@revision][/file]")
-        name, _, revision = parts[1].partition("@")
-        return cls(f"{parts[0]}/{name}", revision or None, "/".join(parts[2:]) or None)
+        if at:  # a revision runs to the next slash, except refs/pr/N, which holds two
+            pr = PR_REF.match(revision + slash + tail)
+            if pr:
+                revision, tail = pr.group(0), (revision + slash + tail)[pr.end():].removeprefix("/")
+            check_revision(revision, text)
+        rest = tail
+        filename = check_relative_name(rest, text, SourceError) if rest else None
+        return cls(check_repo_id(org, name, text), revision or None, filename)

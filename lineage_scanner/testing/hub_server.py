@@ -87,7 +87,8 @@ class HubStandIn:
         self._server.server_close()
 
     def inject(self, filename: str, *faults: str) -> None:
-        """Queue faults for the next requests of ``filename``: '429', '503', 'drop', 'short'."""
+        """Queue faults for the next requests of ``filename``: '429', '503', 'drop', 'short', '429-forever'
+        (Retry-After: 100000), 'no-range' (the whole file with 200, as a server that ignores Range)."""
         self.faults[filename].extend(faults)
 
     def reset_counts(self) -> None:
@@ -212,9 +213,9 @@ class HubStandIn:
                 with hub.lock:
                     hub.requests[filename] += 1
                     fault = hub.faults[filename].popleft() if hub.faults[filename] else None
-                if fault in ("429", "503"):
-                    self.send_response(int(fault))
-                    self.send_header("Retry-After", "0")
+                if fault in ("429", "503", "429-forever"):
+                    self.send_response(int(fault[:3]))
+                    self.send_header("Retry-After", "100000" if fault == "429-forever" else "0")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -222,7 +223,7 @@ class HubStandIn:
                 start, end = 0, size - 1
                 status = 200
                 rng = self.headers.get("Range")
-                if rng and not head:
+                if rng and not head and fault != "no-range":
                     lo, _, hi = rng.removeprefix("bytes=").partition("-")
                     start, end, status = int(lo), min(int(hi) if hi else size - 1, size - 1), 206
                 with open(path, "rb") as f:

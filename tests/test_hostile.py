@@ -1,0 +1,169 @@
+"""Hostile repos and servers: names that try to leave the model, files that never end, JSON bombs,
+servers that ignore Range or ask to wait forever. Each is a one-line error row, fast, and the other models
+of the batch still land."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from lineage_scanner.cli.main import main
+from lineage_scanner.errors import SourceError
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.sources.hub import HubRef
+from lineage_scanner.store.store import Store
+from lineage_scanner.testing.hub_server import HubStandIn, Repo
+from tests.conftest import write_llama
+
+
+def scan(tmp_path, *sources):
+    summary = run_batch([str(s) for s in sources], Store(tmp_path / "db"), progress=False)
+    return {r.model: (r.status, r.error) for r in summary.records}
+
+
+def sharded(directory: Path, index_names: list) -> Path:
+    """A two-shard checkpoint whose index names ``index_names`` as its shards."""
+    write_llama(directory, n_layers=2)
+    weights = directory / "model.safetensors"
+    weights.rename(directory / "model-00001-of-00001.safetensors")
+    (directory / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {f"t{i}": name for i, name in enumerate(index_names)}}))
+    return directory
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("../other/model.safetensors", "not a plain relative path"),
+    ("/etc/passwd", "not a plain relative path"),
+    ("a/../../b.safetensors", "not a plain relative path"),
+    (7, "not a non-empty string"),
+    ("", "not a non-empty string"),
+])
+def test_index_names_stay_inside_the_model(tmp_path, name, problem):
+    bad = sharded(tmp_path / "bad", ["model-00001-of-00001.safetensors", name])
+    good = write_llama(tmp_path / "good")
+    rows = scan(tmp_path, bad, good)
+    assert rows["good"][0] == "ok"
+    status, error = rows["bad"]
+    assert status == "bad_header" and problem in error and "model.safetensors.index.json" in error
+
+
+def test_links_out_of_the_model_are_refused_unless_named(tmp_path):
+    outside = write_llama(tmp_path / "elsewhere")
+    model = write_llama(tmp_path / "model")
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").symlink_to(outside / "model.safetensors")
+    status, error = scan(tmp_path, model)["model"]
+    assert status == "not_found" and "leads outside the model directory" in error
+    link = tmp_path / "named.safetensors"
+    link.symlink_to(outside / "model.safetensors")
+    assert [status for status, _ in scan(tmp_path / "again", link).values()] == ["ok"]  # the user named it
+
+
+def test_a_hugging_face_cache_snapshot_is_read_through_its_links(tmp_path):
+    repo = tmp_path / "models--org--m"
+    snapshot, blobs = repo / "snapshots" / "abc", repo / "blobs"
+    write_llama(tmp_path / "src")
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for f in (tmp_path / "src").iterdir():
+        shutil.move(f, blobs / f.name)
+        (snapshot / f.name).symlink_to(Path("../../blobs") / f.name)
+    assert scan(tmp_path, snapshot)["abc"][0] == "ok"
+
+
+def test_a_fifo_is_an_error_not_a_hang(tmp_path):
+    fifo_dir = write_llama(tmp_path / "fifo-model")
+    (fifo_dir / "model.safetensors").unlink()
+    os.mkfifo(fifo_dir / "model.safetensors")
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    good = write_llama(tmp_path / "good")
+    started = time.monotonic()
+    rows = scan(tmp_path, fifo_dir, tmp_path / "pipe.safetensors", good)
+    assert time.monotonic() - started < 30
+    assert rows["good"][0] == "ok"
+    assert rows["fifo-model"][0] == "not_found" and "not a regular file" in rows["fifo-model"][1]
+    assert "not a regular file" in rows["pipe.safetensors"][1]
+
+
+@pytest.mark.parametrize("config, problem", [
+    ("[" * 100_000 + "]" * 100_000, "nested deeper"),
+    ('{"a": ' * 200 + "1" + "}" * 200, "nested deeper"),
+    ('{"architectures": 5, "model_type": "llama"}', None),
+    ('{"architectures": [[]], "model_type": ["llama"]}', None),
+])
+def test_hostile_configs_are_one_line_errors(tmp_path, capsys, config, problem):
+    model = write_llama(tmp_path / "m")
+    (model / "config.json").write_text(config)
+    code = main(["scan", str(model), "--db", str(tmp_path / "db"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("Error: ") and "Traceback" not in err
+    if problem:
+        assert problem in err
+
+
+def test_a_huge_config_is_refused_before_it_is_read(tmp_path, capsys):
+    model = write_llama(tmp_path / "m")
+    with open(model / "config.json", "r+b") as f:
+        f.truncate(300 << 20)  # sparse: 300 MB that take no disk
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code = main(["scan", str(model), "--db", str(tmp_path / "db"), "-q"])
+    assert code == 1 and "over the 16 MiB cap" in capsys.readouterr().err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 << 10  # KB: no 300 MB read
+
+
+@pytest.mark.parametrize("text", ["hf://org/m@..", "hf://org/m@a/../../x", "hf://../m", "hf://org/m@",
+                                  "hf://org/m@main/../../other/f.gguf", "hf://org", "hf://org/m@ma in"])
+def test_bad_hub_references_are_refused(text):
+    with pytest.raises(SourceError):
+        HubRef.parse(text)
+
+
+def test_pull_request_revisions_parse():
+    assert HubRef.parse("hf://org/m@refs/pr/3/x.gguf") == HubRef("org/m", "refs/pr/3", "x.gguf")
+
+
+@pytest.fixture
+def hostile_hub(zoo_by_name, tmp_path, monkeypatch):
+    root = tmp_path / "repos"
+    repos = [Repo("acme/good", shutil.copytree(zoo_by_name["llama-a"].path, root / "good")),
+             Repo("acme/victim", shutil.copytree(zoo_by_name["llama-b"].path, root / "victim"))]
+    evil = sharded(root / "evil", ["model-00001-of-00001.safetensors", "../victim/model.safetensors"])
+    repos.append(Repo("acme/evil", evil))
+    with HubStandIn(repos) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setattr("lineage_scanner.readers.hub.BACKOFF_S", 0.01)
+        yield server
+
+
+def test_a_hub_index_cannot_reach_another_repo(hostile_hub, tmp_path):
+    rows = scan(tmp_path, "hf://acme/evil", "hf://acme/good")
+    assert rows["acme/good"][0] == "ok"
+    assert rows["acme/evil"][0] == "bad_header" and "not a plain relative path" in rows["acme/evil"][1]
+    assert not any("victim" in f for f in hostile_hub.requests)
+
+
+def test_retry_after_is_bounded_and_rate_limited_is_its_own_status(hostile_hub, tmp_path, monkeypatch):
+    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_RETRY_AFTER_S", 0.2)
+    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_WAIT_S", 0.5)
+    hostile_hub.inject("model.safetensors", *["429-forever"] * 10)
+    started = time.monotonic()
+    rows = scan(tmp_path, "hf://acme/good")
+    assert time.monotonic() - started < 20
+    status, error = rows["acme/good"]
+    assert status == "rate_limited" and "left for the next run" in error
+
+
+def test_a_server_that_ignores_range_is_an_error_not_a_download(hostile_hub, tmp_path):
+    hostile_hub.inject("model.safetensors", "no-range")
+    rows = scan(tmp_path, "hf://acme/good")
+    status, error = rows["acme/good"]
+    assert status == "network" and "ignored the range request" in error
+    size = (Path(hostile_hub.repos["acme/good"].path) / "model.safetensors").stat().st_size
+    assert hostile_hub.bytes_served["model.safetensors"] <= size
