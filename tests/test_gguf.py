@@ -101,5 +101,5 @@ def test_header_end_matches_the_parser_and_asks_for_more(tmp_path):
     end = header_end(data)
     assert end == min(t.start for t in GgufFile(path).tensors().values())
     with pytest.raises(NeedMore) as more:
-        header_end(data[:100])
+        header_end(data[:100], len(data))
     assert more.value.at_least > 100

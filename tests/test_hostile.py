@@ -167,3 +167,32 @@ def test_a_server_that_ignores_range_is_an_error_not_a_download(hostile_hub, tmp
     assert status == "network" and "ignored the range request" in error
     size = (Path(hostile_hub.repos["acme/good"].path) / "model.safetensors").stat().st_size
     assert hostile_hub.bytes_served["model.safetensors"] <= size
+
+
+def _gguf(n_kv: int, body: bytes) -> bytes:
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, n_kv) + body
+
+
+def _array_of(item_type: int, count: int) -> bytes:
+    import struct
+
+    return struct.pack("<Q", 3) + b"key" + struct.pack("<II", 9, item_type) + struct.pack("<Q", count)
+
+
+@pytest.mark.parametrize("name, body", [
+    ("array-of-2-60", _array_of(4, 1 << 60)),
+    ("million-strings", _array_of(8, 10**6)),
+    ("nested-arrays", _array_of(9, 10**5)),
+    ("string-too-long", __import__("struct").pack("<Q", 1 << 40) + b"k"),
+])
+def test_gguf_metadata_counts_are_checked_before_allocation(tmp_path, name, body):
+    path = tmp_path / f"{name}.gguf"
+    path.write_bytes(_gguf(1, body + bytes(99_000)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    status, error = scan(tmp_path, path)[f"{name}.gguf"]
+    assert status == "bad_header" and "remain in the file" in error
+    assert time.monotonic() - started < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 << 10  # KB

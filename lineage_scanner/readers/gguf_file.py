@@ -17,6 +17,7 @@ import torch
 
 from lineage_scanner.errors import HeaderError
 from lineage_scanner.readers.base import TensorInfo, content_digest, take_runs
+from lineage_scanner.readers.gguf_header import NeedMore, header_end
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -41,6 +42,24 @@ def check_prefix(prefix: bytes, file_size: int, path: str) -> tuple[int, int]:
     return n_tensors, n_kv
 
 
+def walk_header(f, size: int, path: str) -> int:
+    """Walk the whole header with every count bounded by the bytes left (see gguf_header), reading more
+    of the file only as the walk needs it; returns where tensor data starts."""
+    data = b""
+    want = min(size, 1 << 16)
+    while True:
+        f.seek(len(data))
+        data += f.read(want - len(data))
+        try:
+            return header_end(data, size)
+        except NeedMore as more:
+            if more.at_least > size:
+                raise HeaderError(path, "header runs past the end of the file") from None
+            want = min(size, more.at_least)
+        except (ValueError, KeyError, struct.error) as exc:
+            raise HeaderError(path, f"malformed GGUF header ({exc})") from None
+
+
 class GgufFile:
     """A ``.gguf`` checkpoint. ``metadata`` holds the scalar and string keys (architecture, sizes)."""
 
@@ -53,6 +72,7 @@ class GgufFile:
         size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
             check_prefix(f.read(24), size, self.path)
+            walk_header(f, size, self.path)
         try:
             self._reader = GGUFReader(self.path)
             self.metadata = _scalar_fields(self._reader)

@@ -336,7 +336,7 @@ class HubGguf:
         check_prefix(data[:24], size, self.path)
         while True:
             try:
-                end = header_end(data)
+                end = header_end(data, size)
                 break
             except NeedMore as more:
                 if more.at_least > size:
