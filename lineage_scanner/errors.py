@@ -7,11 +7,23 @@ goes on with the next model. ``status`` is what the error row's ``status`` colum
 from __future__ import annotations
 
 
-class UsageError(Exception):
+class LineageError(Exception):
+    """Base of every error the tool reports as one line (``Error: ...``, exit code 1)."""
+
+
+class UsageError(LineageError):
     """A command was given something it cannot use (not a scan error): refused SQL, nothing to scan."""
 
 
-class ScanError(Exception):
+class StoreError(LineageError):
+    """The store cannot be written (not a directory, no permission, a full disk): the batch stops here,
+    with every model it finished already written."""
+
+    def __init__(self, path: object, problem: str):
+        super().__init__(f"{path}: {problem}")
+
+
+class ScanError(LineageError):
     """Base class: a model could not be scanned. ``path`` is the file (or source) at fault."""
 
     status = "error"

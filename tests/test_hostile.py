@@ -196,3 +196,39 @@ def test_gguf_metadata_counts_are_checked_before_allocation(tmp_path, name, body
     assert status == "bad_header" and "remain in the file" in error
     assert time.monotonic() - started < 5
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 << 10  # KB
+
+
+def test_a_damaged_store_still_works_and_repairs(tmp_path, capsys):
+    db = tmp_path / "db"
+    run_batch([str(write_llama(tmp_path / "a", seed=1)), str(write_llama(tmp_path / "b", seed=2))], Store(db),
+              progress=False)
+    (db / "signatures" / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1]}), db / "signatures" / "foreign.parquet")
+    pq.write_table(pa.table({"model": ["fake"], "revision": ["r"], "status": ["ok"], "scan_id": ["s"],
+                             "scanned_at": [1], "n_layers": ["many"]}), db / "signatures" / "lying.parquet")
+    code = main(["sql", "SELECT model FROM signatures ORDER BY model", "--db", str(db), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and [r["model"] for r in json.loads(out)] == ["a", "b"]
+    assert sum("corrupt.parquet" in line for line in err.splitlines()) == 1
+    assert "foreign.parquet" in err and "lying.parquet" in err
+    assert main(["scan", str(write_llama(tmp_path / "c", seed=3)), "--db", str(db), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["store", "check", "--db", str(db), "--json"]) == 1
+    problems = {Path(p["file"]).name: p["problem"] for p in json.loads(capsys.readouterr().out)}
+    assert set(problems) == {"corrupt.parquet", "foreign.parquet", "lying.parquet"}
+    assert "no column model" in problems["foreign.parquet"] and "n_layers is VARCHAR" in problems["lying.parquet"]
+    assert main(["store", "repair", "--db", str(db), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["store", "check", "--db", str(db)]) == 0
+    assert sorted(p.name for p in (db / "quarantine" / "signatures").iterdir()) == sorted(problems)
+
+
+def test_an_unwritable_store_is_a_one_line_error(tmp_path, capsys):
+    db = tmp_path / "db"
+    db.write_text("a file, not a directory")
+    code = main(["scan", str(write_llama(tmp_path / "m")), "--db", str(db), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("Error: ") and "Traceback" not in err and len(err.splitlines()) == 1

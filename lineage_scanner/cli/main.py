@@ -14,7 +14,7 @@ import sys
 
 from lineage_scanner import __version__
 from lineage_scanner.cli.output import fmt, print_json, print_table
-from lineage_scanner.errors import ScanError, UsageError
+from lineage_scanner.errors import LineageError, UsageError
 from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
 
 # Commands import what they use when they run: ``--help``, ``sql`` and lookups of stored models never
@@ -179,6 +179,27 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_store(args) -> int:
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    if store.remote:
+        raise UsageError("store check and repair work on a local store directory")
+    found = store.check() if args.action == "check" else store.repair()
+    if args.json:
+        key = "problem" if args.action == "check" else "moved_to"
+        print_json([{"file": f, key: other} for f, other in found])
+    elif args.action == "check":
+        for f, problem in found:
+            print(f"{f}: {problem}")
+        print(f"{len(found)} damaged or foreign file(s) in {args.db}", file=sys.stderr)
+    else:
+        for f, target in found:
+            print(f"moved {f} -> {target}")
+        print(f"{len(found)} file(s) moved aside", file=sys.stderr)
+    return 1 if found and args.action == "check" else 0
+
+
 def cmd_plot(args) -> int:
     from lineage_scanner.report.plot import plot_curves
     from lineage_scanner.run.lookup import signature_for
@@ -309,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="CSV output")
     p.set_defaults(func=cmd_sql)
 
+    p = sub.add_parser("store", parents=[common], help="check the store's files, or move damaged ones aside")
+    p.add_argument("action", choices=["check", "repair"], help="check: list damaged or foreign files (exit 1 "
+                   "if any); repair: move them to DB/quarantine/")
+    p.set_defaults(func=cmd_store)
+
     p = sub.add_parser("plot", parents=[common], help="per-layer curves of one or more models")
     p.add_argument("sources", nargs="+")
     p.add_argument("--out", required=True, metavar="FILE.png")
@@ -330,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:
-        if not isinstance(exc, (ScanError, UsageError, BackendUnavailable)) and not _is_duckdb_error(exc):
+        if not isinstance(exc, (LineageError, BackendUnavailable)) and not _is_duckdb_error(exc):
             raise
         print(f"Error: {exc}".splitlines()[0], file=sys.stderr)
         return 1

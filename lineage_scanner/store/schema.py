@@ -73,6 +73,30 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+#: Columns without which a file cannot belong to a table (the views key on them).
+REQUIRED = {"signatures": ("model", "revision", "status", "scanned_at", "scan_id"),
+            "layers": ("scan_id", "model", "revision", "layer", "role"),
+            "catalog": ("model", "sha", "listed_at"), "edges": ("a", "b", "computed_at")}
+_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
+_FLOATS = {"FLOAT", "DOUBLE"}
+
+
+def compatible(found: str, expected: str) -> bool:
+    """Whether a file's column type reads as the schema's (widths may differ, as across schema versions)."""
+    def kind(t: str) -> str:
+        t = t.upper()
+        if t in _INTEGERS:
+            return "int"
+        if t in _FLOATS:
+            return "float"
+        if t.startswith("STRUCT"):
+            return "struct"
+        if t.endswith("]"):
+            return "list:" + kind(t[: t.rindex("[")])
+        return t
+    return kind(found) == kind(expected)
+
+
 def columns(table: str) -> list[str]:
     return [name for name, _ in TABLES[table]]
 

@@ -17,15 +17,24 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import sys
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import duckdb
 
-from lineage_scanner.errors import SourceError
+from lineage_scanner.errors import SourceError, StoreError
 from lineage_scanner.signature.record import EMBED_DIM, Signature
-from lineage_scanner.store.schema import SCHEMA_VERSION, TABLES, arrow_schema, columns, duckdb_type
+from lineage_scanner.store.schema import (
+    REQUIRED,
+    SCHEMA_VERSION,
+    TABLES,
+    arrow_schema,
+    columns,
+    compatible,
+    duckdb_type,
+)
 
 VIEWS = {
     "scans": "SELECT * REPLACE (embedding::FLOAT[{dim}] AS embedding) FROM signatures_files",
@@ -109,6 +118,19 @@ def _signatures(names: list[str], rows) -> list[Signature]:
     return out
 
 
+#: Damaged files already reported by this process (a warning once, not on every connection).
+_REPORTED: set[str] = set()
+
+
+def _file_columns(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, dict[str, str]]:
+    """Each file's top-level columns and their DuckDB types, from the Parquet footers."""
+    out: dict[str, dict[str, str]] = {}
+    for f in files:
+        rel = con.read_parquet([f])
+        out[f] = dict(zip(rel.columns, (str(t) for t in rel.types)))
+    return out
+
+
 def _stem() -> str:
     return f"part-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
 
@@ -168,10 +190,15 @@ class Store:
         import pyarrow.parquet as pq
 
         folder = f"{self.base}/{table}"
-        self.fs.create_dir(folder, recursive=True)
         tmp, final = f"{folder}/.{stem}.parquet.tmp", f"{folder}/{stem}.parquet"
-        pq.write_table(data, tmp, compression="zstd", filesystem=self.fs)
-        self.fs.move(tmp, final)
+        try:
+            self.fs.create_dir(folder, recursive=True)
+            pq.write_table(data, tmp, compression="zstd", filesystem=self.fs)
+            self.fs.move(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise StoreError(self.root, f"cannot write {table} ({exc.strerror or exc})") from None
         return final
 
     def compact(self, table: str) -> tuple[int, int]:
@@ -241,6 +268,8 @@ class Store:
                                            filesystem=self.fs))
             present = set(columns(table))
         elif files:
+            files = self._sound(con, table, files)
+        if files and not self.remote:
             con.read_parquet(files, union_by_name=True).create_view(raw, replace=True)
             present = {row[0] for row in con.execute(f"DESCRIBE {raw}").fetchall()}
         select = ", ".join(f'"{c}"' if c in present else f'NULL::{duckdb_type(table, c)} AS "{c}"'
@@ -248,6 +277,57 @@ class Store:
         source = f"FROM {raw}" if present else "WHERE false"
         con.execute(f"CREATE TEMP VIEW {table}_files AS SELECT {select} {source}")
         return files
+
+    def _sound(self, con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> list[str]:
+        """``files`` less those that are damaged or foreign, each reported once (on stderr) and left out."""
+        damaged = dict(self._damage(con, table, files))
+        for path, problem in damaged.items():
+            if path not in _REPORTED:
+                _REPORTED.add(path)
+                print(f"warning: {path}: {problem}; left out (`lineage store repair` moves it aside)",
+                      file=sys.stderr)
+        return [f for f in files if f not in damaged]
+
+    @staticmethod
+    def _damage(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> list[tuple[str, str]]:
+        """(file, problem) for every file of ``table`` that is not a readable Parquet file of its schema.
+        One pass over the footers; files are probed one by one only when that pass fails."""
+        try:
+            found = _file_columns(con, files)
+        except duckdb.Error:
+            found, problems = {}, []
+            for f in files:
+                try:
+                    found.update(_file_columns(con, [f]))
+                except duckdb.Error as exc:
+                    problems.append((f, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})"))
+            return problems + Store._damage(con, table, [f for f in files if f in found])
+        problems = []
+        for f in files:
+            got = found.get(f, {})
+            missing = [c for c in REQUIRED[table] if c not in got]
+            wrong = [f"{c} is {got[c]}" for c in got if c in dict(TABLES[table]) and not
+                     compatible(got[c], duckdb_type(table, c))]
+            if missing or wrong:
+                problems.append((f, f"not a {table} file of this store ("
+                                    + "; ".join([*(f"no column {c}" for c in missing), *wrong]) + ")"))
+        return problems
+
+    def check(self) -> list[tuple[str, str]]:
+        """(file, problem) for every damaged or foreign data file in the store."""
+        with duckdb.connect() as con:
+            return [p for table in TABLES for p in self._damage(con, table, self.files(table))]
+
+    def repair(self) -> list[tuple[str, str]]:
+        """Move every damaged or foreign data file to ``<store>/quarantine/<table>/``; what was moved, where."""
+        moved = []
+        for path, _ in self.check():
+            table = os.path.basename(os.path.dirname(path))
+            target = os.path.join(self.base, "quarantine", table, os.path.basename(path))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(path, target)
+            moved.append((path, target))
+        return moved
 
     def done(self) -> set[tuple[str, str]]:
         """(model, revision) pairs already scanned successfully: a re-run skips these."""
