@@ -1,5 +1,6 @@
-"""Thousands of mutated safetensors and GGUF headers: each ends in a typed ScanError or a correct
-signature; never another exception, a hang (pytest-timeout) or a runaway allocation (peak RSS)."""
+"""Ten thousand mutated inputs of each kind (safetensors headers, GGUF metadata, config.json and index
+files, Hub responses): each ends in a typed ScanError or a correct result; never another exception, a
+hang (pytest-timeout) or a runaway allocation (peak RSS)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.test_gguf import write_gguf
 
 BACKEND = get_backend("cpu")
 SETTINGS = settings(
-    max_examples=1500,
+    max_examples=10_000,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -90,3 +91,92 @@ def test_mutated_gguf_headers(tmp_path_factory, rss_guard):
         scan_or_typed_error(path)
 
     check()
+
+
+#: JSON a hostile repo could hold: any shape, odd numbers, deep nesting.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=30), inner, max_size=4),
+    max_leaves=12,
+)
+CONFIG_KEYS = ["model_type", "architectures", "hidden_size", "num_attention_heads", "num_key_value_heads",
+               "num_hidden_layers", "head_dim", "text_config", "quantization_config", "multi_query"]
+
+
+def test_mutated_configs_and_indexes(tmp_path_factory, rss_guard):
+    import json
+
+    model = write_llama(tmp_path_factory.mktemp("fzc") / "m", n_layers=2, hidden=32, heads=2, kv=1)
+    weights = model / "model.safetensors"
+    shard = model / "model-00001-of-00001.safetensors"
+    weights.rename(shard)
+    good_config = json.loads((model / "config.json").read_text())
+    index = model / "model.safetensors.index.json"
+
+    @SETTINGS
+    @given(st.dictionaries(st.sampled_from(CONFIG_KEYS), JSON, max_size=4), JSON, st.booleans(),
+           st.one_of(st.none(), st.binary(max_size=40)))
+    def check(changes, weight_map, nest_map, raw):
+        config = {**good_config, **changes}
+        (model / "config.json").write_bytes(raw if raw is not None else json.dumps(config).encode())
+        index.write_text(json.dumps({"weight_map": {"t": shard.name, "u": weight_map} if nest_map else weight_map}))
+        scan_or_typed_error(model)
+
+    check()
+
+
+def test_random_hub_responses(rss_guard, monkeypatch):
+    """A server answering each range request with a random status, headers and a truncated or oversized
+    body; the client returns exactly the bytes asked for or raises a typed error, quickly."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from lineage_scanner.readers.hub import HubClient
+
+    monkeypatch.setattr("lineage_scanner.readers.hub.RETRIES", 1)
+    monkeypatch.setattr("lineage_scanner.readers.hub.BACKOFF_S", 0.0)
+    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_RETRY_AFTER_S", 0.0)
+    answer: dict = {}
+    content = bytes(range(256)) * 16
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            a = answer
+            self.send_response(a["status"])
+            for key, value in a["headers"]:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(a["announced"]))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(a["body"])
+            self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/file"
+    header = st.tuples(st.sampled_from(["Content-Range", "Retry-After", "Content-Type", "Location"]),
+                       st.one_of(st.text(alphabet="bytes0123456789-/* .,e", max_size=24),
+                                 st.sampled_from(["*/4096", "bytes 0-99/4096", "bytes */4096", "100000", "-1",
+                                                  "nan", "inf", "bytes 0-99/x"])))
+    try:
+        @SETTINGS
+        @given(st.sampled_from([200, 206, 206, 206, 401, 403, 404, 416, 429, 500, 503]), st.lists(header, max_size=3),
+               st.integers(0, 300), st.integers(-50, 50), st.integers(0, 200), st.integers(1, 200))
+        def check(status, headers, served, lie, start, length):
+            body = content[start:start + served]
+            answer.update(status=status, headers=headers, body=body, announced=max(0, len(body) + lie))
+            try:
+                got, _ = HubClient("hf://fuzz/repo").get(url, start, start + length - 1)
+            except ScanError:
+                return
+            assert got == body and len(got) <= length
+
+        check()
+    finally:
+        server.shutdown()
+        server.server_close()
