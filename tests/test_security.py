@@ -131,3 +131,31 @@ def test_no_secret_in_anything_ray_writes(zoo_by_name, tmp_path):
         assert not leaks
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(capsys, tmp_path, monkeypatch):
+    from lineage_scanner.store import store as store_module
+
+    def broken(self, *args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(store_module.Store, "signatures", broken)
+    code = main(["compare", "x", "y", "--db", str(tmp_path / "db")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("Error: ") and "ZeroDivisionError: boom" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        main(["compare", "x", "y", "--db", str(tmp_path / "db"), "--debug"])
+
+
+def test_json_output_stays_json_when_something_writes_to_stdout(tmp_path):
+    """A command whose work writes to file descriptor 1 (as Ray's workers and C libraries do) still
+    prints nothing but its JSON on stdout."""
+    code = ("import os, sys\nimport lineage_scanner.store.sql as sql\nreal = sql.run_sql\n"
+            "def noisy(*args, **kwargs):\n    os.write(1, b'noise from a C library\\n')\n"
+            "    return real(*args, **kwargs)\n"
+            "sql.run_sql = noisy\nfrom lineage_scanner.cli.main import main\n"
+            f"sys.exit(main(['sql', 'select 42 as x', '--db', {str(tmp_path / 'db')!r}, '--json']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"x": 42}] and "noise from a C library" in done.stderr

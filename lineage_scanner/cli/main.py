@@ -7,6 +7,7 @@ progress bars and notes go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -14,7 +15,7 @@ import sys
 
 from lineage_scanner import __version__
 from lineage_scanner.cli.output import fmt, print_json, print_table
-from lineage_scanner.errors import LineageError, UsageError
+from lineage_scanner.errors import InternalError, LineageError, UsageError
 from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
 
 # Commands import what they use when they run: ``--help``, ``sql`` and lookups of stored models never
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     common.add_argument("--backend", choices=BACKENDS, default="auto", help="moments backend")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--debug", action="store_true", help="a traceback for an unexpected error")
 
     parser = argparse.ArgumentParser(prog="lineage", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"lineage-scanner {__version__}")
@@ -352,14 +354,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr, ``Error: ...``, and exit code 1 (130 when
+    interrupted); ``--debug`` shows the traceback of an unexpected one instead."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _stdout_for_data(args.json):
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
-        if not isinstance(exc, (LineageError, BackendUnavailable)) and not _is_duckdb_error(exc):
+        expected = isinstance(exc, (LineageError, BackendUnavailable)) or _is_duckdb_error(exc)
+        if args.debug and not expected:
             raise
-        print(f"Error: {exc}".splitlines()[0], file=sys.stderr)
+        message = str(exc) if expected else str(InternalError.of("lineage " + args.command, exc))
+        print(f"Error: {' '.join(message.split())[:2000]}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _stdout_for_data(json_output: bool):
+    """With ``--json``, stdout carries the JSON alone: whatever else writes to file descriptor 1 while the
+    command runs (Ray, a C library) lands on stderr."""
+    try:
+        real = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # stdout is not a file (a test's capture): nothing to guard
+        real = None
+    if not json_output or real != 1:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    data = os.fdopen(os.dup(saved), "w")
+    previous, sys.stdout = sys.stdout, data
+    try:
+        yield
+    finally:
+        data.flush()
+        sys.stdout = previous
+        os.dup2(saved, 1)
+        os.close(saved)
+        data.close()
 
 
 def _is_duckdb_error(exc: Exception) -> bool:

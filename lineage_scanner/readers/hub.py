@@ -157,8 +157,14 @@ def file_size(source: str, headers: dict, body: bytes) -> int:
 
 def resolve(ref: HubRef, client: HubClient):
     """Model info at the pinned commit; Hub errors become typed scan errors."""
+    import httpx2 as httpx
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return HfApi(endpoint=endpoint()).model_info(ref.repo_id, revision=ref.revision)
@@ -168,6 +174,14 @@ def resolve(ref: HubRef, client: HubClient):
         raise SourceError(client.source, f"revision {ref.revision!r} not found") from None
     except RepositoryNotFoundError:
         raise SourceError(client.source, "repository not found (or private without access)") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        kind = RateLimitedError if status == 429 else RemoteError
+        raise kind(client.source, f"the Hub answered HTTP {status} to the model-info request") from None
+    except httpx.TransportError as exc:
+        raise RemoteError(client.source, f"cannot reach {endpoint()} ({exc.__class__.__name__})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(client.source, f"malformed model-info answer ({exc.__class__.__name__})") from None
 
 
 def file_url(repo_id: str, sha: str, filename: str) -> str:
