@@ -232,3 +232,10 @@ def test_an_unwritable_store_is_a_one_line_error(tmp_path, capsys):
     code = main(["scan", str(write_llama(tmp_path / "m")), "--db", str(db), "-q"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("Error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_huge_config_on_the_hub_is_refused_unread(hostile_hub, tmp_path):
+    path = Path(hostile_hub.repos["acme/good"].path) / "config.json"
+    path.write_bytes(b" " * (40 << 20) + path.read_bytes())  # valid JSON, 40 MB of it
+    status, error = scan(tmp_path, "hf://acme/good")["acme/good"]
+    assert status == "network" and "over the 16 MiB cap" in error

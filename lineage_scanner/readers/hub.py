@@ -98,8 +98,11 @@ class HubClient:
         raise RemoteError(self.source, f"giving up after {attempt + 1} attempts: {problem}")
 
     def _read(self, response, cap: int | None, start: int | None, end: int | None) -> bytes:
+        announced = response.headers.get("Content-Length", "")
+        if start is None and cap is not None and announced.isdigit() and int(announced) > cap:
+            raise RemoteError(self.source, f"{url_name(str(response.url))} is {announced} bytes, over the "
+                                           f"{cap >> 20} MiB cap for a file read whole")
         if start is not None and response.status_code != 206:
-            announced = response.headers.get("Content-Length", "")
             if not (announced.isdigit() and int(announced) <= cap):
                 raise RemoteError(self.source, f"the server ignored the range request for bytes {start}-{end} "
                                                f"(HTTP {response.status_code}): refusing to read the whole file")
@@ -129,7 +132,7 @@ def _raise_for_status(source: str, url: str, status: int) -> None:
     """Typed errors for the statuses that retrying cannot fix."""
     if status < 400:
         return
-    name = url.rpartition("/")[2].partition("?")[0]
+    name = url_name(url)
     if status in (401, 403):
         raise GatedError(source, f"access to {name} refused (HTTP {status}): request access or set HF_TOKEN")
     if status == 404:
@@ -137,6 +140,10 @@ def _raise_for_status(source: str, url: str, status: int) -> None:
     if status == 416:
         raise RemoteError(source, f"{name}: range not satisfiable (HTTP 416): the file is shorter than its header says")
     raise RemoteError(source, f"{name}: HTTP {status}")
+
+
+def url_name(url: str) -> str:
+    return url.rpartition("/")[2].partition("?")[0]
 
 
 def _last_byte(response, default: int) -> int:

@@ -35,10 +35,17 @@ def run_sql(store: Store, query: str, params: Params = None) -> tuple[list[str],
 def _only_select(con: duckdb.DuckDBPyConnection, query: str) -> str:
     """The query's single statement, if it is a SELECT (or an EXPLAIN of one); else UsageError."""
     statements = con.extract_statements(query)
-    if len(statements) != 1:
-        raise UsageError("empty SQL" if not statements else
-                         f"one statement at a time, not {len(statements)}")
-    statement = statements[0]
+    if not statements:
+        raise UsageError("empty SQL")
+    for statement in statements:
+        _check_kind(con, statement)
+    if len(statements) > 1:
+        raise UsageError(f"one statement at a time, not {len(statements)}")
+    return statements[0].query
+
+
+def _check_kind(con: duckdb.DuckDBPyConnection, statement) -> None:
+    """A SELECT, or an EXPLAIN [ANALYZE] of one; else UsageError naming what it is."""
     kind = statement.type
     text = statement.query
     if kind == duckdb.StatementType.EXPLAIN:
@@ -48,7 +55,6 @@ def _only_select(con: duckdb.DuckDBPyConnection, query: str) -> str:
     if kind != duckdb.StatementType.SELECT:
         name = kind.name if kind is not None else "several statements"
         raise UsageError(f"only SELECT queries are allowed here, not {name}")
-    return statement.query
 
 
 def _explained(text: str) -> str:
