@@ -56,7 +56,7 @@ assert not report.failed, report.failed[0].error
 WORK["sampled"] = WORK["lineage"].replace("from lineage_scanner.measure.kernels.cpu import CpuBackend",
                                           "from lineage_scanner.measure.kernels.cpu import CpuBackend\n"
                                           "from lineage_scanner.measure.sampling import SamplePlan").replace(
-    "progress=False)", "progress=False, sample=SamplePlan(target_se=0.01))")
+    "progress=False)", "progress=False, config=ScanConfig(sample=SamplePlan(target_se=0.01)))")
 PRELUDE = """import time, json
 ATTENTION = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
 def vm(field):  # per-process figures from /proc (ru_maxrss would carry the parent's peak across exec)

@@ -269,9 +269,9 @@ class Store:
             present = set(columns(table))
         elif files:
             files = self._sound(con, table, files)
-        if files and not self.remote:
-            con.read_parquet(files, union_by_name=True).create_view(raw, replace=True)
-            present = {row[0] for row in con.execute(f"DESCRIBE {raw}").fetchall()}
+            if files:
+                con.read_parquet(files, union_by_name=True).create_view(raw, replace=True)
+                present = {row[0] for row in con.execute(f"DESCRIBE {raw}").fetchall()}
         select = ", ".join(f'"{c}"' if c in present else f'NULL::{duckdb_type(table, c)} AS "{c}"'
                            for c in columns(table))
         source = f"FROM {raw}" if present else "WHERE false"
