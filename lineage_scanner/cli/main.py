@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("--debug", action="store_true", help="a traceback for an unexpected error")
 
-    parser = argparse.ArgumentParser(prog="lineage", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lineage", description="Tell which open-weight language models were "
+                                     "derived from which, from their weights alone.")
     parser.add_argument("--version", action="version", version=f"lineage-scanner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -299,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raise the sampled fraction per tensor until std's relative standard error <= E")
     p.add_argument("--sample-runs", type=_positive, default=16, metavar="N",
                    help="runs (range requests) per tensor part when sampling (default 16)")
-    p.add_argument("--workers", type=_positive, help="Ray scan workers (default: one per GPU, else per CPU)")
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--workers", type=_positive, help="scan on Ray with this many workers (default: in this "
+                   "process; with --address or RAY_ADDRESS, one worker per GPU, else per CPU)")
+    p.add_argument("--address", help="scan on this Ray cluster (or set RAY_ADDRESS); without it or --workers, "
+                   "the scan runs in this process")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("catalog", parents=[common], help="list Hub models into the store's work list")

@@ -21,8 +21,9 @@ Params = Sequence[object] | Mapping[str, object] | None
 
 
 def run_sql(store: Store, query: str, params: Params = None) -> tuple[list[str], list[tuple]]:
-    """(column names, rows) of one read-only query over the store's views."""
-    with store.connect(sandbox=True) as con:
+    """(column names, rows) of one read-only query over the store's views (only those it names are
+    defined: ``SELECT 1`` lists no file)."""
+    with store.connect(sandbox=True, for_query=query) as con:
         statement = _only_select(con, query)
         try:
             result = con.execute(statement, params or [])

@@ -70,6 +70,23 @@ VIEWS = {
     """,
 }
 
+#: What each view reads, so that a query can have only the views it names (and theirs) defined.
+DEPENDS = {"scans": ("signatures_files",), "latest": ("scans",), "signatures": ("latest",), "errors": ("latest",),
+           "layers": ("layers_files", "signatures"), "catalog": ("catalog_files",),
+           "todo": ("catalog", "signatures"), "edges": ("edges_files",), "disagreements": ("signatures", "edges")}
+
+
+def _needed(names: set[str]) -> set[str]:
+    """``names`` with every view and files table they read, transitively."""
+    out, todo = set(), [n.lower() for n in names]
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            todo.extend(DEPENDS.get(name, ()))
+    return out
+
+
 #: What scoring reads of a stored signature (not its layers, provenance or errors).
 SCORED = ("model", "revision", "source", "n_layers", "hidden_size", "family", "format", "dtype", "curves",
           "invariants", "declared_base", "embedding")
@@ -239,15 +256,23 @@ class Store:
                                [limit if limit is not None else 1 << 62]).fetchall()
         return [f"hf://{model}@{sha}" for model, sha in rows]
 
-    def connect(self, database: str = ":memory:", sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+    def connect(self, database: str = ":memory:", sandbox: bool = False, for_query: str | None = None
+                ) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the store's views defined (as temporary views: ``database`` may be a
-        file that is being filled, and never keeps them). ``sandbox``: then locked so that only the
-        store's data files can be read and nothing written (see :mod:`lineage_scanner.store.sql`)."""
+        file that is being filled, and never keeps them); only those ``for_query`` names (and what they
+        read), if given. ``sandbox``: then locked so that only the store's data files can be read and
+        nothing written (see :mod:`lineage_scanner.store.sql`)."""
         con = duckdb.connect(database, config={"autoinstall_known_extensions": False,
                                                "autoload_known_extensions": False})
-        files = [f for table in TABLES for f in self._define_files_view(con, table)]
+        wanted = {*VIEWS, *(f"{t}_files" for t in TABLES)}
+        if for_query is not None:
+            with contextlib.suppress(duckdb.Error):  # a query DuckDB cannot parse gets every view (and its error)
+                wanted = _needed(set(con.get_table_names(for_query)))
+        files = [f for table in TABLES if f"{table}_files" in wanted
+                 for f in self._define_files_view(con, table)]
         for name, body in VIEWS.items():
-            con.execute(f"CREATE TEMP VIEW {name} AS {body.format(dim=EMBED_DIM)}")
+            if name in wanted:
+                con.execute(f"CREATE TEMP VIEW {name} AS {body.format(dim=EMBED_DIM)}")
         if sandbox:
             con.execute("SET allowed_paths = ?", [files if not self.remote else []])
             con.execute("SET allowed_directories = ?", [[]])
