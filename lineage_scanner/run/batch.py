@@ -11,6 +11,7 @@ stored, so an interrupted batch neither redoes nor duplicates finished work.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -175,8 +176,6 @@ def choose_executor(workers: int | None, address: str | None) -> Executor:
     Measured (bench/batch.py, 2 cores): in-process wins at every batch size there, small models and large
     alike, because the CPU kernel already spreads each tensor over every core and a local Ray costs
     seconds of start-up and worker imports. Ray is for clusters and GPU nodes, which only the user knows of."""
-    import os
-
     if workers or address or os.environ.get("RAY_ADDRESS"):
         from lineage_scanner.run.ray import RayExecutor
 
