@@ -146,15 +146,20 @@ def url_name(url: str) -> str:
     return url.rpartition("/")[2].partition("?")[0]
 
 
+def _content_total(headers) -> str:
+    """What follows the slash of a Content-Range ('bytes a-b/size'): the file's size, '*', or ''."""
+    return {k.lower(): v for k, v in headers.items()}.get("content-range", "").rpartition("/")[2]
+
+
 def _last_byte(response, default: int) -> int:
-    """Last byte index of the file, from Content-Range ('bytes a-b/size'), for ranges that overrun it."""
-    total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    """Last byte index of the file, from Content-Range, for ranges that overrun it."""
+    total = _content_total(response.headers)
     return int(total) - 1 if total.isdigit() else default
 
 
 def file_size(source: str, headers: dict, body: bytes) -> int:
-    """The whole file's size from a range answer's Content-Range ('bytes a-b/size')."""
-    total = {k.lower(): v for k, v in headers.items()}.get("content-range", "").rpartition("/")[2]
+    """The whole file's size from a range answer's Content-Range."""
+    total = _content_total(headers)
     if total.isdigit():
         return int(total)
     if total in ("", "*"):

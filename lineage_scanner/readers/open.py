@@ -74,7 +74,7 @@ def open_local(text: str | Path) -> OpenedModel:
 
 def _open_directory(path: Path) -> OpenedModel:
     """A model directory. Its entries are checked before use: only regular files, none leading out."""
-    entries = sorted(p for p in path.iterdir() if p.is_file() or p.is_symlink() or _special(p))
+    entries = sorted(p for p in path.iterdir() if not stat.S_ISDIR(p.lstat().st_mode))
     for entry in entries:
         if entry.name.endswith((".safetensors", ".gguf", ".json")):
             inside(entry, path)
@@ -108,14 +108,6 @@ def _opened(model: str, path: Path, config: dict, reader: Reader, base: list[str
 def _pickle_refusal(path: Path) -> UnsafeFormatError:
     return UnsafeFormatError(path, "pickle-based weights are refused (unpickling can run arbitrary code); "
                                    "convert the checkpoint to safetensors")
-
-
-def _special(path: Path) -> bool:
-    """A FIFO, socket or device among a directory's entries (is_file() says False for them)."""
-    try:
-        return not stat.S_ISDIR(path.lstat().st_mode) and not path.is_file()
-    except OSError:
-        return False
 
 
 def _read_config(path: Path) -> dict:

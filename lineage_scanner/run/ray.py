@@ -22,7 +22,6 @@ from pathlib import Path
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.run.batch import Key, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
-from lineage_scanner.sources import name_of
 
 MAX_ATTEMPTS = 3
 #: Test hook for the fault-injection tests: "MARKER_FILE:SUBSTRING" makes a worker exit abruptly on a
@@ -114,7 +113,7 @@ class RayExecutor:
                     result = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the application's own error: recorded, not retried
                     idle.append(actor)
-                    yield UnitResult([Signature.failed(*name_of(s), s, InternalError.of(s, exc.cause or exc))
+                    yield UnitResult([Signature.failed(s, InternalError.of(s, exc.cause or exc))
                                       for s in unit.sources])
                     continue
                 except ray.exceptions.RayError as exc:  # the worker died (crash, OOM, preemption) during this unit
@@ -150,7 +149,7 @@ def _requeue(unit: WorkUnit, exc: Exception, retry: deque) -> Signature | None:
         retry.append(WorkUnit(unit.sources, unit.nbytes, unit.attempt + 1))
     else:
         source = unit.sources[0]
-        return Signature.failed(*name_of(source), source, WorkerDied(source, unit.attempt, exc))
+        return Signature.failed(source, WorkerDied(source, unit.attempt, exc))
     return None
 
 

@@ -8,7 +8,6 @@ from lineage_scanner.measure.sampling import SamplePlan
 from lineage_scanner.readers.open import OpenedModel, open_source
 from lineage_scanner.signature.build import build
 from lineage_scanner.signature.record import Signature
-from lineage_scanner.sources import name_of
 
 Key = tuple[str, str]
 
@@ -36,9 +35,6 @@ def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool =
     """Like :func:`scan_strict`, but bad input becomes an error signature instead of an exception."""
     try:
         return scan_strict(source, backend, done, force, sample)
-    except ScanError as exc:
-        sig = Signature.failed(*name_of(source), source, exc)
-        return sig.key, sig
     except Exception as exc:  # noqa: BLE001 - the error boundary: one model's bug never stops a batch
-        sig = Signature.failed(*name_of(source), source, InternalError.of(source, exc))
+        sig = Signature.failed(source, exc if isinstance(exc, ScanError) else InternalError.of(source, exc))
         return sig.key, sig

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from lineage_scanner import __version__
 from lineage_scanner.errors import ScanError
+from lineage_scanner.sources import name_of
 
 if TYPE_CHECKING:  # measured signatures carry them; stored ones are read without torch or numba
     from lineage_scanner.measure.moments import LayerStat
@@ -76,7 +77,6 @@ class Signature:
         return self.model, self.revision
 
     @classmethod
-    def failed(cls, model: str, revision: str, source: str, exc: Exception) -> Signature:
-        status = exc.status if isinstance(exc, ScanError) else "error"
-        message = str(exc) if isinstance(exc, ScanError) else f"{source}: {exc.__class__.__name__}: {exc}"
-        return cls(model, revision, source, status=status, error=message)
+    def failed(cls, source: str, exc: ScanError) -> Signature:
+        """The error row of a source that could not be scanned, named as far as the source text tells."""
+        return cls(*name_of(source), source, status=exc.status, error=str(exc))
