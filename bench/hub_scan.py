@@ -1,4 +1,5 @@
-"""Bytes and requests of remote scans, served by the local Hub stand-in (tests/hub_server.py) on 127.0.0.1.
+"""Bytes and requests of remote scans, served by the local Hub stand-in on 127.0.0.1
+(lineage_scanner/testing/hub_server.py).
 
 The checkpoint is the one ``bench/scan_local.py`` generates (1.26 GB bf16, 12 layers, hidden 2048). For an
 exact remote scan and sampled ones, it reports bytes fetched and range requests against the file's size

@@ -1,4 +1,4 @@
-"""Statistics of every attention part of a checkpoint, through a backend from :mod:`kernels`.
+"""Statistics of every attention part of a checkpoint, through a backend from :mod:`lineage_scanner.measure.kernels`.
 
 Tensors are split into their parts (a fused QKV tensor's row ranges, per head where the packing
 interleaves heads) and measured by the backend, then merged per part. A per-tensor backend (CPU) gets
