@@ -5,13 +5,17 @@ one recipe and one corpus, different seeds; each base gets children by real furt
 fine-tune on other text, a long continued pre-training on a third corpus). The corpus is the Python
 standard library's source, bytes as tokens, split three ways by file name, so everything runs offline.
 
-    python bench/tiny_train.py --out bench/data/trained --bases 4 --strangers 8   # what bench/accuracy.py runs
+Encoders too (BERT-style, masked-byte prediction): five shapes from 4 to 12 layers and hidden 64 to 128,
+each trained from scratch, two of them fine-tuned.
+
+    python bench/tiny_train.py --out bench/data/trained --bases 4 --strangers 8 --encoders  # for bench/accuracy.py
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import sysconfig
 import time
@@ -187,16 +191,126 @@ def load_toy(directory: Path) -> ToyModel:
     return toy
 
 
+@dataclass(frozen=True)
+class EncoderShape:
+    layers: int
+    hidden: int
+    heads: int
+
+
+#: Encoders of different depths and widths, each trained from scratch: the negatives whose curves align
+#: once the alignment may skip layers (a 6-layer and a 12-layer model of different widths).
+ENCODERS = (EncoderShape(4, 64, 4), EncoderShape(6, 96, 4), EncoderShape(6, 128, 4), EncoderShape(8, 64, 4),
+            EncoderShape(12, 96, 4))
+ENCODER_PRETRAIN = Recipe(400, 2e-3, 0)
+ENCODER_FINETUNE = Recipe(100, 5e-4, 1)
+MASK = 0  # the byte that stands for a masked token (NUL never occurs in the corpus)
+
+
+class TinyEncoder(nn.Module):
+    """A BERT-style encoder (post-norm, biases, GELU), bidirectional, trained by masked-byte prediction."""
+
+    def __init__(self, shape: EncoderShape, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.shape = shape
+        layer = nn.TransformerEncoderLayer(shape.hidden, shape.heads, 4 * shape.hidden, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=False)
+        self.embed = nn.Embedding(VOCAB, shape.hidden)
+        self.position = nn.Embedding(CONTEXT, shape.hidden)
+        self.blocks = nn.TransformerEncoder(layer, shape.layers, enable_nested_tensor=False)
+        self.head = nn.Linear(shape.hidden, VOCAB)
+        for p in self.parameters():  # BERT's recipe: N(0, 0.02) for every matrix
+            if p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.position(torch.arange(tokens.shape[1]))
+        return self.head(self.blocks(x))
+
+
+def train_encoder(model: TinyEncoder, recipe: Recipe, seed: int, batch: int = 24) -> float:
+    """Masked-byte prediction (15% of positions) with AdamW on the recipe's corpus; returns the last loss."""
+    data = corpus(recipe.corpus)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    loss = torch.tensor(math.nan)
+    for step in range(recipe.steps):
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * min(1.0, (step + 1) / 20) * (1 - step / recipe.steps)
+        starts = torch.randint(0, data.numel() - CONTEXT, (batch,), generator=gen)
+        window = data[starts[:, None] + torch.arange(CONTEXT)]
+        masked = torch.rand(window.shape, generator=gen) < 0.15
+        logits = model(window.masked_fill(masked, MASK))
+        loss = F.cross_entropy(logits[masked], window[masked])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def write_encoder(model: TinyEncoder, directory: Path) -> Path:
+    """The encoder as a Hugging Face BERT checkpoint (``bert.encoder.layer.N.*``), bf16."""
+    from safetensors.torch import save_file
+
+    h = model.shape.hidden
+    t = {"bert.embeddings.word_embeddings.weight": model.embed.weight,
+         "bert.embeddings.position_embeddings.weight": model.position.weight}
+    for i, block in enumerate(model.blocks.layers):
+        p = f"bert.encoder.layer.{i}."
+        w, b = block.self_attn.in_proj_weight, block.self_attn.in_proj_bias
+        for k, name in enumerate(("query", "key", "value")):
+            t[p + f"attention.self.{name}.weight"] = w[k * h : (k + 1) * h]
+            t[p + f"attention.self.{name}.bias"] = b[k * h : (k + 1) * h]
+        t[p + "attention.output.dense.weight"] = block.self_attn.out_proj.weight
+        t[p + "attention.output.dense.bias"] = block.self_attn.out_proj.bias
+        t[p + "attention.output.LayerNorm.weight"] = block.norm1.weight
+        t[p + "attention.output.LayerNorm.bias"] = block.norm1.bias
+        t[p + "intermediate.dense.weight"] = block.linear1.weight
+        t[p + "output.dense.weight"] = block.linear2.weight
+        t[p + "output.LayerNorm.weight"] = block.norm2.weight
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to(torch.bfloat16).contiguous() for k, v in t.items()}, directory / "model.safetensors")
+    config = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": h,
+              "num_hidden_layers": model.shape.layers, "num_attention_heads": model.shape.heads,
+              "intermediate_size": 4 * h, "vocab_size": VOCAB, "max_position_embeddings": CONTEXT}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def ensure_encoders(out: Path, fine_tuned: int = 2, log=print) -> dict[str, tuple[Path, str | None]]:
+    """Every encoder of ENCODERS trained from scratch (its own seed) and the first ``fine_tuned`` also
+    fine-tuned on other text; written under ``out`` once. Returns {name: (path, parent or None)}."""
+    models: dict[str, tuple[Path, str | None]] = {}
+    for k, shape in enumerate(ENCODERS):
+        name = f"encoder-{shape.layers}x{shape.hidden}"
+        base, child = out / name, out / f"{name}-finetune"
+        if not (base / "config.json").is_file() or (k < fine_tuned and not (child / "config.json").is_file()):
+            model = TinyEncoder(shape, 500 + k)
+            log(f"{name}: pre-trained, loss {train_encoder(model, ENCODER_PRETRAIN, 500 + k):.3f}")
+            write_encoder(model, base)
+            if k < fine_tuned:
+                log(f"{name}-finetune: loss {train_encoder(model, ENCODER_FINETUNE, 600 + k):.3f}")
+                write_encoder(model, child)
+        models[name] = (base, None)
+        if k < fine_tuned:
+            models[f"{name}-finetune"] = (child, name)
+    return models
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/data/trained")
     parser.add_argument("--bases", type=int, default=4, help="bases trained with their children")
     parser.add_argument("--strangers", type=int, default=8, help="more bases, trained alone")
+    parser.add_argument("--encoders", action="store_true", help="also train the encoders of other shapes")
     args = parser.parse_args()
     for seed in range(args.bases):
         ensure_family(Path(args.out), seed)
     for seed in range(args.bases, args.bases + args.strangers):
         ensure_family(Path(args.out), seed, children=False)
+    if args.encoders:
+        ensure_encoders(Path(args.out))
 
 
 if __name__ == "__main__":

@@ -33,10 +33,16 @@ def test_compare_json_and_plot(capsys, db, zoo_by_name, tmp_path):
     )
     assert code == 0
     data = json.loads(out)
-    assert set(data) >= {"a", "b", "paper_score", "score", "p_value", "verdict", "per_role", "alignment"}
+    assert set(data) >= {"a", "b", "paper_score", "score", "p_value", "verdict", "decided_by", "sketch", "curves"}
     assert data["a"].startswith("llama-a@") and data["b"].startswith("llama-a-pruned@")
     assert 0.9 < data["paper_score"] <= 1 and set(data["per_role"]) == set("qkvo")
-    assert data["verdict"] == "derived" and len(data["alignment"]) == 8  # every layer of the pruned copy
+    assert data["verdict"] == "derived" and data["decided_by"] == "sketch" and data["log10_p"] < -100
+    assert data["kind"] == "pruned or depth up-scaled"
+    # the sketch pairs each of the pruned copy's 8 layers with the one it came from (every third one dropped)
+    assert [(p["a"], p["b"]) for p in data["sketch"]["pairing"]] == [(0, 0), (2, 1), (3, 2), (5, 3), (6, 4),
+                                                                      (8, 5), (9, 6), (11, 7)]
+    curves = data["curves"]
+    assert len(curves["alignment"]) == 8 and curves["p_value"] <= 0.01 and curves["null"]["size"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
@@ -55,8 +61,8 @@ def test_match(capsys, db):
     data = json.loads(out)
     assert code == 0 and data["query"].startswith("gpt2-a-ft@") and len(data["matches"]) == 3
     assert all(m["model"].startswith("gpt2-a") for m in data["matches"])
-    scores = [m["score"] for m in data["matches"]]
-    assert scores == sorted(scores, reverse=True)
+    strength = [m["log10_p"] for m in data["matches"]]  # strongest evidence first
+    assert strength == sorted(strength) and data["matches"][0]["decided_by"] == "sketch"
 
 
 def test_sql_json_csv_and_table(capsys, db, zoo):
@@ -123,7 +129,9 @@ def test_demo(capsys, tmp_path):
     assert code == 0 and len(data["rows"]) == sum(1 for e in truth if e.parent)
     assert all(r["family_hit"] and r["verdict"] == "derived" for r in data["rows"])
     kinds = {"finetune": "fine-tune", "continued": "continued training", "pruned": "pruned or depth up-scaled",
-             "moe_upcycle": "MoE upcycle", "quantized": "quantized copy"}
+             "moe_upcycle": "MoE upcycle", "quantized": "quantized copy",
+             "permuted": "possible evasion (permuted or rotated weights)",
+             "rotated": "rotated residual stream (possible evasion)"}
     assert [r["kind"] for r in data["rows"]] == [kinds[r["relation"]] for r in data["rows"]]
     assert "derived" not in data["stranger_verdicts"]
     assert (tmp_path / "zoo" / "compare.png").is_file() and (tmp_path / "zoo" / "lineage.csv").is_file()

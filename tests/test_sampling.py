@@ -36,7 +36,7 @@ def write_matrices(directory, seeds, rows=2048, cols=2048):
 
 def test_spread_runs_beat_row_blocks(tmp_path):
     tensors = write_matrices(tmp_path / "m", seeds=range(6))
-    _, sig = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(fraction=0.02, seed=1))
+    _, sig = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(fraction=0.02))
     rng = np.random.default_rng(1)
     run_err, block_err, reported = [], [], []
     for stat in sig.layers:
@@ -56,8 +56,8 @@ def test_spread_runs_beat_row_blocks(tmp_path):
 
 def test_target_error_raises_the_fraction(tmp_path):
     write_matrices(tmp_path / "m", seeds=[7, 8])
-    _, loose = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(fraction=0.005, seed=2))
-    _, tight = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(target_se=0.004, seed=2))
+    _, loose = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(fraction=0.005))
+    _, tight = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(target_se=0.004))
     assert tight.bytes_read > loose.bytes_read
     assert all(s.std_se <= 0.004 for s in tight.layers)
 
@@ -75,7 +75,7 @@ def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
     sources = [e.path for e in larger_zoo if e.relation != "quantized"]
     run_batch(sources, exact_store, progress=False)
     report = run_batch(sources, sampled_store, progress=False,
-                       config=ScanConfig(sample=SamplePlan(target_se=0.02, seed=3)))
+                       config=ScanConfig(sample=SamplePlan(target_se=0.02)))
     assert all(s.sampled for s in report.records)
     exact_bytes = exact_store.connect().execute("SELECT sum(bytes_read) FROM signatures").fetchone()[0]
     # flat curves demand near-exact points on matrices this small; big savings need big tensors (bench/)
@@ -97,8 +97,8 @@ def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
         if e.parent and e.relation != "quantized":
             a, b = sampled[e.model], sampled[e.parent]
             assert judge(a, b).verdict == "derived", e.model
-    for name in names:  # the nearest model keeps its family
-        best = max(
+    for name in (n for n in names if not n.endswith(("-permuted", "-rotated"))):  # the nearest keeps its family
+        best = max(  # (by the seed method's score, which the two evasions are built to fool)
             (n for n in names if n != name), key=lambda n: paper_score(sampled[name].curves, sampled[n].curves).score
         )
         assert root[best] == root[name]
@@ -110,6 +110,25 @@ def test_sample_flag_validation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["scan", str(tmp_path), "--sample", "1.5"])
     assert "not a fraction" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["scan", str(tmp_path), "--sample", "0.1", "--sample-runs", "0"])
-    assert "0 is not a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.05])
+def test_sampled_scan_scores_like_its_exact_scan(larger_zoo, fraction):
+    """Each feature carries its standard error, and the curve score leaves out the ones a sample leaves too
+    noisy: a sampled scan scores >= 0.98 against its own exact scan and gets the same verdict and kind."""
+    from lineage_scanner.lineage.score import evidence
+    from tests.conftest import judge
+
+    plan = SamplePlan(fraction=fraction)
+    by_name = {e.model: e for e in larger_zoo}
+    for e in larger_zoo:
+        if e.relation == "quantized":
+            continue
+        exact, sampled = scan_strict(e.path, CPU, set())[1], scan_strict(e.path, CPU, set(), sample=plan)[1]
+        assert sampled.sampled and sampled.invariant_se
+        ev = evidence(sampled.invariants, exact.invariants, sampled.invariant_se, exact.invariant_se, surrogate=False)
+        assert ev.score >= 0.98, (e.model, ev.score)
+        if e.parent:
+            parent = scan_strict(by_name[e.parent].path, CPU, set())[1]
+            want, got = judge(exact, parent), judge(sampled, parent)
+            assert (got.verdict, got.kind) == (want.verdict, want.kind), e.model

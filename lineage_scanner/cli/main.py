@@ -35,7 +35,7 @@ def cmd_scan(args) -> int:
         raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
     sample = None
     if args.sample is not None or args.sample_error is not None:
-        sample = SamplePlan(args.sample, args.sample_error, max_runs=args.sample_runs)
+        sample = SamplePlan(args.sample, args.sample_error)
     summary = run_batch(sources, store, choose_executor(args.workers, args.address),
                         config=ScanConfig(args.backend, args.force, sample), progress=not args.quiet)
     for record in summary.failed:
@@ -79,13 +79,22 @@ def cmd_catalog(args) -> int:
 
 
 def verdict_json(v) -> dict:
+    """A verdict with both kinds of evidence: which one decided, and what each said."""
+    sketch = v.sketch
     return {
-        "a": v.a, "b": v.b, "paper_score": v.paper.score, "score": v.evidence.score, "p_value": v.p_value,
-        "verdict": v.verdict, "reason": v.reason, "kind": v.kind,
-        "per_role": v.paper.per_role, "per_feature": v.evidence.per_feature,
-        "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment], "p_null": v.p_null,
-        "p_permutation": v.evidence.permutation_p,
-        "null": {"source": v.null.source, "size": v.null_size, "excluded": v.null.excluded} if v.null else None,
+        "a": v.a, "b": v.b, "verdict": v.verdict, "kind": v.kind, "reason": v.reason, "decided_by": v.decided_by,
+        "p_value": v.p_value, "log10_p": v.log10_p, "paper_score": v.paper.score, "score": v.evidence.score,
+        "sketch": None if sketch is None else {
+            "score": sketch.score, "p_value": sketch.p_value, "log10_p": sketch.log10_p,
+            "channels": list(sketch.roles), "spread": sketch.spread,
+            "pairing": [{"a": i, "b": j, "r": r} for (i, j), r in zip(sketch.pairing, sketch.r)],
+        },
+        "curves": {
+            "score": v.evidence.score, "p_value": v.p_curves, "p_null": v.p_null, "p_surrogate": v.evidence.surrogate_p,
+            "per_feature": v.evidence.per_feature, "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment],
+            "null": {"source": v.null.source, "size": v.null_size, "excluded": v.null.excluded} if v.null else None,
+        },
+        "per_role": v.paper.per_role,
     }
 
 
@@ -110,17 +119,27 @@ def cmd_compare(args) -> int:
         return 0
     print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
     print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
-    print(f"score        {fmt(v.evidence.score)}   p = {fmt(v.p_value)}  (null: {v.null_size} unrelated pairs"
-          f" from the {v.null.source}; layer-order permutation p = {fmt(v.evidence.permutation_p)})")
-    print(f"paper_score  {fmt(v.paper.score)}")
-    for role, r in v.paper.per_role.items():
-        print(f"  {role}  r = {fmt(r)}")
+    print(f"decided by   {v.decided_by or 'nothing: no evidence applies'}")
+    if v.sketch is not None:
+        s = v.sketch
+        print(f"sketch       |r| = {fmt(s.score)}   p = 1e{s.log10_p:.1f}  (exact null; roles {', '.join(s.roles)}; "
+              f"{len(s.pairing)} layer pairs)")
+        moved = [(i, j) for i, j in s.pairing if i != j]
+        if moved:
+            print(f"  layers paired out of order (a, b): {moved}")
+    else:
+        print("sketch       does not apply: no attention matrix has the same shape in both")
+    print(f"curves       score {fmt(v.evidence.score)}   p = {fmt(v.p_curves)}  (reference: {v.null_size} unrelated "
+          f"pairs from the {v.null.source}, p = {fmt(v.p_null)}; surrogates p = {fmt(v.evidence.surrogate_p)})")
     for name, r in v.evidence.per_feature.items():
         print(f"  {name}  r = {fmt(r)}")
     gaps_a = sorted(set(range(a.n_layers or 0)) - {i for i, _ in v.evidence.alignment})
     gaps_b = sorted(set(range(b.n_layers or 0)) - {j for _, j in v.evidence.alignment})
     if gaps_a or gaps_b:
-        print(f"unaligned layers: {a.model} {gaps_a}, {b.model} {gaps_b}")
+        print(f"  unaligned layers: {a.model} {gaps_a}, {b.model} {gaps_b}")
+    print(f"paper_score  {fmt(v.paper.score)}  (the seed method, for reference)")
+    for role, r in v.paper.per_role.items():
+        print(f"  {role}  r = {fmt(r)}")
     if args.plot:
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
@@ -136,20 +155,25 @@ def cmd_match(args) -> int:
     store = Store(args.db)
     query = signature_for(args.source, store, args.backend)
     candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
-    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates),
-                      key=lambda v: -v.evidence.score if math.isfinite(v.evidence.score) else math.inf)
+    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates), key=_strength)
     qs = q_values([v.p_value for v in verdicts])
     rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,
-             "p_value": v.p_value, "q_value": q, "verdict": v.verdict, "kind": v.kind,
+             "sketch_score": v.sketch.score if v.sketch else None, "decided_by": v.decided_by,
+             "p_value": v.p_value, "log10_p": v.log10_p, "q_value": q, "verdict": v.verdict, "kind": v.kind,
              "paper_score": v.paper.score} for v, q in zip(verdicts, qs)][: args.top]
     if args.json:
         print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
     else:
         print(f"nearest to {query.model}@{query.revision}:")
-        print_table(["model", "score", "p", "q", "verdict", "kind", "paper_score"],
-                     [(r["model"], r["score"], r["p_value"], r["q_value"], r["verdict"], r["kind"] or "",
-                       r["paper_score"]) for r in rows])
+        print_table(["model", "sketch", "score", "log10 p", "q", "verdict", "kind", "paper_score"],
+                     [(r["model"], r["sketch_score"], r["score"], r["log10_p"], r["q_value"], r["verdict"],
+                       r["kind"] or "", r["paper_score"]) for r in rows])
     return 0
+
+
+def _strength(v) -> tuple[float, float]:
+    """Strongest evidence first: the deciding p-value (in logs), then the curve score."""
+    return v.log10_p, -v.evidence.score if math.isfinite(v.evidence.score) else math.inf
 
 
 def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
@@ -298,8 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate large tensors from this fraction of their elements, in spread runs")
     p.add_argument("--sample-error", type=_fraction, metavar="E",
                    help="raise the sampled fraction per tensor until std's relative standard error <= E")
-    p.add_argument("--sample-runs", type=_positive, default=16, metavar="N",
-                   help="runs (range requests) per tensor part when sampling (default 16)")
     p.add_argument("--workers", type=_positive, help="scan on Ray with this many workers (default: in this "
                    "process; with --address or RAY_ADDRESS, one worker per GPU, else per CPU)")
     p.add_argument("--address", help="scan on this Ray cluster (or set RAY_ADDRESS); without it or --workers, "

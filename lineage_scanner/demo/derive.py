@@ -59,3 +59,61 @@ def fold_norms(parent: ToyModel, name: str) -> ToyModel:
             layer[role] = layer[role] * gain
         layer["attn_norm"] = np.ones_like(layer["attn_norm"])
     return child
+
+
+def permute_heads(parent: ToyModel, name: str, seed: int) -> ToyModel:
+    """An evasion that keeps the function: in every layer, the key/value heads (with their groups of query
+    heads) and the query heads within each group reordered, no head left in place, and O's input columns
+    reordered to match; the MLP's hidden units too. Every moment stays, every weight moves."""
+    rng = np.random.default_rng(seed)
+    child = parent.renamed(name)
+    hd, groups = child.head_dim, child.n_kv_heads
+    per_group = child.n_heads // groups
+    for layer in child.layers:
+        kv = _derangement(rng, groups)
+        q_heads = np.concatenate([g * per_group + _derangement(rng, per_group) for g in kv])
+        q_rows = (q_heads[:, None] * hd + np.arange(hd)).reshape(-1)
+        kv_rows = (kv[:, None] * hd + np.arange(hd)).reshape(-1)
+        layer["q"], layer["o"] = layer["q"][q_rows], layer["o"][:, q_rows]
+        layer["k"], layer["v"] = layer["k"][kv_rows], layer["v"][kv_rows]
+        for role, rows in (("q_bias", q_rows), ("k_bias", kv_rows), ("v_bias", kv_rows)):
+            if role in layer:
+                layer[role] = layer[role][rows]
+        if "gate" in layer:
+            units = _derangement(rng, layer["gate"].shape[0])
+            layer["gate"], layer["up"] = layer["gate"][units], layer["up"][units]
+            layer["down"] = layer["down"][:, units]
+    return child
+
+
+def rotate_residual(parent: ToyModel, name: str, seed: int) -> ToyModel:
+    """An evasion that keeps the function of an RMSNorm model: norm gains folded into the matrices they
+    feed, then the residual stream rotated by one random orthogonal matrix R (inputs W·Rᵀ, outputs R·W, the
+    embedding E·Rᵀ), as SliceGPT-style rotations do. Stds survive a rotation; kurtosis and positions do not."""
+    rng = np.random.default_rng(seed)
+    child = fold_norms(parent, name)
+    rotation, _ = np.linalg.qr(rng.standard_normal((child.hidden, child.hidden)))
+    rotation = rotation.astype(np.float32)
+    for layer in child.layers:
+        if "gate" in layer:
+            for role in ("gate", "up"):
+                layer[role] = layer[role] * layer["mlp_norm"][None, :]
+            layer["mlp_norm"] = np.ones_like(layer["mlp_norm"])
+        for role in ("q", "k", "v", "gate", "up"):
+            if role in layer:
+                layer[role] = layer[role] @ rotation.T
+        for role in ("o", "down"):
+            if role in layer:
+                layer[role] = rotation @ layer[role]
+    child.embed = child.embed @ rotation.T
+    return child
+
+
+def _derangement(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random order of range(n) that leaves nothing in place (a cyclic shift of a shuffle, for n >= 2)."""
+    if n < 2:
+        return np.arange(n)
+    order = rng.permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.roll(order, 1)
+    return out

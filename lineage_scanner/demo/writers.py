@@ -139,6 +139,14 @@ def _save(tensors: dict[str, torch.Tensor], directory: Path, shards: int) -> Non
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def _rope_permuted(weight: np.ndarray, model: ToyModel, role: str) -> np.ndarray:
+    """Q and K rows in llama.cpp's rotary order: its converter interleaves each head's two halves."""
+    if role == "v":
+        return weight
+    heads = model.n_heads if role == "q" else model.n_kv_heads
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
 def write_gguf(model: ToyModel, path: Path, qtype: str = "Q8_0") -> Path:
     """Export as llama.cpp does: ``blk.N.*`` names, 2-D weights quantized to ``qtype``, norms in F32."""
     from gguf import GGMLQuantizationType, GGUFWriter
@@ -169,7 +177,8 @@ def write_gguf(model: ToyModel, path: Path, qtype: str = "Q8_0") -> Path:
             add(p + "attn_qkv.weight", np.concatenate([layer["q"], layer["k"], layer["v"]]))
         else:
             for role in "qkv":
-                add(p + f"attn_{role}.weight", layer[role])
+                weight = _rope_permuted(layer[role], model, role) if arch == "llama" else layer[role]
+                add(p + f"attn_{role}.weight", weight)
         for role in "qkv":
             if f"{role}_bias" in layer and model.style == "qwen2":
                 add(p + f"attn_{role}.bias", layer[f"{role}_bias"])

@@ -3,7 +3,8 @@
 Five bases in four families (two independent llama-style bases act as same-architecture strangers),
 each with a light fine-tune, a heavy continued-training drift, a pruned copy, a fine-grained MoE
 upcycle and a quantized GGUF export; four also have a quantized safetensors copy (GPTQ, AWQ, fp8,
-bitsandbytes NF4). ``lineage.csv`` records the truth. The zoo is also the test
+bitsandbytes NF4), and one has two function-preserving evasions (heads permuted, residual stream rotated)
+whose cards claim training from scratch. ``lineage.csv`` records the truth. The zoo is also the test
 fixture, so it is deterministic: the same arguments always write the same bytes.
 """
 
@@ -13,7 +14,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineage_scanner.demo.derive import drift, prune
+from lineage_scanner.demo.derive import drift, permute_heads, prune, rotate_residual
 from lineage_scanner.demo.quantize import write_quantized
 from lineage_scanner.demo.writers import write_card, write_gguf, write_hf
 from lineage_scanner.lineage.generator import base_model
@@ -29,10 +30,12 @@ class Family:
     shards: int = 1
     #: the scheme of a quantized safetensors copy (see lineage_scanner.demo.quantize), if the family has one
     hub_quant: str | None = None
+    #: whether the family also has the two function-preserving evasions (permuted heads, rotated residual)
+    evasions: bool = False
 
 
 FAMILIES = (
-    Family("llama-a", "llama", 11, 12, "Q8_0", hub_quant="gptq"),
+    Family("llama-a", "llama", 11, 12, "Q8_0", hub_quant="gptq", evasions=True),
     Family("llama-b", "llama", 12, 12, "Q4_0", hub_quant="awq"),
     Family("qwen2-a", "qwen2", 21, 10, "Q8_0", hub_quant="fp8"),
     Family("gpt2-a", "gpt2", 31, 12, "Q4_0"),
@@ -44,7 +47,7 @@ FAMILIES = (
 class ZooEntry:
     model: str
     parent: str | None
-    relation: str  # base | finetune | continued | pruned | moe_upcycle | quantized
+    relation: str  # base | finetune | continued | pruned | moe_upcycle | quantized | permuted | rotated
     path: str
 
 
@@ -77,6 +80,11 @@ def build_zoo(out: str | Path, hidden: int = 128, families: tuple[Family, ...] =
             directory = write_quantized(base.renamed(name), out / name, fam.hub_quant)
             write_card(directory, fam.name)
             entries.append(ZooEntry(name, fam.name, "quantized", str(directory)))
+        if fam.evasions:
+            entries.append(_hf(permute_heads(base, f"{fam.name}-permuted", fam.seed + 500), out, fam.name, "permuted",
+                               declare=False))
+            entries.append(_hf(rotate_residual(base, f"{fam.name}-rotated", fam.seed + 600), out, fam.name, "rotated",
+                               declare=False))
     out.mkdir(parents=True, exist_ok=True)
     tmp = truth.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:

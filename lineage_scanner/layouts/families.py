@@ -49,6 +49,8 @@ class FamilySpec:
     model_types: tuple[str, ...] = ()
     #: ``general.architecture`` values of GGUF files converted from the family
     gguf_archs: tuple[str, ...] = ()
+    #: roles whose rows a GGUF converter reordered for its rotary layout (llama.cpp does for ``llama``)
+    rope_rows: tuple[str, ...] = ()
     #: how this spec was chosen: "table" (a known family) or "name-patterns" (the fallback)
     source: str = field(default="table", compare=False)
 
@@ -147,6 +149,10 @@ def is_moe(name: str | None) -> bool:
     return bool(spec and spec.moe)
 
 
+#: GGUF architectures whose Q/K rows llama.cpp's converter permutes (its "normal" rotary layout).
+ROPE_PERMUTED_ARCHS = ("llama",)
+
+
 def gguf_family(metadata: Mapping[str, object]) -> FamilySpec:
     """The family a GGUF file was converted from, with GGUF's names and storage conventions.
 
@@ -158,4 +164,5 @@ def gguf_family(metadata: Mapping[str, object]) -> FamilySpec:
         spec = BY_MODEL_TYPE["mixtral"]
     if spec is None:
         return replace(PATTERNS, name=arch, names=GGUF_NAMES)
-    return replace(spec, names=GGUF_NAMES, transposed=False, norm_offset=0.0)
+    return replace(spec, names=GGUF_NAMES, transposed=False, norm_offset=0.0,
+                   rope_rows=("q", "k") if arch in ROPE_PERMUTED_ARCHS else ())

@@ -37,6 +37,8 @@ class Layout:
     spec: FamilySpec
     n_layers: int
     parts: tuple[Part, ...]
+    #: from the config, where it gives the head counts
+    head_dim: int | None = None
 
     @property
     def family(self) -> str:
@@ -78,7 +80,8 @@ def resolve(spec: FamilySpec, tensors: dict[str, TensorInfo], shape: Shape | Non
     depth = max(p.layer for p in parts) + 1
     if n_layers is not None and n_layers > depth:
         raise ConfigError(path, f"config declares {n_layers} layers but attention tensors stop at layer {depth - 1}")
-    return Layout(spec, depth, tuple(sorted(parts, key=lambda p: (p.layer, p.role))))
+    return Layout(spec, depth, tuple(sorted(parts, key=lambda p: (p.layer, p.role))),
+                  shape.head_dim if shape else None)
 
 
 def _split(spec: Fused, layer: int, info: TensorInfo, shape: Shape | None, config: dict,

@@ -101,8 +101,8 @@ def synthetic(depth_a: int, depth_b: int, pairs: int = PAIRS) -> Null:
     path = _cache_file(depth_a, depth_b, pairs)
     with contextlib.suppress(OSError, ValueError):
         return Null(tuple(json.loads(path.read_text())), "synthetic")
-    scores = (evidence(synthetic_features(depth_a, 2 * i), synthetic_features(depth_b, 2 * i + 1)).score
-              for i in range(pairs))
+    scores = (evidence(synthetic_features(depth_a, 2 * i), synthetic_features(depth_b, 2 * i + 1),
+                       surrogate=False).score for i in range(pairs))
     null = Null(tuple(s for s in scores if math.isfinite(s)), "synthetic")
     with contextlib.suppress(OSError):  # a read-only home just means no disk cache
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,8 @@ def _store_pairs(store, index: str, like_a: tuple, like_b: tuple) -> tuple[tuple
              if (x.model < y.model or (x.model != y.model and side_a is not side_b))
              and not lineage[x.model] & lineage[y.model]]
     chosen = sorted(np.random.default_rng(0).permutation(len(pairs))[:MAX_STORE_PAIRS])
-    scored = ((pairs[i][0].model, pairs[i][1].model, evidence(pairs[i][0].invariants, pairs[i][1].invariants).score)
+    scored = ((pairs[i][0].model, pairs[i][1].model,
+               evidence(pairs[i][0].invariants, pairs[i][1].invariants, surrogate=False).score)
               for i in chosen)
     return tuple((x, y, s, roots[x], roots[y]) for x, y, s in scored if math.isfinite(s))
 

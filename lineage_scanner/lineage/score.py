@@ -1,99 +1,146 @@
-"""The feature score: invariant feature curves, aligned over depth, correlated.
+"""The curve score: invariant feature curves, aligned over depth, correlated, and judged against surrogates.
 
 Each feature curve (see :mod:`lineage_scanner.signature.features`) is z-scored per model; features that
-are flat or missing are left out. Layers are aligned by dynamic programming (monotone, with a gap cost),
-so pruned, truncated and depth-up-scaled models align with their parents layer by layer; the score is the
-mean Pearson r of the features over aligned layers. Where two models have equal depth and align one to
-one, an exact permutation test of layer order is run too (see :func:`permutation_p`).
+are flat, missing, or too noisy for their shape (a sampled scan's standard errors, see :func:`usable`)
+are left out. Layers are aligned by dynamic programming (monotone, with a gap cost), so pruned,
+truncated and depth-up-scaled models align with their parents layer by layer; the score is the mean
+Pearson r of the features over aligned layers.
+
+Models of one era share depth trends (stds that rise with depth, kurtosis that peaks early), so a high
+score alone proves little. :func:`surrogate_p` asks how often curves with the same trends but unrelated
+wiggles score as high: each model's curves are split into a smooth trend (a quadratic in relative
+depth) and a residual, the residual's phases are randomised (keeping its spectrum, so its smoothness),
+and the surrogate pairs are aligned and scored exactly as the judged pair was, gaps and all.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from lineage_scanner.curves import pearson, zscore
+from lineage_scanner.curves import zscore
 from lineage_scanner.signature.record import FEATURES
 
 GAP = 0.6
-#: A feature whose curve moves less than this (std of its log values over layers) carries no shape.
+#: A feature whose curve moves less than this (std of its values over layers) carries no shape.
 FLAT = 0.01
-#: Permutations for the layer-order test; up to 6 layers (720 orders) every one is enumerated instead.
-PERMUTATIONS = 2000
+#: A sampled feature is kept while its points' error (RMS) is at most this share of how much the curve
+#: moves: Pearson's r then loses at most ~1% to the noise.
+NOISE_SHARE = 0.15
+#: Surrogate pairs per test: p resolves down to 1 / (SURROGATES + 1) = 0.0005.
+SURROGATES = 1999
+#: Degree of the depth trend each model keeps in its surrogates.
+TREND_DEGREE = 2
 
 
-def _matrix(features: dict[str, list[float]]) -> tuple[np.ndarray, list[str]]:
-    """Layers × usable features, each z-scored; features that are flat or missing are left out."""
+def usable(features: dict[str, list[float]], errors: dict[str, list[float]] | None = None
+           ) -> tuple[np.ndarray, list[str]]:
+    """Layers × usable features, each z-scored; features that are flat, missing or too noisy left out."""
     depth = len(next((v for v in features.values() if v is not None), []))
     names = [n for n in FEATURES if features.get(n) is not None and len(features[n]) == depth]
     if depth < 3 or not names:
         return np.empty((depth, 0)), []
     x = np.array([features[n] for n in names], dtype=np.float64).T
     with np.errstate(invalid="ignore"):
-        keep = np.isfinite(x).all(axis=0) & (x.std(axis=0) >= FLAT)
+        spread = x.std(axis=0)
+        keep = np.isfinite(x).all(axis=0) & (spread >= FLAT)
+        if errors:
+            noise = np.array([math.sqrt(np.nanmean(np.square(errors[n]))) if errors.get(n) else 0.0
+                              for n in names])
+            keep &= ~(noise > NOISE_SHARE * spread)
     kept = zscore(x[:, keep]) if keep.any() else None
     if kept is None:
         return np.empty((depth, 0)), []
     return kept, [n for n, k in zip(names, keep) if k]
 
 
-def align(a: np.ndarray, b: np.ndarray, gap: float = GAP) -> list[tuple[int, int]]:
-    """Monotone alignment of two layer sequences maximising similarity minus gap costs (Needleman-Wunsch).
+def align(xa: np.ndarray, xb: np.ndarray, gap: float = GAP) -> np.ndarray:
+    """Monotone alignments of pairs of layer sequences maximising similarity minus gap costs
+    (Needleman-Wunsch), for a batch: ``xa`` [B, n, f] and ``xb`` [B, m, f] give a [B, n, m] mask of
+    matched layers.
 
-    Rows of the DP are computed as whole vectors: a row's best "gap in a" run is a running maximum, so
-    ``match`` re-scores hundreds of pairs without a compiler. Ties prefer a match, then a gap in ``b``."""
-    sim = 1.0 - ((a[:, None, :] - b[None, :, :]) ** 2).mean(axis=2) / 2.0
-    n, m = sim.shape
+    Rows of the DP are whole vectors over the batch and one model's layers: a row's best "gap in a" run is
+    a running maximum, so thousands of surrogate pairs align in the time of a few. Ties prefer a match,
+    then a gap in ``b``."""
+    sim = 1.0 - ((xa[:, :, None, :] - xb[:, None, :, :]) ** 2).mean(axis=3) / 2.0
+    batch, n, m = sim.shape
     steps = gap * np.arange(m + 1)
-    score = np.empty((n + 1, m + 1))
-    score[0] = -steps
-    move = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 match, 1 gap in b (up), 2 gap in a (left)
+    prev = np.broadcast_to(-steps, (batch, m + 1))
+    move = np.zeros((batch, n + 1, m + 1), dtype=np.int8)  # 0 match, 1 gap in b (up), 2 gap in a (left)
     for i in range(1, n + 1):
-        diag = score[i - 1, :-1] + sim[i - 1]
-        up = score[i - 1, 1:] - gap
-        best = np.maximum(diag, up)
-        row = np.empty(m + 1)
-        row[0] = -gap * i
-        row[1:] = best
+        diag = prev[:, :-1] + sim[:, i - 1]
+        up = prev[:, 1:] - gap
+        row = np.empty((batch, m + 1))
+        row[:, 0] = -gap * i
+        row[:, 1:] = np.maximum(diag, up)
         # row[j] = max(best[j], row[j-1] - gap): a running maximum of row + steps, shifted back
-        row = np.maximum.accumulate(row + steps) - steps
-        left = row[:-1] - gap
-        move[i, 1:] = np.where((diag >= up) & (diag >= left), 0, np.where(up >= left, 1, 2))
-        score[i] = row
-    pairs, i, j = [], n, m
-    while i > 0 and j > 0:
-        if move[i, j] == 0:
-            pairs.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif move[i, j] == 1:
-            i -= 1
-        else:
-            j -= 1
-    return pairs[::-1]
+        row = np.maximum.accumulate(row + steps, axis=1) - steps
+        left = row[:, :-1] - gap
+        move[:, i, 1:] = np.where((diag >= up) & (diag >= left), 0, np.where(up >= left, 1, 2))
+        prev = row
+    matched = np.zeros((batch, n, m), dtype=bool)
+    rows = np.arange(batch)
+    i, j = np.full(batch, n), np.full(batch, m)
+    while True:
+        live = (i > 0) & (j > 0)
+        if not live.any():
+            return matched
+        step = np.where(live, move[rows, i, j], -1)
+        hit = step == 0
+        matched[rows[hit], i[hit] - 1, j[hit] - 1] = True
+        i = i - ((step == 0) | (step == 1))
+        j = j - ((step == 0) | (step == 2))
 
 
-def permutation_p(xa: np.ndarray, xb: np.ndarray, observed: float, rounds: int = PERMUTATIONS,
-                  seed: int = 0) -> float:
-    """Chance that shuffling the layers of ``b`` scores as high as ``observed``: exact over every
-    permutation when there are at most ``rounds`` of them, else from ``rounds`` random ones.
+def correlations(xa: np.ndarray, xb: np.ndarray, matched: np.ndarray) -> np.ndarray:
+    """Pearson r per feature over each alignment's matched layers: [B, f]; NaN under 3 matched layers."""
+    w = matched.astype(np.float64)
+    count = w.sum(axis=(1, 2))[:, None]
+    sa, sb = np.einsum("bnm,bnf->bf", w, xa), np.einsum("bnm,bmf->bf", w, xb)
+    saa, sbb = np.einsum("bnm,bnf->bf", w, xa * xa), np.einsum("bnm,bmf->bf", w, xb * xb)
+    sab = np.einsum("bnm,bnf,bmf->bf", w, xa, xb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (count * sab - sa * sb) / np.sqrt((count * saa - sa * sa) * (count * sbb - sb * sb))
+    r[np.broadcast_to(count < 3, r.shape)] = np.nan
+    return r
 
-    Columns are z-scored, so the score of a permutation is a mean of inner products. It tests layer
-    correspondence against layers in random order; curves that share a depth trend are not exchangeable,
-    which is why the verdict also needs the null of unrelated models."""
-    n = len(xa)
-    if math.factorial(n) <= rounds:
-        orders = np.array(list(itertools.permutations(range(n))))
-    else:
-        rng = np.random.default_rng(seed)
-        orders = np.argsort(rng.random((rounds, n)), axis=1)
-    za, zb = zscore(xa), zscore(xb)
-    scores = np.einsum("if,pif->p", za, zb[orders]) / (n * za.shape[1])
-    hits = int((scores >= observed - 1e-12).sum())
-    exact = len(orders) == math.factorial(n)
-    return hits / len(orders) if exact else (1 + hits) / (1 + len(orders))
+
+def surrogates(x: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``draws`` surrogates of a layers × features matrix: its depth trend plus its residual with randomised
+    phases (the same phases for every feature, so features keep their cross-correlation), z-scored: [draws,
+    n, f]."""
+    n = len(x)
+    t = np.linspace(-1.0, 1.0, n)
+    basis = np.vander(t, TREND_DEGREE + 1)
+    trend = basis @ np.linalg.lstsq(basis, x, rcond=None)[0]
+    spectrum = np.fft.rfft(x - trend, axis=0)
+    phases = rng.uniform(0, 2 * np.pi, (draws, spectrum.shape[0], 1))
+    phases[:, 0] = 0.0  # the mean stays the mean
+    if n % 2 == 0:  # the Nyquist term stays real
+        phases[:, -1] = np.pi * rng.integers(0, 2, (draws, 1))
+    residual = np.fft.irfft(spectrum[None] * np.exp(1j * phases), n=n, axis=1)
+    out = trend[None] + residual
+    spread = out.std(axis=1, keepdims=True)
+    return (out - out.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+
+def surrogate_p(xa: np.ndarray, xb: np.ndarray, observed: float, draws: int = SURROGATES, seed: int = 0) -> float:
+    """Chance that two models with these depth trends but unrelated curves otherwise score ``observed`` or
+    more, aligned as freely: (1 + hits) / (1 + draws)."""
+    rng = np.random.default_rng(seed)
+    done, hits = 0, 0
+    while done < draws:  # in chunks, to bound memory at long depths
+        size = min(500, draws - done)
+        sa, sb = surrogates(xa, size, rng), surrogates(xb, size, rng)
+        r = correlations(sa, sb, align(sa, sb))
+        finite = np.isfinite(r)
+        scores = np.where(finite.any(axis=1), np.where(finite, r, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1),
+                          -np.inf)
+        hits += int(np.sum(scores >= observed - 1e-12))
+        done += size
+    return (1 + hits) / (1 + draws)
 
 
 @dataclass(frozen=True)
@@ -102,28 +149,28 @@ class Evidence:
     per_feature: dict[str, float]
     alignment: list[tuple[int, int]]
     features: list[str]
-    #: the layer-order permutation test, where it applies (equal depths aligned one to one)
-    permutation_p: float | None = None
+    #: the surrogate test of the score (see :func:`surrogate_p`), where the score could be computed
+    surrogate_p: float | None = None
 
 
-def evidence(a: dict[str, list[float]], b: dict[str, list[float]]) -> Evidence:
-    ma, na = _matrix(a)
-    mb, nb = _matrix(b)
+def evidence(a: dict[str, list[float]], b: dict[str, list[float]], a_errors: dict | None = None,
+             b_errors: dict | None = None, surrogate: bool = True) -> Evidence:
+    """The curve evidence of two models (features and their errors, see :func:`usable`); without
+    ``surrogate``, the score alone (what a null's own pairs need)."""
+    ma, na = usable(a, a_errors)
+    mb, nb = usable(b, b_errors)
     shared = [f for f in na if f in nb]
     if len(shared) == 0 or len(ma) < 3 or len(mb) < 3:
         return Evidence(math.nan, {}, [], shared)
     xa = ma[:, [na.index(f) for f in shared]]
     xb = mb[:, [nb.index(f) for f in shared]]
-    pairs = align(xa, xb)
+    matched = align(xa[None], xb[None])
+    pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(matched[0]))]
     if len(pairs) < 3:
         return Evidence(math.nan, {}, pairs, shared)
-    ia, ib = (list(t) for t in zip(*pairs))
-    r = np.atleast_1d(pearson(xa[ia], xb[ib]))
+    r = correlations(xa[None], xb[None], matched)[0]
     per = {f: float(r[k]) if np.isfinite(r[k]) else math.nan for k, f in enumerate(shared)}
     finite = [v for v in per.values() if math.isfinite(v)]
     score = float(np.mean(finite)) if finite else math.nan
-    perm = None
-    if math.isfinite(score) and len(xa) == len(xb) == len(pairs) and all(i == j for i, j in pairs):
-        usable = [k for k, f in enumerate(shared) if math.isfinite(per[f])]
-        perm = permutation_p(xa[:, usable], xb[:, usable], score)
-    return Evidence(score, per, pairs, shared, perm)
+    p = surrogate_p(xa, xb, score) if surrogate and math.isfinite(score) else None
+    return Evidence(score, per, pairs, shared, p)

@@ -5,11 +5,13 @@ interleaves heads) and measured by the backend, then merged per part. A per-tens
 one tensor at a time, released before the next is read, so memory stays near the largest tensor; a
 batched backend (Triton) gets a whole model's segments in one call, so one launch covers the model.
 With a :class:`SamplePlan`, large 2-D tensors are estimated from spread runs instead (see sampling.py).
+Either way each Q/K/V/O matrix also yields its positional sketch (see sketch.py).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,9 +28,22 @@ from lineage_scanner.measure.sampling import (
     SamplePlan,
     fraction_for,
     next_fraction,
+    placed,
     pooled,
     required_se,
-    runs_for,
+    run_length,
+)
+from lineage_scanner.measure.sketch import (
+    GRAM_ROLES,
+    SKETCH_RUNS,
+    SKETCHED_ROLES,
+    SketchPart,
+    anchor_rows,
+    anchors,
+    bands,
+    gram,
+    positions,
+    rope_row,
 )
 from lineage_scanner.readers.base import Reader, TensorInfo
 
@@ -65,37 +80,101 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
     for part in layout.parts:
         by_tensor[part.tensor].append(part)
     names = list(by_tensor)
-    sampled = {n for n in names if sample and _samplable(infos[n], by_tensor[n])}
+    sampled = {n for n in names if sample and _samplable(infos[n], by_tensor[n], layout)}
     exact = [n for n in names if n not in sampled]
     reader.prefetch(exact)
     batches = [exact] if backend.batched else [[name] for name in exact]
     stats: list[LayerStat] = []
     sums: list[ColumnSums] = []
     gains: dict[int, np.ndarray] = {}
+    sketches: list[RawSketch] = []
     for batch in batches:
-        stats.extend(_exact(reader, batch, by_tensor, backend, layout, sums, gains))
+        stats.extend(_exact(reader, batch, by_tensor, backend, layout, sums, gains, sketches))
     if sampled:
         stats.extend(_sampled(reader, [n for n in names if n in sampled], by_tensor, backend, sample, stats,
-                              layout, sums))
+                              layout, sums, sketches))
     stats = _fold(stats, sums, gains)
     dtypes: dict[str, int] = defaultdict(int)
     for name in names:
         dtypes[infos[name].dtype] += infos[name].nbytes
     dtype = max(dtypes, key=dtypes.get) if dtypes else "unknown"
-    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), dtype, any(s.std_se for s in stats))
+    sketch = tuple(sorted((p for r in sketches for p in r.folded(gains.get(r.part.layer))),
+                          key=lambda p: (p.layer, p.role, p.kind)))
+    return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), dtype, any(s.std_se for s in stats),
+                       sketch)
 
 
 def _fold(stats: list[LayerStat], sums: list[ColumnSums], gains: dict[int, np.ndarray]) -> list[LayerStat]:
     """Attach each Q/K/V part's folded std and kurtosis, from its column sums and its layer's norm gain."""
     folded = {(c.layer, c.role): c.folded(gains[c.layer]) for c in sums if c.layer in gains}
-    return [LayerStat(s.layer, s.role, s.moments, s.std_se, *(folded.get((s.layer, s.role)) or (None, None)))
-            for s in stats]
+    return [LayerStat(s.layer, s.role, s.moments, s.std_se, *(folded.get((s.layer, s.role)) or (None, None)),
+                      s.kurtosis_se) for s in stats]
 
 
-def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0) -> LayerStat:
+@dataclass(frozen=True)
+class RawSketch:
+    """A matrix's sketch as read, before its layer's norm gain is known: the runs' values (``part``), their
+    positions in the matrix (``flat``) and, for Q/K/V, the anchor rows whole (``rows``) for the Gram sketch."""
+
+    part: SketchPart
+    flat: np.ndarray
+    rows: np.ndarray | None = None
+
+    def folded(self, gain: np.ndarray | None) -> list[SketchPart]:
+        """The sketches of W·diag(γ) for Q/K/V (of W itself for O, or when the gain does not fit)."""
+        p = self.part
+        fits = gain is not None and gain.size == p.cols
+        values = p.values * gain[self.flat % p.cols] if fits and p.role != "o" else p.values
+        out = [SketchPart(p.layer, p.role, p.rows, p.cols, values.astype(np.float32))]
+        if self.rows is not None:
+            rows = self.rows * gain[None, :] if fits else self.rows
+            out.append(SketchPart(p.layer, p.role, p.rows, p.cols, gram(rows), "gram"))
+        return out
+
+
+def _sketch_of(part: Part, group: list[torch.Tensor], layout: Layout) -> RawSketch:
+    """The sketches of a part's matrix (its segments laid end to end along the part's axis), taken as
+    ``nn.Linear`` holds it ([out, in], rows in the order of the original checkpoint), whatever the format
+    stored, so that an export to another format has the same sketch."""
+    axis = part.axis
+    if layout.spec.transposed:  # GPT-2's Conv1D stores [in, out]
+        group, axis = [g.t() for g in group], 1 - axis
+    sizes = [g.shape[axis] for g in group]
+    rows, cols = (sum(sizes), group[0].shape[1]) if axis == 0 else (group[0].shape[0], sum(sizes))
+    edges = np.cumsum([0, *sizes])
+
+    def stored_row(r: np.ndarray) -> np.ndarray:
+        return rope_row(r, layout.head_dim) if part.role in layout.spec.rope_rows and layout.head_dim else r
+
+    def take(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        segment = np.searchsorted(edges, r if axis == 0 else c, side="right") - 1
+        values = np.empty(r.shape, np.float32)
+        for k, g in enumerate(group):
+            sel = segment == k
+            if sel.any():
+                rr, cc = (r[sel] - edges[k], c[sel]) if axis == 0 else (r[sel], c[sel] - edges[k])
+                values[sel] = g[torch.from_numpy(rr), torch.from_numpy(cc)].to(torch.float32).numpy()
+        return values
+
+    flat = positions(rows, cols)
+    r, c = np.divmod(flat, cols)
+    values = take(stored_row(r), c)
+    whole = None
+    if part.role in GRAM_ROLES and rows >= SKETCH_RUNS:
+        anchor = stored_row(anchor_rows(rows, cols))
+        whole = take(np.repeat(anchor, cols).reshape(-1, cols), np.tile(np.arange(cols), (len(anchor), 1)))
+    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat, whole)
+
+
+def _sketched(part: Part, group: list[torch.Tensor]) -> bool:
+    return part.role in SKETCHED_ROLES and group[0].dim() == 2
+
+
+def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0, kurtosis_se: float = 0.0
+             ) -> LayerStat:
     if total.nonfinite:
         raise NonFiniteError(info.file, f"tensor {info.name!r} holds {total.nonfinite} NaN/Inf values")
-    return LayerStat(part.layer, part.role, total, se)
+    return LayerStat(part.layer, part.role, total, se, kurtosis_se=kurtosis_se)
 
 
 FOLDED_ROLES = ("q", "k", "v")
@@ -107,18 +186,18 @@ def _column_sums(layer: int, role: str, group: list[torch.Tensor], powers: list[
 
 
 def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
-           layout: Layout | None = None, sums: list[ColumnSums] | None = None,
-           gains: dict[int, np.ndarray] | None = None) -> list[LayerStat]:
-    """Whole tensors through the backend; with ``sums``/``gains``, also what folding the norm needs. A
-    backend that can (CPU) takes a Q/K/V part's moments and column sums in one read."""
+           layout: Layout, sums: list[ColumnSums], gains: dict[int, np.ndarray] | None,
+           sketches: list[RawSketch]) -> list[LayerStat]:
+    """Whole tensors through the backend, with what folding the norm needs (``sums``, ``gains``) and each
+    matrix's sketch. A backend that can (CPU) takes a Q/K/V part's moments and column sums in one read."""
     infos = reader.tensors()
     tensors = {name: reader.read(name) for name in batch}
     pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
-    input_axis = 0 if layout and layout.spec.transposed else 1
+    input_axis = 0 if layout.spec.transposed else 1
     fused = getattr(backend, "partials_with_columns", None)
 
     def folds(part: Part, group: list[torch.Tensor]) -> bool:
-        return sums is not None and part.role in FOLDED_ROLES and group[0].dim() == 2
+        return part.role in FOLDED_ROLES and group[0].dim() == 2
 
     plain = iter(backend.partials([s for _, part, group in pieces if not (fused and folds(part, group))
                                    for s in group]))
@@ -137,7 +216,9 @@ def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], b
         for partial in partials:
             total = total + Moments.from_partial(partial)
         out.append(_checked(infos[name], part, total))
-        if gains is not None and part.role == "attn_norm" and layout and layout.spec.pre_norm:
+        if _sketched(part, group):
+            sketches.append(_sketch_of(part, group, layout))
+        if gains is not None and part.role == "attn_norm" and layout.spec.pre_norm:
             gains[part.layer] = tensors[name].to(torch.float64).reshape(-1).numpy() + layout.spec.norm_offset
     del tensors, pieces
     for name in batch:
@@ -145,63 +226,81 @@ def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], b
     return out
 
 
-def _samplable(info: TensorInfo, parts: list[Part]) -> bool:
-    return len(info.shape) == 2 and info.numel >= MIN_SAMPLED and all(
-        flat_spans(p, info.shape) is not None for p in parts)
+def _samplable(info: TensorInfo, parts: list[Part], layout: Layout) -> bool:
+    """Whether a tensor can be read as runs. Not when its sketch's runs would be strided in storage (a
+    transposed tensor, rows a GGUF converter reordered): those are few and small, and read whole."""
+    return (len(info.shape) == 2 and info.numel >= MIN_SAMPLED and not layout.spec.transposed
+            and all(flat_spans(p, info.shape) is not None and p.role not in layout.spec.rope_rows for p in parts))
 
 
 def _sampled(reader: Reader, names: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
-             plan: SamplePlan, exact: list[LayerStat], layout: Layout, sums: list[ColumnSums]) -> list[LayerStat]:
+             plan: SamplePlan, exact: list[LayerStat], layout: Layout, sums: list[ColumnSums],
+             sketches: list[RawSketch]) -> list[LayerStat]:
     """Sample every part. With a target error, a cheap survey first measures how much each role's curve
     moves between layers, then each part is estimated to the error its role needs (the target, or less for
     a flat curve: see :func:`lineage_scanner.measure.sampling.required_se`): lineage, not one std, sets the precision.
-    Q/K/V parts also add the column sums of their final sample to ``sums``, so the norm gain folds in."""
-    rng = np.random.default_rng(plan.seed)
+    Q/K/V parts also add the column sums of their final sample to ``sums``, so the norm gain folds in, and
+    every matrix its sketch (read by the final sample's runs) to ``sketches``."""
     parts = [(name, part) for name in names for part in by_tensor[name]]
     survey = None if plan.target_se is None else max(plan.target_se, SURVEY_SE)
-    out = {(n, p): _estimate(reader, n, p, backend, plan, survey, rng, layout) for n, p in parts}
+    out = {(n, p): _estimate(reader, n, p, backend, plan, survey, layout) for n, p in parts}
     if plan.target_se is not None:
         curves: dict[str, dict[int, float]] = defaultdict(dict)
-        for stat in [*exact, *(stat for stat, _ in out.values())]:
+        for stat in [*exact, *(stat for stat, _, _ in out.values())]:
             curves[stat.role][stat.layer] = stat.moments.std
         needed = {role: required_se(list(c.values()), plan.target_se) for role, c in curves.items()}
         for name, part in parts:  # always anew: the survey's own error estimate rests on too few elements
-            out[(name, part)] = _estimate(reader, name, part, backend, plan, needed[part.role], rng, layout)
-    sums.extend(c for _, c in out.values() if c is not None)
-    return [stat for stat, _ in out.values()]
+            out[(name, part)] = _estimate(reader, name, part, backend, plan, needed[part.role], layout)
+    sums.extend(c for _, c, _ in out.values() if c is not None)
+    sketches.extend(k for _, _, k in out.values() if k is not None)
+    return [stat for stat, _, _ in out.values()]
 
 
 def _estimate(reader: Reader, name: str, part: Part, backend: MomentsBackend, plan: SamplePlan,
-              target: float | None, rng: np.random.Generator, layout: Layout
-              ) -> tuple[LayerStat, ColumnSums | None]:
+              target: float | None, layout: Layout) -> tuple[LayerStat, ColumnSums | None, RawSketch | None]:
     """One part from stratified runs, at larger fractions until ``target`` is met; else read whole."""
     info = reader.tensors()[name]
     spans = flat_spans(part, info.shape)
     fraction = plan.fraction if target is None else fraction_for(target, sum(n for _, n in spans))
     for round_ in range(ROUNDS):
-        starts = _run_starts(rng, spans, fraction, plan.max_runs)
+        starts = _run_starts(spans, info.shape[1], fraction)
         if starts is None:
             break
-        runs = reader.read_runs(name, *starts)
-        total, se = pooled([Moments.from_partial(p) for p in backend.partials(list(runs))])
+        runs = reader.read_runs(name, starts.storage, starts.run)
+        total, se, kurtosis_se = pooled([Moments.from_partial(p) for p in backend.partials(list(runs))])
         if target is None or se <= target or round_ == ROUNDS - 1:
             sums = _sampled_column_sums(runs, starts, info.shape, part, layout.spec.transposed)
-            return _checked(info, part, total, se), sums
+            return _checked(info, part, total, se, kurtosis_se), sums, _sampled_sketch(part, runs, starts)
         fraction = next_fraction(fraction, se, target)
     sums: list[ColumnSums] = []
-    stat = _exact(reader, [name], {name: [part]}, backend, layout, sums)[0]
-    return stat, (sums[0] if sums else None)
+    sketches: list[RawSketch] = []
+    stat = _exact(reader, [name], {name: [part]}, backend, layout, sums, None, sketches)[0]
+    return stat, (sums[0] if sums else None), (sketches[0] if sketches else None)
 
 
-def _sampled_column_sums(runs: torch.Tensor, starts: tuple[np.ndarray, int], shape: tuple[int, ...], part: Part,
+@dataclass(frozen=True)
+class Runs:
+    """Where a sample's runs lie: ``storage`` starts in the flattened tensor, ``virtual`` ones in the part's
+    matrix (``rows`` x ``cols``: its spans laid end to end), each ``run`` long and covering the sketch's run
+    at ``anchors``."""
+
+    storage: np.ndarray
+    virtual: np.ndarray
+    run: int
+    anchors: np.ndarray
+    anchor_run: int
+    rows: int
+    cols: int
+
+
+def _sampled_column_sums(runs: torch.Tensor, starts: Runs, shape: tuple[int, ...], part: Part,
                          transposed: bool) -> ColumnSums | None:
     """Per input column, the power sums of the sampled elements. Every element of a part is
     equally likely to be sampled (one run per equal stratum), so these stand for the whole matrix's column
     sums scaled by the sampled share, and :meth:`ColumnSums.folded_std` needs nothing more."""
     if part.role not in FOLDED_ROLES or len(shape) != 2:
         return None
-    first, run = starts
-    flat = (first[:, None] + np.arange(run)).reshape(-1)
+    flat = (starts.storage[:, None] + np.arange(starts.run)).reshape(-1)
     column = flat // shape[1] if transposed else flat % shape[1]
     values = runs.reshape(-1).to(torch.float64).numpy()
     width = shape[0] if transposed else shape[1]
@@ -209,17 +308,36 @@ def _sampled_column_sums(runs: torch.Tensor, starts: tuple[np.ndarray, int], sha
     return ColumnSums(part.layer, part.role, powers, values.size)
 
 
-def _run_starts(rng: np.random.Generator, spans: list[tuple[int, int]], fraction: float, max_runs: int
-                ) -> tuple[np.ndarray, int] | None:
-    """Runs over the spans laid end to end; a run is kept inside the span it starts in."""
+def _sampled_sketch(part: Part, runs: torch.Tensor, starts: Runs) -> RawSketch | None:
+    """The sketch, cut out of the runs that cover it (each run covers its anchor row whole)."""
+    if part.role not in SKETCHED_ROLES:
+        return None
+    table = runs.to(torch.float32).numpy()
+    index = np.arange(len(starts.anchors))[:, None]
+    values = table[index, (starts.anchors - starts.virtual)[:, None] + np.arange(starts.anchor_run)].reshape(-1)
+    flat = (starts.anchors[:, None] + np.arange(starts.anchor_run)).reshape(-1)
+    whole = None
+    if part.role in GRAM_ROLES and starts.rows >= SKETCH_RUNS:
+        row_starts = starts.anchors // starts.cols * starts.cols
+        whole = table[index, (row_starts - starts.virtual)[:, None] + np.arange(starts.cols)]
+    return RawSketch(SketchPart(part.layer, part.role, starts.rows, starts.cols, values), flat, whole)
+
+
+def _run_starts(spans: list[tuple[int, int]], cols: int, fraction: float) -> Runs | None:
+    """One run per band of the part's rows, over the band's anchor row whole (so over the sketch's run),
+    kept inside the span (row range of the stored tensor) that holds it; None means read the part whole."""
     lengths = np.array([n for _, n in spans], dtype=np.int64)
-    plan = runs_for(rng, int(lengths.sum()), fraction, max_runs)
-    if plan is None:
+    rows = int(lengths.sum()) // cols
+    anchor, anchor_run = anchors(rows, cols)
+    run = run_length(rows * cols, fraction, SKETCH_RUNS, cols)
+    if run is None:
         return None
-    virtual, run = plan
-    if run > lengths.min():
+    row_start = anchor // cols * cols
+    cum = np.concatenate([[0], np.cumsum(lengths)])
+    k = np.searchsorted(cum, anchor, side="right") - 1  # the span of each anchor
+    low, high = bands(rows, cols)
+    virtual = placed(row_start, cols, np.maximum(low, cum[k]), np.minimum(high, cum[k + 1]), run)
+    if virtual is None:
         return None
-    cum = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    k = np.searchsorted(cum, virtual, side="right") - 1
-    offset = np.minimum(virtual - cum[k], lengths[k] - run)
-    return np.array([s for s, _ in spans], dtype=np.int64)[k] + offset, run
+    storage = np.array([s for s, _ in spans], dtype=np.int64)[k] + (virtual - cum[k])
+    return Runs(storage, virtual, run, anchor, anchor_run, rows, cols)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from lineage_scanner.measure.kernels.stats import Moments
+from lineage_scanner.measure.sketch import SketchPart
 
 
 @dataclass(frozen=True)
 class LayerStat:
-    """Moments of one role in one layer; ``std_se`` is the relative standard error of a sampled std.
+    """Moments of one role in one layer; ``std_se`` is the relative standard error of a sampled std,
+    ``kurtosis_se`` the standard error of its kurtosis (both 0 for an exact read).
 
     ``folded_std`` and ``folded_kurtosis`` (Q/K/V) are those the matrix would have with the layer's
     input-norm gain folded into its input columns, W·diag(γ): a model published with the gain folded in
@@ -27,6 +29,7 @@ class LayerStat:
     std_se: float = 0.0
     folded_std: float | None = None
     folded_kurtosis: float | None = None
+    kurtosis_se: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,4 @@ class Measurement:
     stats: tuple[LayerStat, ...]
     dtype: str
     sampled: bool = False
+    sketch: tuple[SketchPart, ...] = ()

@@ -1,11 +1,13 @@
 """Estimating a tensor's moments from a sample: short runs spread over it, not blocks of rows.
 
 Rows and heads of real Q/K projections differ in scale, so a few contiguous row blocks misjudge a
-matrix's std by 8-17%; runs spread evenly over it do far better. A segment of S elements is cut into R
-equal strata and one run of L elements is read from a random offset in each (stratified, so every head
-and row band is represented). R is capped (``max_runs``) because over HTTP each run is one range request;
-L grows with the fraction instead. The estimate pools the runs' moments exactly; its standard error comes
-from the spread of the runs' variances, and ``--sample-error`` raises the fraction until it is met.
+matrix's std by 8-17%; runs spread evenly over it do far better. A matrix is cut into the sketch's
+equal bands of rows and one run is read in each (stratified, so every head and row band is represented),
+placed over the sketch's run in that band (:mod:`lineage_scanner.measure.sketch`): the sketch costs no
+request of its own, and two sampled scans of related models read the same elements. The number of runs is
+fixed because over HTTP each run is one range request; their length grows with the fraction instead. The
+estimate pools the runs' moments exactly; its standard errors come from the spread of the runs' moments,
+and ``--sample-error`` raises the fraction until it is met.
 """
 
 from __future__ import annotations
@@ -17,10 +19,6 @@ import numpy as np
 
 from lineage_scanner.measure.kernels.stats import Moments
 
-RUN = 64
-#: Runs (so range requests) per tensor part: stratification improves with more, the request budget
-#: (about 5,000 file calls per 5 minutes on a free Hub account) with fewer.
-MAX_RUNS = 16
 #: A sample this large reads the segment whole: the exact answer costs about as much.
 FULL_READ = 0.5
 ROUNDS = 3
@@ -32,8 +30,6 @@ class SamplePlan:
 
     fraction: float | None = None
     target_se: float | None = None
-    seed: int = 0
-    max_runs: int = MAX_RUNS
 
 
 def fraction_for(target_se: float, length: int) -> float:
@@ -43,41 +39,50 @@ def fraction_for(target_se: float, length: int) -> float:
     return min(1.0, 4.0 / (target_se**2 * length))
 
 
-def runs_for(rng: np.random.Generator, length: int, fraction: float, max_runs: int = MAX_RUNS
-             ) -> tuple[np.ndarray, int] | None:
-    """Run starts (within [0, length)) and run length for one segment; None means read it whole."""
+def run_length(length: int, fraction: float, runs: int, at_least: int) -> int | None:
+    """How long each of ``runs`` runs must be to read ``fraction`` of ``length`` elements (never shorter than
+    ``at_least``, the sketch's run); None means read it whole."""
     want = math.ceil(fraction * length)
     if fraction >= FULL_READ or want >= length:
         return None
-    count = max(1, min(max_runs, math.ceil(want / RUN)))
-    run = math.ceil(want / count)
-    stratum = length / count
-    if run >= stratum:
+    return max(at_least, math.ceil(want / runs))
+
+
+def placed(anchors: np.ndarray, anchor_run: int, lows: np.ndarray, highs: np.ndarray, run: int) -> np.ndarray | None:
+    """Run starts, each run ``run`` long, inside [lows[k], highs[k]) and covering the anchored run
+    [anchors[k], anchors[k] + anchor_run); None when a run does not fit (read the segment whole instead)."""
+    if run > int((highs - lows).min()):
         return None
-    base = (np.arange(count) * stratum).astype(np.int64)
-    offsets = rng.integers(0, int(stratum) - run + 1, size=count)
-    return base + offsets, run
+    return np.maximum(lows, np.minimum(anchors, highs - run))
 
 
-def pooled(runs: list[Moments]) -> tuple[Moments, float]:
-    """The runs' merged moments and the relative standard error of their std estimate.
+def pooled(runs: list[Moments]) -> tuple[Moments, float, float]:
+    """The runs' merged moments, the relative standard error of their std and the standard error of their
+    kurtosis.
 
-    ``runs`` come in stratum order. The error uses the collapsed-strata estimator: neighbouring strata are
+    ``runs`` come in stratum order. Both errors use the collapsed-strata estimator: neighbouring strata are
     paired and only the differences within pairs count, so scale differences between heads (which the
-    stratified design balances out) do not inflate it."""
+    stratified design balances out) do not inflate them. The kurtosis is a ratio of the 4th and 2nd central
+    powers, so its error comes from each run's linearised contribution to that ratio (the delta method)."""
     total = Moments()
     for m in runs:
         total = total + m
     if len(runs) < 2 or total.count < 2 or total.var == 0:
-        return total, math.inf
+        return total, math.inf, math.inf
     n = np.array([m.count for m in runs], dtype=np.float64)
-    means = np.array([m.mean for m in runs])
-    m2 = np.array([m.m2 for m in runs])
-    per_run_var = (m2 + n * (means - total.mean) ** 2) / n  # each run's variance around the pooled mean
-    pairs = len(runs) // 2
-    diffs = per_run_var[0 : 2 * pairs : 2] - per_run_var[1 : 2 * pairs : 2]
-    se_var = math.sqrt(float((diffs**2).sum())) / (2 * pairs)
-    return total, float(se_var / (2.0 * total.var))
+    d = np.array([m.mean for m in runs]) - total.mean
+    m2, m3, m4 = (np.array([getattr(m, k) for m in runs]) for k in ("m2", "m3", "m4"))
+    second = (m2 + n * d**2) / n  # each run's mean 2nd and 4th power around the pooled mean
+    fourth = (m4 + 4 * d * m3 + 6 * d**2 * m2 + n * d**4) / n
+    b, a = total.m2 / total.count, total.m4 / total.count
+    linear = fourth / b**2 - 2 * a * second / b**3  # each run's share of a change in a / b²
+
+    def se_of_mean(x: np.ndarray) -> float:
+        pairs = len(x) // 2
+        diffs = x[0 : 2 * pairs : 2] - x[1 : 2 * pairs : 2]
+        return math.sqrt(float((diffs**2).sum())) / (2 * pairs)
+
+    return total, float(se_of_mean(second) / (2.0 * b)), float(se_of_mean(linear))
 
 
 def next_fraction(fraction: float, se: float, target: float) -> float:

@@ -8,7 +8,7 @@ from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.moments import measure
 from lineage_scanner.measure.sampling import SamplePlan
 from lineage_scanner.readers.open import OpenedModel
-from lineage_scanner.signature.features import curves_from, embedding, invariants
+from lineage_scanner.signature.features import curves_from, embedding, invariant_errors, invariants
 from lineage_scanner.signature.record import Signature
 
 
@@ -26,6 +26,7 @@ def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | Non
         head_dim=facts.head_dim, dtype=result.dtype, params=sum(t.numel for t in tensors.values()),
         declared_base=opened.declared_base, declared_relation=opened.declared_relation,
         layout_source=layout.spec.source, curves=curves_from(result.stats, layout.n_layers),
-        invariants=features, embedding=embedding(features),
-        layers=result.stats, bytes_read=opened.reader.bytes_read, sampled=result.sampled,
+        invariants=features, invariant_se=invariant_errors(result.stats, layout.n_layers),
+        embedding=embedding(features), layers=result.stats, sketch=result.sketch,
+        bytes_read=opened.reader.bytes_read, sampled=result.sampled,
     )

@@ -65,6 +65,39 @@ def invariants(stats: Iterable, n_layers: int) -> dict[str, list[float]]:
     return out
 
 
+def invariant_errors(stats: Iterable, n_layers: int) -> dict[str, list[float]]:
+    """The standard error of every point of :func:`invariants`.
+
+    A sampled statistic's error comes from its sample (:func:`lineage_scanner.measure.sampling.pooled`).
+    Every statistic also has a floor: the amount by which a matrix's std and kurtosis wander from those of
+    the distribution its n elements were drawn from, sqrt(1/(2n)) relative and sqrt(24/n) for a Gaussian.
+    Wiggles of a curve below that floor are noise, not a shape: a rotated residual stream makes every
+    projection's kurtosis Gaussian, and its curve then carries no evidence either way. A log std's error is
+    the std's relative error; a folded kurtosis is taken to be as precise as the kurtosis of the same
+    sample."""
+    by = {(s.layer, s.role): s for s in stats}
+
+    def se(layer: int, role: str, kind: str) -> float:
+        s = by.get((layer, role))
+        if s is None or s.moments.count < 2:
+            return math.nan
+        n = s.moments.count
+        if kind == "std":
+            return max(float(s.std_se), math.sqrt(1.0 / (2 * n)))
+        return max(float(s.kurtosis_se), math.sqrt(24.0 / n))
+
+    layers = range(n_layers)
+    out: dict[str, list[float]] = {
+        "qk": [math.hypot(se(i, "q", "std"), se(i, "k", "std")) for i in layers],
+        "vo": [math.hypot(se(i, "v", "std"), se(i, "o", "std")) for i in layers],
+    }
+    for role in "qkvo":
+        out[f"kurt_{role}"] = [se(i, role, "kurtosis") for i in layers]
+    for role in "qkv":
+        out[f"fkurt_{role}"] = [se(i, role, "kurtosis") for i in layers]
+    return out
+
+
 def embedding(features: dict[str, list[float]]) -> list[float] | None:
     """z-scored feature curves resampled to EMBED_POINTS each, concatenated, centred and unit-normalised.
 

@@ -1,7 +1,8 @@
 """The Signature: one typed record per (model, revision), the unit every later stage reads.
 
 A signature carries the per-role std curves over depth (the seed method's input), the invariant feature
-curves the lineage engine scores, the full per-layer moments (``layers``, stored in their own long-form
+curves the lineage engine scores (with their standard errors when sampled), the positional weight sketch
+the same-shape test correlates, the full per-layer moments (``layers``, stored in their own long-form
 table), the architecture facts, provenance and the lineage a model card declares. A model that fails
 becomes a signature too, with ``status`` and ``error`` set and no curves, so a batch never loses track of
 what it was asked to scan.
@@ -22,7 +23,8 @@ from lineage_scanner.errors import ScanError
 from lineage_scanner.sources import name_of
 
 if TYPE_CHECKING:  # measured signatures carry them; stored ones are read without torch or numba
-    from lineage_scanner.measure.moments import LayerStat
+    from lineage_scanner.measure.records import LayerStat
+    from lineage_scanner.measure.sketch import SketchPart
 
 
 FEATURES = ("qk", "vo", "kurt_q", "kurt_k", "kurt_v", "kurt_o", "fkurt_q", "fkurt_k", "fkurt_v")
@@ -60,8 +62,12 @@ class Signature:
     curves: dict[str, list[float]] = field(default_factory=dict, metadata={"column": "curves"})
     #: rescaling- and folding-invariant feature curves (see lineage_scanner.signature.features)
     invariants: dict[str, list[float]] = field(default_factory=dict, metadata={"column": "invariants"})
+    #: the standard error of each invariant point (see lineage_scanner.signature.features.invariant_errors)
+    invariant_se: dict[str, list[float]] = field(default_factory=dict, metadata={"column": "invariants"})
     embedding: list[float] | None = _column("embedding")
     layers: tuple[LayerStat, ...] = field(default=(), metadata={"column": None})  # the layers table
+    #: each attention matrix's values at the positions its shape fixes (lineage_scanner.measure.sketch)
+    sketch: tuple[SketchPart, ...] = field(default=(), metadata={"column": "sketch"})
     bytes_read: int = 0
     sampled: bool = False
     scanner_version: str = __version__

@@ -22,8 +22,9 @@ from lineage_scanner.signature.record import EMBED_DIM, FEATURES, Signature
 #: Bumped whenever a column is added; old files stay readable (columns they lack read as NULL).
 #: 2: layers.std_se; 3: signatures.declared_relation; 4: invariants, layers.folded_std;
 #: 5: layers.folded_kurtosis, invariants.fkurt_q/k/v; 6: signatures.layout_source, format names the
-#: quantization scheme and family the architecture for GGUF files too
-SCHEMA_VERSION = 6
+#: quantization scheme and family the architecture for GGUF files too; 7: signatures.sketch and
+#: invariant_se, layers.kurtosis_se
+SCHEMA_VERSION = 7
 
 #: storage kind -> DuckDB type; the Arrow type of each kind is in :func:`_arrow_type`
 DUCKDB_TYPES = {
@@ -32,6 +33,9 @@ DUCKDB_TYPES = {
     "curves": "STRUCT(" + ", ".join(f"{r} DOUBLE[]" for r in CURVE_ROLES) + ")",
     "invariants": "STRUCT(" + ", ".join(f"{n} DOUBLE[]" for n in FEATURES) + ")",
     "embedding": f"FLOAT[{EMBED_DIM}]",
+    # one entry per sketch of a matrix: its int8 codes and their scale (lineage_scanner.measure.sketch.SketchPart)
+    "sketch": "STRUCT(layer INTEGER, role VARCHAR, kind VARCHAR, rows INTEGER, cols INTEGER, scale FLOAT, "
+              "codes BLOB)[]",
 }
 _PYTHON_KINDS = {str: "string", int: "int64", float: "float64", bool: "bool", datetime: "timestamp",
                  list[str]: "strings"}
@@ -60,7 +64,7 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("scan_id", "string"), ("model", "string"), ("revision", "string"), ("layer", "int32"), ("role", "string"),
         ("numel", "int64"), ("mean", "float64"), ("std", "float64"), ("min", "float64"), ("max", "float64"),
         ("absmax", "float64"), ("skew", "float64"), ("kurtosis", "float64"), ("std_se", "float64"),
-        ("folded_std", "float64"), ("folded_kurtosis", "float64"),
+        ("folded_std", "float64"), ("folded_kurtosis", "float64"), ("kurtosis_se", "float64"),
     ),
     "catalog": (
         ("model", "string"), ("sha", "string"), ("last_modified", "timestamp"), ("params", "int64"),
@@ -117,7 +121,10 @@ def _arrow_type(kind: str):
 
     simple = {"string": pa.string(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
               "float64": pa.float64(), "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
-              "strings": pa.list_(pa.string()), "embedding": pa.list_(pa.float32(), EMBED_DIM)}
+              "strings": pa.list_(pa.string()), "embedding": pa.list_(pa.float32(), EMBED_DIM),
+              "sketch": pa.list_(pa.struct([("layer", pa.int32()), ("role", pa.string()), ("kind", pa.string()),
+                                            ("rows", pa.int32()),
+                                            ("cols", pa.int32()), ("scale", pa.float32()), ("codes", pa.binary())]))}
     if kind in simple:
         return simple[kind]
     names = CURVE_ROLES if kind == "curves" else FEATURES

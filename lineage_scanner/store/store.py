@@ -89,7 +89,7 @@ def _needed(names: set[str]) -> set[str]:
 
 #: What scoring reads of a stored signature (not its layers, provenance or errors).
 SCORED = ("model", "revision", "source", "n_layers", "hidden_size", "family", "format", "dtype", "curves",
-          "invariants", "declared_base", "embedding")
+          "invariants", "invariant_se", "declared_base", "embedding", "sketch")
 _STORED = [f.name for f in dataclasses.fields(Signature) if f.metadata.get("column", "") is not None]
 
 
@@ -98,8 +98,10 @@ def _signature_rows(sigs: list[Signature]):
 
     rows = [{**{name: getattr(s, name) for name in _STORED}, "schema_version": SCHEMA_VERSION} for s in sigs]
     for row in rows:
-        row["curves"] = row["curves"] or None
-        row["invariants"] = row["invariants"] or None
+        for nested in ("curves", "invariants", "invariant_se"):
+            row[nested] = row[nested] or None
+        row["sketch"] = [{"layer": p.layer, "role": p.role, "kind": p.kind, "rows": p.rows, "cols": p.cols,
+                          **dict(zip(("scale", "codes"), p.codes()))} for p in row["sketch"]] or None
     return pa.Table.from_pylist(rows, schema=arrow_schema("signatures"))
 
 
@@ -115,6 +117,7 @@ def _layer_rows(sigs: list[Signature]):
                 "role": stat.role, "numel": m.count, "mean": m.mean, "std": m.std, "min": m.min,
                 "max": m.max, "absmax": m.absmax, "skew": m.skew, "kurtosis": m.kurtosis,
                 "std_se": stat.std_se, "folded_std": stat.folded_std, "folded_kurtosis": stat.folded_kurtosis,
+                "kurtosis_se": stat.kurtosis_se,
             })
     return pa.Table.from_pylist(rows, schema=arrow_schema("layers"))
 
@@ -124,9 +127,15 @@ def _signatures(names: list[str], rows) -> list[Signature]:
     out = []
     for row in rows:
         values = dict(zip(names, row))
-        for nested in ("curves", "invariants"):
+        for nested in ("curves", "invariants", "invariant_se"):
             if nested in values:
                 values[nested] = {k: v for k, v in (values[nested] or {}).items() if v is not None}
+        if values.get("sketch"):
+            from lineage_scanner.measure.sketch import SketchPart  # numpy: only once a sketch is read
+
+            values["sketch"] = tuple(SketchPart.from_codes(**p) for p in values["sketch"])
+        elif "sketch" in values:
+            values["sketch"] = ()
         if "declared_base" in values:
             values["declared_base"] = list(values["declared_base"] or [])
         if values.get("embedding") is not None:
