@@ -12,8 +12,8 @@ Two kinds of evidence (see the README's lineage section):
 
 ``derived`` at p <= 0.01, ``unrelated`` at p >= 0.2, else ``inconclusive``; for the sketch's exact test,
 whose p-values for real derivations are astronomically small, p <= 1e-6 and p >= 1e-3. Where the sketch
-applies and finds nothing, curves strongly related (p <= 0.001) mean the weights were permuted or
-rotated: ``derived`` with kind "possible evasion (permuted or rotated weights)". For ``derived``, a guess
+applies and finds nothing, curves strongly related (p <= 0.001 and score >= 0.9) mean the weights were
+permuted or rotated: ``derived`` with kind "possible evasion (permuted or rotated weights)". For ``derived``, a guess
 at the kind of derivation from what differs besides the weights.
 """
 
@@ -42,6 +42,9 @@ ROTATED = "rotated residual stream (possible evasion)"
 #: The curves alone must clear this where the sketch applies and contradicts them (a permuted or rotated
 #: copy), since a same-shape pair whose weights are uncorrelated is most likely unrelated.
 EVASION_P = 0.001
+#: ... and score at least this: a permuted or rotated copy keeps every moment, so its curves match nearly
+#: exactly, while unrelated same-shape models of one recipe reach 0.75 at most (bench/accuracy.py).
+EVASION_SCORE = 0.9
 EVASION = "possible evasion (permuted or rotated weights)"
 #: A fine-tune moves each projection's std by a few percent at most; continued training moves it more.
 FINE_TUNE_DRIFT = 0.03
@@ -108,7 +111,7 @@ def decide(a, b, null: Null) -> Verdict:
             return verdict("derived", f"weights correlate position by position: |r| {sketch.score:.3f} over "
                                       f"{len(sketch.pairing)} layer pairs, p = 1e{sketch.log10_p:.0f} (exact null)",
                            "sketch", _kind(a, b, ev, paper, sketch))
-        if curves_derived and p_curves <= EVASION_P:
+        if curves_derived and p_curves <= EVASION_P and ev.score >= EVASION_SCORE:
             if sketch.p_value >= SKETCH_UNRELATED_P:
                 return verdict("derived", f"curves related (score {ev.score:.3f}, p = {p_curves:.2g}) but weights "
                                           "uncorrelated at every position", "curves", EVASION)
