@@ -37,7 +37,8 @@ def test_compare_json_and_plot(capsys, db, zoo_by_name, tmp_path):
     assert data["a"].startswith("llama-a@") and data["b"].startswith("llama-a-pruned@")
     assert 0.9 < data["paper_score"] <= 1 and set(data["per_role"]) == set("qkvo")
     assert data["verdict"] == "derived" and data["decided_by"] == "sketch" and data["log10_p"] < -100
-    assert data["kind"] == "pruned or depth up-scaled"
+    assert data["kind"] == "pruned or depth up-scaled" and set(data["sketch"]["per_channel"]) == {
+        "q", "k", "v", "o", "q:gram", "k:gram", "v:gram"}
     # the sketch pairs each of the pruned copy's 8 layers with the one it came from (every third one dropped)
     assert [(p["a"], p["b"]) for p in data["sketch"]["pairing"]] == [(0, 0), (2, 1), (3, 2), (5, 3), (6, 4),
                                                                       (8, 5), (9, 6), (11, 7)]

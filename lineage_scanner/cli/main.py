@@ -86,7 +86,7 @@ def verdict_json(v) -> dict:
         "p_value": v.p_value, "log10_p": v.log10_p, "paper_score": v.paper.score, "score": v.evidence.score,
         "sketch": None if sketch is None else {
             "score": sketch.score, "p_value": sketch.p_value, "log10_p": sketch.log10_p,
-            "channels": list(sketch.roles), "spread": sketch.spread,
+            "channels": list(sketch.roles), "per_channel": sketch.per_channel, "spread": sketch.spread,
             "pairing": [{"a": i, "b": j, "r": r} for (i, j), r in zip(sketch.pairing, sketch.r)],
         },
         "curves": {
