@@ -315,7 +315,7 @@ def _sampled_sketch(part: Part, runs: torch.Tensor, starts: Runs) -> RawSketch |
     table = runs.to(torch.float32).numpy()
     index = np.arange(len(starts.anchors))[:, None]
     values = table[index, (starts.anchors - starts.virtual)[:, None] + np.arange(starts.anchor_run)].reshape(-1)
-    flat = (starts.anchors[:, None] + np.arange(starts.anchor_run)).reshape(-1)
+    flat = positions(starts.rows, starts.cols)
     whole = None
     if part.role in GRAM_ROLES and starts.rows >= SKETCH_RUNS:
         row_starts = starts.anchors // starts.cols * starts.cols
