@@ -141,6 +141,7 @@ def test_demo(capsys, tmp_path):
 def test_every_command_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"scan", "catalog", "compare", "match", "sql", "store", "plot", "graph", "demo"}
+    assert set(sub.choices) == {"scan", "catalog", "compare", "match", "report", "sql", "store", "plot", "graph",
+                                "demo"}
     for action in sub._choices_actions:
         assert action.help, f"command {action.dest} has no help text"

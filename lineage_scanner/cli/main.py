@@ -87,6 +87,7 @@ def verdict_json(v) -> dict:
         "sketch": None if sketch is None else {
             "score": sketch.score, "p_value": sketch.p_value, "log10_p": sketch.log10_p,
             "channels": list(sketch.roles), "per_channel": sketch.per_channel, "spread": sketch.spread,
+            "gram_log10_p": sketch.gram_log10_p,
             "pairing": [{"a": i, "b": j, "r": r} for (i, j), r in zip(sketch.pairing, sketch.r)],
         },
         "curves": {
@@ -109,11 +110,10 @@ def cmd_compare(args) -> int:
     v = decide(a, b, null_for(store, a, b))
     out = verdict_json(v)
     if args.plot:
-        from lineage_scanner.report.plot import plot_curves
+        from lineage_scanner.report.plot import plot_evidence
 
-        plot_curves([a, b], args.plot, title=f"{a.model} vs {b.model}: {v.verdict}, score {fmt(v.evidence.score)}"
-                    f", paper_score {fmt(v.paper.score)}", per_role=v.paper.per_role,
-                    alignment=v.evidence.alignment)
+        plot_evidence(a, b, v, args.plot, title=f"{a.model} vs {b.model}: {v.verdict}"
+                      f"{f' ({v.kind})' if v.kind else ''}, decided by {v.decided_by or 'nothing'}")
     if args.json:
         print_json(out)
         return 0
@@ -142,6 +142,28 @@ def cmd_compare(args) -> int:
         print(f"  {role}  r = {fmt(r)}")
     if args.plot:
         print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from lineage_scanner.lineage.null import null_for
+    from lineage_scanner.lineage.verdict import decide
+    from lineage_scanner.report.pair import pair_report
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
+    v = decide(a, b, null_for(store, a, b))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(pair_report(a, b, v), encoding="utf-8")
+    if args.json:
+        print_json({"report": str(out), **verdict_json(v)})
+    else:
+        print(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
     return 0
 
 
@@ -245,12 +267,20 @@ def cmd_graph(args) -> int:
     edges = detect(store, args.min_confidence)
     store.write_edges(edges)
     graph = export(store, edges, args.out)
+    if args.html:
+        from pathlib import Path
+
+        from lineage_scanner.report.lineage_map import lineage_map
+
+        Path(args.html).write_text(lineage_map(graph, f"Lineage map of {Path(args.db).resolve().name}"),
+                                   encoding="utf-8")
     with store.connect() as con:
         disagreements = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
     if args.json:
         print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
         return 0
-    print(f"{len(edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}")
+    print(f"{len(edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}"
+          + (f", map to {args.html}" if args.html else ""))
     for family in graph["families"]:
         if len(family) > 1:
             print("  " + ", ".join(family))
@@ -339,8 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", parents=[common], help="score two models (paths or stored ids)")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--plot", metavar="FILE.png", help="draw both models' normalized curves per role")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the evidence that decided (the sketch's layer pairs, or "
+                   "the aligned feature curves) and the seed method's curves")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", parents=[common], help="a self-contained HTML report of two models' lineage")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--out", default="lineage-report.html", metavar="FILE.html")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("match", parents=[common], help="nearest relatives of a model in the store")
     p.add_argument("source")
@@ -370,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graph", parents=[common], help="lineage graph of the store: detected and declared edges")
     p.add_argument("--min-confidence", type=float, default=0.99, help="1 - p-value an edge needs (default 0.99)")
     p.add_argument("--out", default="lineage-graph.json", help="FILE.graphml or FILE.json")
+    p.add_argument("--html", metavar="FILE.html", help="also a self-contained page of the families, for a browser")
     p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("demo", parents=[common], help="build the demo zoo, scan it, print the lineage table")

@@ -76,8 +76,8 @@ def export(store: Store, edges: list[Edge], out: str | Path) -> dict:
     sigs = store.signatures()
     declared = [(s.model, base) for s in sigs for base in s.declared_base]
     graph = {
-        "nodes": [{"model": s.model, "revision": s.revision, "family": s.family, "declared_base": s.declared_base}
-                  for s in sigs],
+        "nodes": [{"model": s.model, "revision": s.revision, "family": s.family, "architecture": s.architecture,
+                   "declared_base": s.declared_base} for s in sigs],
         "edges": [{**asdict(e), "detected": True, "declared": (e.a, e.b) in declared or (e.b, e.a) in declared}
                   for e in edges]
         + [{"a": m, "b": base, "detected": False, "declared": True} for m, base in declared

@@ -13,7 +13,10 @@ Two kinds of evidence (see the README's lineage section):
 ``derived`` at p <= 0.01, ``unrelated`` at p >= 0.2, else ``inconclusive``; for the sketch's exact test,
 whose p-values for real derivations are astronomically small, p <= 1e-6 and p >= 1e-3. Where the sketch
 applies and finds nothing, curves strongly related (p <= 0.001 and score >= 0.9) mean the weights were
-permuted or rotated: ``derived`` with kind "possible evasion (permuted or rotated weights)". For ``derived``, a guess
+permuted or rotated: ``derived`` with kind "possible evasion (permuted or rotated weights)". A rotated
+residual stream is caught by the sketch's V Gram test, at the same threshold (kind "rotated residual
+stream"); Q/K Gram sketches never decide (models of one recipe share them, see
+:mod:`lineage_scanner.lineage.sketch`). For ``derived``, a guess
 at the kind of derivation from what differs besides the weights.
 """
 
@@ -84,7 +87,7 @@ class Verdict:
     def log10_p(self) -> float:
         """log10 of the deciding p-value (the sketch's stays finite where the float would underflow)."""
         if self.decided_by == "sketch" and self.sketch is not None:
-            return self.sketch.log10_p
+            return self.sketch.best_log10_p
         return math.log10(self.p_value) if self.p_value else (0.0 if self.p_value is None else -math.inf)
 
 
@@ -101,7 +104,7 @@ def decide(a, b, null: Null) -> Verdict:
     p_curves = p_null if p_null is None or ev.surrogate_p is None else max(p_null, ev.surrogate_p)
 
     def verdict(label: str, reason: str, decided_by: str | None, kind: str | None = None) -> Verdict:
-        p = sketch.p_value if decided_by == "sketch" else p_curves
+        p = 10.0**sketch.best_log10_p if decided_by == "sketch" else p_curves
         return Verdict(f"{a.model}@{a.revision}", f"{b.model}@{b.revision}", paper, ev, p, label, reason, kind,
                        null, p_null, sketch, p_curves, decided_by)
 
@@ -111,13 +114,17 @@ def decide(a, b, null: Null) -> Verdict:
             return verdict("derived", f"weights correlate position by position: |r| {sketch.score:.3f} over "
                                       f"{len(sketch.pairing)} layer pairs, p = 1e{sketch.log10_p:.0f} (exact null)",
                            "sketch", _kind(a, b, ev, paper, sketch))
+        if sketch.gram_log10_p is not None and sketch.gram_log10_p <= math.log10(SKETCH_DERIVED_P):
+            return verdict("derived", f"V's Gram sketches agree (p = 1e{sketch.gram_log10_p:.0f}, exact over V's row "
+                                      f"signs) where the values do not: the same weights in another basis",
+                           "sketch", ROTATED)
         if curves_derived and p_curves <= EVASION_P and ev.score >= EVASION_SCORE:
             if sketch.p_value >= SKETCH_UNRELATED_P:
                 return verdict("derived", f"curves related (score {ev.score:.3f}, p = {p_curves:.2g}) but weights "
                                           "uncorrelated at every position", "curves", EVASION)
             return verdict("derived", f"curves related (score {ev.score:.3f}, p = {p_curves:.2g}); the weights "
                                       f"only weakly (p = {sketch.p_value:.2g})", "curves", _kind(a, b, ev, paper, None))
-        if sketch.p_value >= SKETCH_UNRELATED_P:
+        if sketch.best_log10_p >= math.log10(SKETCH_UNRELATED_P):
             return verdict("unrelated", f"weights uncorrelated position by position (|r| {sketch.score:.3f}, "
                                         f"p = {sketch.p_value:.2g})", "sketch")
         return verdict("inconclusive", "weak evidence: the weights correlate a little, not enough", "sketch")
@@ -142,8 +149,6 @@ def _kind(a, b, ev: Evidence, paper: PaperScore, sketch: SketchEvidence | None) 
         moved, pairing, closeness = len(ev.alignment) < min(a.n_layers, b.n_layers), ev.alignment, ev.score
     if a.n_layers != b.n_layers or moved:
         return "pruned or depth up-scaled"
-    if sketch is not None and sketch.rotated:
-        return ROTATED
     if is_moe(a.family) != is_moe(b.family):
         return "MoE upcycle"
     if math.isfinite(paper.score) and paper.score < 0.5 and (sketch is not None or ev.score > 0.8):

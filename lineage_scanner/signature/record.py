@@ -68,6 +68,8 @@ class Signature:
     layers: tuple[LayerStat, ...] = field(default=(), metadata={"column": None})  # the layers table
     #: each attention matrix's values at the positions its shape fixes (lineage_scanner.measure.sketch)
     sketch: tuple[SketchPart, ...] = field(default=(), metadata={"column": "sketch"})
+    #: the checkpoint's weight files, by name, as its tensors' headers listed them
+    files: list[str] = field(default_factory=list)
     bytes_read: int = 0
     sampled: bool = False
     scanner_version: str = __version__

@@ -91,6 +91,8 @@ def _needed(names: set[str]) -> set[str]:
 SCORED = ("model", "revision", "source", "n_layers", "hidden_size", "family", "format", "dtype", "curves",
           "invariants", "invariant_se", "declared_base", "embedding", "sketch")
 _STORED = [f.name for f in dataclasses.fields(Signature) if f.metadata.get("column", "") is not None]
+#: What :meth:`Store.load` reads: every stored column the ``signatures`` view keeps (an ok scan has no error).
+_PROVENANCE = [name for name in _STORED if name != "error"]
 
 
 def _signature_rows(sigs: list[Signature]):
@@ -136,8 +138,12 @@ def _signatures(names: list[str], rows) -> list[Signature]:
             values["sketch"] = tuple(SketchPart.from_codes(**p) for p in values["sketch"])
         elif "sketch" in values:
             values["sketch"] = ()
-        if "declared_base" in values:
-            values["declared_base"] = list(values["declared_base"] or [])
+        for listed in ("declared_base", "files"):
+            if listed in values:
+                values[listed] = list(values[listed] or [])
+        for counted in ("bytes_read", "sampled"):  # NULL in files older than the column: the field's default
+            if counted in values and values[counted] is None:
+                del values[counted]
         if values.get("embedding") is not None:
             values["embedding"] = list(values["embedding"])
         out.append(Signature(**values))
@@ -371,11 +377,15 @@ class Store:
             return {tuple(r) for r in con.execute("SELECT model, revision FROM signatures").fetchall()}
 
     def load(self, model: str, revision: str | None = None) -> Signature:
-        """A stored signature by model id (newest revision unless one is named)."""
-        found = self.signatures(model=model, revision=revision, limit=1)
-        if not found:
+        """A stored signature by model id (newest revision unless one is named), with its provenance (files,
+        bytes read, scanner version, when), which a report shows, not only what scoring reads."""
+        query = (f"SELECT {', '.join(_PROVENANCE)} FROM signatures WHERE model = ? AND (? IS NULL OR revision = ?) "
+                 "ORDER BY scanned_at DESC LIMIT 1")
+        with self.connect() as con:
+            rows = con.execute(query, [model, revision, revision]).fetchall()
+        if not rows:
             raise SourceError(model, f"not in the store at {self.root}")
-        return found[0]
+        return _signatures(_PROVENANCE, rows)[0]
 
     def signatures(self, model: str | None = None, revision: str | None = None, limit: int | None = None
                    ) -> list[Signature]:

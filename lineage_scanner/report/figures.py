@@ -1,0 +1,166 @@
+"""The evidence behind a verdict, drawn: what ``compare --plot``, ``plot`` and ``report`` show.
+
+Each ``draw_*`` function fills a matplotlib (sub)figure, so one drawing serves a single PNG, a panel of a
+composite and an inline SVG of the HTML report alike:
+
+- :func:`draw_sketch`: the same-shape test, the mean |r| of every layer pair as a heat map with the
+  layer pairing marked, and each channel's median |r| (values tested, Gram sketches beside them).
+- :func:`draw_features`: the invariant feature curves the curve score used, both models z-scored over
+  depth, with the alignment's layer pairs joined.
+- :func:`draw_seed`: the seed method's per-role std curves, for reference.
+
+matplotlib is imported on first use (a lookup that draws nothing never pays for it).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from lineage_scanner.curves import zscore
+from lineage_scanner.layouts.families import CURVE_ROLES
+from lineage_scanner.measure.sketch import SKETCH_RUN, SKETCH_RUNS
+
+
+def new_figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text in an SVG: selectable, searchable, small
+    return plt.figure(figsize=(width, height), layout="constrained")
+
+
+def close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def draw_sketch(fig, verdict) -> None:
+    """The sketch's layer-pair correlations (heat map, pairing as dots) and its channels (bars)."""
+    s = verdict.sketch
+    heat, bars = fig.subplots(1, 2, width_ratios=[3, 2])
+    image = heat.imshow(s.grid, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto",
+                        interpolation="nearest")
+    fig.colorbar(image, ax=heat, label="mean |r| over Q/K/V/O values")
+    index_a, index_b = ({layer: k for k, layer in enumerate(ids)} for ids in s.layers)
+    pairs = [(index_a[i], index_b[j]) for i, j in s.pairing if i in index_a and j in index_b]
+    if pairs:
+        ya, xb = zip(*pairs)
+        heat.scatter(xb, ya, s=14, facecolors="none", edgecolors="white", linewidths=1.0, label="layer pairing")
+        heat.legend(loc="upper left", fontsize=7)
+    heat.set_xlabel(f"layer of {_short(verdict.b)}")
+    heat.set_ylabel(f"layer of {_short(verdict.a)}")
+    heat.set_title(f"weight sketch: p = 1e{s.log10_p:.0f} (exact, values)", fontsize=10)
+    channels = sorted(s.per_channel or {}, key=lambda c: (":" in c, c))
+    values = [(s.per_channel or {})[c] for c in channels]
+    colors = ["tab:blue" if ":" not in c else "tab:grey" for c in channels]
+    bars.barh(range(len(channels)), values, color=colors)
+    bars.set_yticks(range(len(channels)), [c.upper() for c in channels])
+    bars.invert_yaxis()
+    bars.set_xlim(0, 1)
+    bars.axvline(2.0 / math.sqrt(SKETCH_RUNS * SKETCH_RUN), color="tab:red", linewidth=0.8, linestyle="--",
+                 label="~2σ if unrelated")
+    bars.set_xlabel("median |r| (blue: tested, grey: Gram)")
+    gram = "" if s.gram_log10_p is None else f"; V Gram p = 1e{s.gram_log10_p:.0f}"
+    bars.set_title(f"per channel{gram}", fontsize=10)
+    bars.legend(loc="lower right", fontsize=7)
+
+
+def draw_features(fig, a, b, verdict) -> None:
+    """Each feature the curve score used: both models' z-scored curves, aligned layers joined."""
+    ev = verdict.evidence
+    names = [f for f in ev.features if f in (a.invariants or {}) and f in (b.invariants or {})] or ["qk"]
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, name in zip(axes, names):
+        za, zb = (_z((s.invariants or {}).get(name)) for s in (a, b))
+        if za is None or zb is None:
+            ax.set_title(f"{name}: flat or missing", fontsize=9)
+            continue
+        xa, xb = np.linspace(0, 1, len(za)), np.linspace(0, 1, len(zb))
+        ax.plot(xa, za, marker="o", markersize=2.5, label=_short(verdict.a))
+        ax.plot(xb, zb, marker="s", markersize=2.5, label=_short(verdict.b))
+        for i, j in ev.alignment:
+            if i < len(za) and j < len(zb):
+                ax.plot([xa[i], xb[j]], [za[i], zb[j]], color="grey", linewidth=0.5, alpha=0.5, zorder=0)
+        r = ev.per_feature.get(name)
+        ax.set_title(f"{name}   r = {r:.3f}" if r is not None and math.isfinite(r) else name, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    p = "n/a" if verdict.p_curves is None else f"{verdict.p_curves:.2g}"
+    fig.suptitle(f"feature curves over relative depth: score {ev.score:.3f}, p = {p}", fontsize=10)
+
+
+def draw_seed(fig, signatures, alignment=None, per_role: dict[str, float] | None = None) -> None:
+    """The seed method's picture: z-scored std of each attention projection over relative depth."""
+    axes = fig.subplots(2, 2, sharex=True)
+    for ax, role in zip(axes.flat, CURVE_ROLES):
+        for sig in signatures:
+            z = _z(sig.curves.get(role))
+            if z is not None:
+                ax.plot(np.linspace(0, 1, len(z)), z, marker="o", markersize=3, label=f"{sig.model} ({len(z)} layers)")
+        if alignment and len(signatures) == 2:
+            za, zb = (_z(s.curves.get(role)) for s in signatures)
+            if za is not None and zb is not None:
+                for i, j in alignment:
+                    if i < len(za) and j < len(zb):
+                        ax.plot([i / max(len(za) - 1, 1), j / max(len(zb) - 1, 1)], [za[i], zb[j]], color="grey",
+                                linewidth=0.6, alpha=0.6, zorder=0)
+        heading = f"{role.upper()} projection"
+        if per_role and role in per_role and math.isfinite(per_role[role]):
+            heading += f"   r = {per_role[role]:.3f}"
+        ax.set_title(heading, fontsize=10)
+        ax.set_ylabel("z-scored std")
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("relative depth")
+    axes.flat[0].legend(fontsize=7)
+
+
+def draw_deciding(fig, a, b, verdict) -> None:
+    """The evidence the verdict rests on: the sketch where it decided, else the feature curves."""
+    if verdict.decided_by == "sketch" and verdict.sketch is not None and verdict.sketch.grid is not None:
+        draw_sketch(fig, verdict)
+    else:
+        draw_features(fig, a, b, verdict)
+
+
+def evidence_figure(a, b, verdict, title: str | None = None):
+    """``compare --plot``: the deciding evidence on top, the seed method's curves below."""
+    fig = new_figure(11, 11)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.1])
+    draw_deciding(top, a, b, verdict)
+    draw_seed(bottom, [a, b], verdict.evidence.alignment, verdict.paper.per_role)
+    bottom.suptitle(f"seed method (paper_score {verdict.paper.score:.3f}), for reference", fontsize=10)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def svg(fig) -> str:
+    """The figure as an ``<svg>`` element to inline in HTML (no XML prolog, no DOCTYPE), and closed."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _z(values) -> np.ndarray | None:
+    if not values:
+        return None
+    z = zscore(np.asarray(values, dtype=np.float64))
+    return None if z is None or not np.all(np.isfinite(z)) else z
+
+
+def _short(model_at_revision: str) -> str:
+    model, _, revision = model_at_revision.rpartition("@")
+    return f"{model or revision}@{revision[:8]}" if model else model_at_revision

@@ -1,0 +1,172 @@
+"""``lineage report A B``: one HTML file that an analyst can hand on, read top to bottom.
+
+The verdict in a sentence; how sure, and which test says so; the evidence that decided, drawn, then the
+other evidence and the seed method's curves; what the model cards declare and whether the weights agree;
+both models' identities (commit, files, bytes read, sampled or exact, scanner version); and the commands
+that reproduce it all.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+from lineage_scanner.report.figures import draw_features, draw_seed, draw_sketch, new_figure, svg
+from lineage_scanner.report.page import esc, page, table
+
+
+def pair_report(a, b, verdict) -> str:
+    """The report of ``verdict`` (from :func:`lineage_scanner.lineage.verdict.decide`) on signatures ``a``
+    and ``b``, as a complete HTML document."""
+    v = verdict
+    body = [
+        f"<h1>{esc(a.model)} <span class=\"muted\">vs</span> {esc(b.model)}</h1>",
+        f'<p class="sub">Lineage report: revisions <code>{esc(a.revision)}</code> and '
+        f"<code>{esc(b.revision)}</code></p>",
+        f'<p class="verdict {esc(v.verdict)}" id="verdict">{sentence(v)}</p>',
+        f"<p>{esc(v.reason)}.</p>",
+        "<h2>How sure</h2>", table(_confidence(v)),
+        "<h2>The evidence that decided</h2>", _deciding(a, b, v),
+    ]
+    other = _other(a, b, v)
+    if other:
+        body += ["<h2>The other evidence</h2>", other]
+    seed = new_figure(10, 6.5)
+    draw_seed(seed, [a, b], v.evidence.alignment, v.paper.per_role)
+    body += ["<h2>The seed method's curves, for reference</h2>",
+             _figure(svg(seed), f"Per-layer std of each attention projection, z-scored over relative depth "
+                                f"(paper_score {_num(v.paper.score)}). Models of one era share these shapes, so "
+                                "they are shown, never trusted on their own.")]
+    body += ["<h2>Declared lineage</h2>", _declared(a, b, v)]
+    body += ["<h2>The models</h2>", _identities(a, b)]
+    body += ["<h2>Reproduce</h2>", f"<pre id=\"commands\">{esc(chr(10).join(commands(a, b)))}</pre>"]
+    return page(f"Lineage report: {a.model} vs {b.model}", "\n".join(body))
+
+
+def sentence(v) -> str:
+    """The verdict in one sentence (escaped HTML)."""
+    a, b = esc(v.a), esc(v.b)
+    if v.verdict == "derived":
+        kind = f" The kind: <strong>{esc(v.kind)}</strong>." if v.kind else ""
+        return f"<strong>Derived</strong>: one of {a} and {b} was made from the other.{kind}"
+    if v.verdict == "unrelated":
+        return f"<strong>Unrelated</strong>: nothing in the weights of {a} and {b} says one came from the other."
+    return f"<strong>Inconclusive</strong>: the weights of {a} and {b} neither prove nor rule out lineage."
+
+
+def commands(a, b) -> list[str]:
+    """The commands that rebuild this report from the models' sources."""
+    ids = [shlex.quote(f"{s.model}@{s.revision}") for s in (a, b)]
+    sources = " ".join(shlex.quote(s.source) for s in (a, b))
+    sample = " --sample 0.05" if a.sampled or b.sampled else ""
+    return [f"lineage scan {sources}{sample}",
+            f"lineage compare {ids[0]} {ids[1]} --json",
+            f"lineage report {ids[0]} {ids[1]} --out report.html"]
+
+
+def _confidence(v) -> list[tuple[str, str]]:
+    rows = [("decided by", esc(_test_name(v))),
+            ("p-value", f"<strong>{esc(_p(v.log10_p))}</strong>")]
+    s = v.sketch
+    if s is not None:
+        rows.append(("weight sketch (values)", esc(f"median |r| {_num(s.score)} over {len(s.pairing)} layer pairs, "
+                                                   f"p = {_p(s.log10_p)}: exact null, self-normalised per position")))
+        if s.gram_log10_p is not None:
+            rows.append(("weight sketch (V Gram)", esc(f"p = {_p(s.gram_log10_p)}: randomisation over V's row signs")))
+    else:
+        rows.append(("weight sketch", "does not apply: no attention matrix has the same shape in both"))
+    null = f"{v.null_size} unrelated pairs from the {v.null.source}" if v.null else "no reference null"
+    rows.append(("feature curves", esc(f"score {_num(v.evidence.score)}, p = {_num(v.p_curves)} (the larger of: "
+                                       f"{null}, p = {_num(v.p_null)}; surrogates with each model's own depth "
+                                       f"trend, p = {_num(v.evidence.surrogate_p)})")))
+    rows.append(("seed method", esc(f"paper_score {_num(v.paper.score)} (not calibrated; for reference)")))
+    return rows
+
+
+def _test_name(v) -> str:
+    if v.decided_by == "sketch" and v.sketch is not None:
+        if v.kind == "rotated residual stream (possible evasion)":
+            return "the weight sketch's V Gram test (exact: randomisation over V's row signs)"
+        return "the weight sketch's same-shape test (exact null: independent weights)"
+    if v.decided_by == "curves":
+        return "the feature curves (reference null and surrogates)"
+    return "nothing: no evidence applies"
+
+
+def _deciding(a, b, v) -> str:
+    if v.decided_by == "sketch" and v.sketch is not None and v.sketch.grid is not None:
+        return _sketch_figure(v)
+    return _features_figure(a, b, v)
+
+
+def _other(a, b, v) -> str:
+    if v.decided_by == "sketch":
+        return _features_figure(a, b, v)
+    if v.sketch is not None and v.sketch.grid is not None:
+        return _sketch_figure(v)
+    return ""
+
+
+def _sketch_figure(v) -> str:
+    fig = new_figure(11, 4.6)
+    draw_sketch(fig, v)
+    return _figure(svg(fig), "Left: mean |r| of the weight sketches (values at positions fixed by the matrix "
+                             "shape) for every pair of layers; circles mark the pairing the test chose. Right: each "
+                             "channel's median |r|; models trained apart sit near 0, derived ones near 1.")
+
+
+def _features_figure(a, b, v) -> str:
+    fig = new_figure(11, 7)
+    draw_features(fig, a, b, v)
+    return _figure(svg(fig), "The invariant feature curves (unchanged by rescaling and norm folding) of both "
+                             "models over relative depth; grey lines join the layers the alignment paired.")
+
+
+def _figure(svg_text: str, caption: str) -> str:
+    return f"<figure>{svg_text}<figcaption>{esc(caption)}</figcaption></figure>"
+
+
+def _declared(a, b, v) -> str:
+    """What each card names as its base, and whether the weights agree with it."""
+    rows = [(s.model, ", ".join(s.declared_base) or "nothing") for s in (a, b)]
+    claims = [(s, other) for s, other in ((a, b), (b, a)) if other.model in (s.declared_base or [])]
+    if claims and v.verdict == "derived":
+        note = f'<p class="agree" id="agreement">The weights agree: {esc(claims[0][0].model)} declares ' \
+               f"{esc(claims[0][1].model)} as its base, and the weights say derived.</p>"
+    elif claims:
+        note = f'<p class="disagree" id="agreement">The weights disagree: {esc(claims[0][0].model)} declares ' \
+               f"{esc(claims[0][1].model)} as its base, but the weights say {esc(v.verdict)}.</p>"
+    elif v.verdict == "derived":
+        note = '<p class="disagree" id="agreement">Undeclared: neither card names the other, yet the weights say ' \
+               "derived.</p>"
+    else:
+        note = '<p class="agree" id="agreement">Consistent: neither card names the other, and the weights show no ' \
+               "lineage.</p>"
+    return table([(f"{m} declares", esc(base)) for m, base in rows]) + note
+
+
+def _identities(a, b) -> str:
+    def cells(s) -> list[str]:
+        files = ", ".join(s.files) if s.files else "(not recorded by this scanner version)"
+        return [esc(s.model), f"<code>{esc(s.revision)}</code>", esc(s.source), esc(s.format),
+                esc(f"{s.family} ({s.architecture})"), esc(s.n_layers), esc(s.hidden_size), esc(s.dtype),
+                esc(files), esc(f"{s.bytes_read:,}"), "sampled" if s.sampled else "exact (every element)",
+                esc(s.scanner_version), esc(s.scanned_at)]
+
+    headings = ["model", "revision (commit)", "source", "format", "family (architecture)", "layers", "hidden size",
+                "weight dtype", "files", "bytes read", "scan", "scanner version", "scanned at"]
+    ca, cb = cells(a), cells(b)
+    rows = "".join(f"<tr><th>{esc(h)}</th><td>{x}</td><td>{y}</td></tr>" for h, x, y in zip(headings, ca, cb))
+    return f"<table id=\"identities\">{rows}</table>"
+
+
+def _num(x) -> str:
+    if x is None:
+        return "n/a"
+    return "n/a" if isinstance(x, float) and not math.isfinite(x) else f"{x:.4g}"
+
+
+def _p(log10_p: float) -> str:
+    if not math.isfinite(log10_p):
+        return "n/a"
+    return f"{10 ** log10_p:.3g}" if log10_p > -4 else f"1e{log10_p:.0f}"
