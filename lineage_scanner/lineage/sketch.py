@@ -56,7 +56,7 @@ LOG_FIRM_P = math.log(1e-3)
 #: The Gram channel with an exact null (module docstring) and the number of sign patterns drawn for it: a
 #: layer pair's p resolves to 1/(GRAM_DRAWS + 1).
 TESTED_GRAM = "v:gram"
-GRAM_DRAWS = 2047
+GRAM_DRAWS = 8191
 
 
 @dataclass(frozen=True)
@@ -173,20 +173,28 @@ def _pair(chi: np.ndarray, dof: np.ndarray) -> tuple[float, list[tuple[int, int]
 def _gram_test(a: tuple[SketchPart, ...], b: tuple[SketchPart, ...]
                ) -> tuple[float, tuple[tuple[int, int], ...]] | None:
     """The V Gram sketches' randomisation test over V's row signs: log10 p and the layer pairs it rests on.
-    Layers are paired and the search paid for as in the values' test (per-pair p as chi-squared on 2 dof)."""
+
+    Each layer's candidate partner (both ways round) is the one with the largest self-normalised Gram
+    statistic; only those pairs are randomised, and the Šidák correction still counts every candidate (the
+    chosen pair's p is no smaller than the least of all m, so the union bound holds). Then layers are paired
+    and combined as in the values' test (a pair's p as chi-squared on 2 dof)."""
     by_a = {p.layer: p.values.astype(np.float64) for p in a if p.channel == TESTED_GRAM}
     by_b = {p.layer: p.values.astype(np.float64) for p in b if p.channel == TESTED_GRAM}
-    if next(iter(by_a.values())).size != _sign_products().shape[1]:
+    signs = _sign_products()
+    if next(iter(by_a.values())).size != signs.shape[1]:
         return None  # fewer rows than anchors: some Gram entries are norms, which no sign flip moves
     layers_a, layers_b = sorted(by_a), sorted(by_b)
     ga, gb = np.stack([by_a[i] for i in layers_a]), np.stack([by_b[j] for j in layers_b])
-    signs = _sign_products()
-    chi = np.empty((len(layers_a), len(layers_b)))
-    for i, row in enumerate(ga):
-        products = row * gb  # a's entries fixed, b's signs drawn: the statistic under every pattern at once
-        seen = np.abs(products.sum(axis=1))
-        beaten = (np.abs(products @ signs.T) >= seen[:, None] * (1 - 1e-9)).sum(axis=1)
-        chi[i] = -2.0 * np.log((1.0 + beaten) / (1.0 + len(signs)))
+    t = np.abs(_self_normalised(ga, gb))
+    t[~np.isfinite(t)] = -1.0
+    candidates = {(i, int(j)) for i, j in enumerate(t.argmax(axis=1))}
+    candidates |= {(int(i), j) for j, i in enumerate(t.argmax(axis=0))}
+    chi = np.zeros((len(layers_a), len(layers_b)))
+    for i, j in candidates:
+        products = ga[i] * gb[j]  # a's entries fixed, b's row signs drawn
+        seen = abs(products.sum())
+        beaten = int((np.abs(signs @ products) >= seen * (1 - 1e-9)).sum())
+        chi[i, j] = -2.0 * math.log((1.0 + beaten) / (1.0 + len(signs)))
     log_p, pairing = _pair(chi, np.full_like(chi, 2.0))
     return log_p / LOG10, tuple((layers_a[i], layers_b[j]) for i, j in pairing)
 
