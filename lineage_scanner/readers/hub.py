@@ -6,6 +6,12 @@ fetched with one request for its first 100 KB (a second one only for larger head
 strictly as a local file. Tensor bytes are fetched as coalesced ranges (adjacent tensors of a layer in one
 request), several at a time, a bounded window ahead of the consumer, and dropped once measured.
 
+Each weight file is resolved once: the Hub answers ``/resolve/`` for an LFS file with a redirect to its
+file host, a signed URL that expires; every range of that file is then read from the signed URL until it
+is about to expire (or the host answers 403), and only then resolved again. Resolves count against the
+Hub's file quota; the file host's reads do not. The token goes to the Hub only: a signed URL carries its
+own authorisation, and a redirect target never gets the token.
+
 Every request retries 429 (honouring Retry-After), 5xx, dropped connections and short bodies with
 exponential backoff and jitter, a bounded number of times; then :class:`RemoteError`. The token travels
 only in request headers, never in messages.
@@ -13,11 +19,14 @@ only in request headers, never in messages.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from urllib.parse import parse_qs, urljoin, urlparse
 
 import torch
 
@@ -39,6 +48,11 @@ WINDOW = 8
 #: Sampled runs closer than this share one request: the bytes in between cost less than a request.
 SAMPLE_GAP = 4096
 WORKERS = 4
+#: A signed URL is dropped this long before it expires (a quarter of its life if that is shorter); one whose
+#: expiry it does not state is kept this long.
+EXPIRY_MARGIN_S = 30.0
+UNSTATED_TTL_S = 300.0
+REDIRECTS = 5
 
 
 class HubClient:
@@ -53,8 +67,11 @@ class HubClient:
         self.source = source
         self.bytes_read = 0
         self.requests = 0
+        #: requests to the Hub's ``/resolve/`` (its file quota), the rest went to a file host or the API
+        self.resolves = 0
         self.waited = 0.0
         self._lock = threading.Lock()
+        self._signed: dict[str, tuple[str, float]] = {}  # resolve URL -> (signed URL, expires at)
 
     def get(self, url: str, start: int | None = None, end: int | None = None,
             limit: int | None = None) -> tuple[bytes, dict]:
@@ -71,9 +88,7 @@ class HubClient:
         for attempt in range(RETRIES + 1):
             wait = BACKOFF_S * 2**attempt * (0.5 + random.random())
             try:
-                with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
-                    with self._lock:
-                        self.requests += 1
+                with contextlib.closing(self._open(get_session(), url, headers)) as response:
                     status = response.status_code
                     if status == 429 or status >= 500:
                         problem, limited = f"HTTP {status}", status == 429
@@ -97,6 +112,39 @@ class HubClient:
                                                 "left for the next run")
         raise RemoteError(self.source, f"giving up after {attempt + 1} attempts: {problem}")
 
+    def _open(self, session, url: str, headers: dict):
+        """The streamed response for ``url``: from the file's signed URL while it lasts, else through the Hub,
+        its redirects followed here (a rename's with the token, a file host's without it, remembered)."""
+        with self._lock:
+            signed, expires = self._signed.get(url, ("", 0.0))
+        target, send = (signed, _without_token(headers)) if expires > time.time() else (url, headers)
+        for _ in range(REDIRECTS):
+            response = session.send(session.build_request("GET", target, headers=send), stream=True,
+                                     follow_redirects=False)
+            with self._lock:
+                self.requests += 1
+                self.resolves += "/resolve/" in urlparse(target).path
+            location = response.headers.get("Location")
+            if response.status_code in (301, 302, 303, 307, 308) and location:
+                response.close()
+                following = urljoin(target, location)
+                if _on_hub(following):  # a renamed repo: the same request under its new name
+                    target = following
+                    continue
+                now, expires = time.time(), _expiry(following)
+                with self._lock:  # dropped a little before it expires: a quarter of its life, at most the margin
+                    self._signed[url] = (following, expires - min(EXPIRY_MARGIN_S, (expires - now) / 4))
+                target, send = following, _without_token(headers)
+                continue
+            if response.status_code == 403 and target != url and not _on_hub(target):
+                response.close()  # the signed URL expired early or was revoked: resolve again
+                with self._lock:
+                    self._signed.pop(url, None)
+                target, send = url, headers
+                continue
+            return response
+        raise RemoteError(self.source, f"{url_name(url)}: more than {REDIRECTS} redirects")
+
     def _read(self, response, cap: int | None, start: int | None, end: int | None) -> bytes:
         announced = response.headers.get("Content-Length", "")
         if start is None and cap is not None and announced.isdigit() and int(announced) > cap:
@@ -115,6 +163,32 @@ class HubClient:
                 raise RemoteError(self.source, f"the server sent more than the {cap} bytes asked for")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _on_hub(url: str) -> bool:
+    """Whether ``url`` is one of the Hub's own (API or resolve), not a file host's."""
+    hub, there = urlparse(endpoint()), urlparse(url)
+    return (there.scheme, there.netloc) == (hub.scheme, hub.netloc) and not there.path.startswith("/files/") \
+        and ("/resolve/" in there.path or there.path.startswith("/api/"))
+
+
+def _without_token(headers: dict) -> dict:
+    return {k: v for k, v in headers.items() if k.lower() != "authorization"}
+
+
+def _expiry(url: str) -> float:
+    """When a signed URL stops working: CloudFront's ``Expires`` (epoch seconds) or S3's ``X-Amz-Date`` +
+    ``X-Amz-Expires``; UNSTATED_TTL_S from now when it says neither."""
+    query = {k.lower(): v[0] for k, v in parse_qs(urlparse(url).query).items()}
+    try:
+        if query.get("expires", "").isdigit():
+            return float(query["expires"])
+        if "x-amz-date" in query and query.get("x-amz-expires", "").isdigit():
+            signed = datetime.strptime(query["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+            return signed.timestamp() + float(query["x-amz-expires"])
+    except ValueError:
+        pass
+    return time.time() + UNSTATED_TTL_S
 
 
 def _retry_after(value: str, default: float) -> float:
@@ -168,7 +242,8 @@ def file_size(source: str, headers: dict, body: bytes) -> int:
 
 
 def resolve(ref: HubRef, client: HubClient):
-    """Model info at the pinned commit; Hub errors become typed scan errors."""
+    """Model info at the pinned commit, with every file's size and SHA-256; Hub errors become typed scan
+    errors."""
     import httpx2 as httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
@@ -179,7 +254,8 @@ def resolve(ref: HubRef, client: HubClient):
     )
 
     try:
-        return HfApi(endpoint=endpoint()).model_info(ref.repo_id, revision=ref.revision)
+        # files_metadata: each file's size and LFS SHA-256 in this one call (copies are found by them)
+        return HfApi(endpoint=endpoint()).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
     except GatedRepoError:
         raise GatedError(client.source, "gated or private repo: request access or set HF_TOKEN") from None
     except RevisionNotFoundError:

@@ -36,6 +36,8 @@ class OpenedModel:
     declared_base: list[str] = field(default_factory=list)
     #: the card's ``base_model_relation`` (finetune, quantized, merge, adapter), when it declares one
     declared_relation: str | None = None
+    #: see :attr:`lineage_scanner.signature.record.Signature.weights_digest`
+    weights_digest: str | None = None
 
     @property
     def format(self) -> str:
@@ -143,14 +145,36 @@ def _as_list(base: object) -> list[str]:
     return [base] if isinstance(base, str) else [str(b) for b in base]
 
 
-def open_source(text: str, done: set[tuple[str, str]] | None = None) -> OpenedModel | tuple[str, str]:
-    """Open a local path or an ``hf://`` reference; for a Hub commit already in ``done``, just its key."""
+@dataclass(frozen=True)
+class CopyOf:
+    """A Hub commit whose weight files all match a stored signature's (by their SHA-256): nothing to read."""
+
+    model: str
+    revision: str
+    source: str
+    original: tuple[str, str]
+    weights_digest: str
+    declared_base: list[str]
+    declared_relation: str | None
+    bytes_read: int
+
+
+def open_source(text: str, done: set[tuple[str, str]] | None = None, digests: dict[str, tuple[str, str]] | None = None
+                ) -> OpenedModel | CopyOf | tuple[str, str]:
+    """Open a local path or an ``hf://`` reference; for a Hub commit already in ``done``, just its key, and
+    for one whose weights digest is in ``digests`` (digest -> stored key), a :class:`CopyOf`."""
     if not is_hub(text):
         return open_local(text)
-    return open_hub(str(text), done or set())
+    return open_hub(str(text), done or set(), digests or {})
 
 
-def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, str]:
+def weights_digest(sha256s: list[str]) -> str:
+    """One digest for a set of weight files, from their own SHA-256s (order and names do not count)."""
+    return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
+
+
+def open_hub(text: str, done: set[tuple[str, str]], digests: dict[str, tuple[str, str]] | None = None
+             ) -> OpenedModel | CopyOf | tuple[str, str]:
     """Resolve ``hf://org/name[@revision]`` to its commit and open its safetensors by range reads."""
     from lineage_scanner.readers.hub import HubClient, HubSafetensors, fetch_json, resolve
     from lineage_scanner.sources.hub import HubRef
@@ -165,13 +189,28 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
         return info.id, sha
     client.source = f"hf://{info.id}@{sha}"
     files = [s.rfilename for s in info.siblings or []]
+    lfs = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None and s.lfs.sha256}
     card = info.card_data.to_dict() if info.card_data else {}
     declared = _as_list(card.get("base_model"))
     relation = card.get("base_model_relation")
+
+    def copy_of(weights: list[str]) -> tuple[str | None, CopyOf | None]:
+        """The weights' digest, and a CopyOf where it matches another stored signature's (else read them)."""
+        if not weights or not all(f in lfs for f in weights):
+            return None, None
+        digest = weights_digest([lfs[f] for f in weights])
+        original = (digests or {}).get(digest)
+        if original is None or original == (info.id, sha):
+            return digest, None
+        return digest, CopyOf(info.id, sha, client.source, original, digest, declared, relation, client.bytes_read)
+
     ggufs = [f for f in files if f.endswith(".gguf")]
     if ref.filename or (ggufs and not any(f.endswith(".safetensors") for f in files)):
+        digest, copy = copy_of([ref.filename or ggufs[0]] if ref.filename or len(ggufs) == 1 else [])
+        if copy:
+            return copy
         opened = _open_hub_gguf(client, info.id, sha, ref.filename, ggufs, declared)
-        opened.declared_relation = relation
+        opened.declared_relation, opened.weights_digest = relation, digest
         return opened
     top = [f for f in files if "/" not in f]
     if INDEX_NAME in top:
@@ -190,9 +229,12 @@ def open_hub(text: str, done: set[tuple[str, str]]) -> OpenedModel | tuple[str, 
         if any(f.endswith(PICKLE_SUFFIXES) for f in top):
             raise _pickle_refusal(client.source)
         raise SourceError(client.source, "no .safetensors weights in the repo")
+    digest, copy = copy_of(shards)
+    if copy:
+        return copy
     config = fetch_json(client, info.id, sha, "config.json") if "config.json" in top else {}
     reader = dequantizing(HubSafetensors(client, info.id, sha, shards), config)
-    return OpenedModel(info.id, sha, client.source, config, reader, declared, relation)
+    return OpenedModel(info.id, sha, client.source, config, reader, declared, relation, digest)
 
 
 def _open_hub_gguf(client, repo_id: str, sha: str, chosen: str | None, ggufs: list[str], declared: list[str]

@@ -11,6 +11,7 @@ stored, so an interrupted batch neither redoes nor duplicates finished work.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -52,6 +53,16 @@ class ScanConfig:
     sample: SamplePlan | None = None
 
 
+@dataclass(frozen=True)
+class Known:
+    """What the store already holds, as every scanning process needs it (picklable, shipped once): the
+    (model, revision) pairs scanned, and the weights digest of each original signature (a Hub commit whose
+    weight files all match one is a copy: none of its bytes are read)."""
+
+    done: frozenset[Key] = frozenset()
+    digests: dict[str, Key] = field(default_factory=dict)
+
+
 @dataclass
 class UnitResult:
     scanned: list[Signature] = field(default_factory=list)
@@ -59,21 +70,22 @@ class UnitResult:
 
 
 class Scanner:
-    """One scanning process's state (a moments backend, the done set) and the per-unit scan."""
+    """One scanning process's state (a moments backend, what the store holds) and the per-unit scan."""
 
-    def __init__(self, config: ScanConfig, done: set[Key]):
+    def __init__(self, config: ScanConfig, known: Known):
         from lineage_scanner.measure.kernels import get_backend
 
         self.backend = get_backend(config.backend)
         self.config = config
-        self.done = done
+        self.known = known
 
     def scan(self, unit: WorkUnit) -> UnitResult:
         from lineage_scanner.run.scan import scan_one
 
         result = UnitResult()
         for source in unit.sources:
-            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample)
+            key, sig = scan_one(source, self.backend, set(self.known.done), self.config.force, self.config.sample,
+                                self.known.digests)
             if sig is None:
                 result.skipped.append(key)
             else:
@@ -87,7 +99,7 @@ class Executor(Protocol):
     #: units run again after their worker was lost
     retried_units: int
 
-    def run(self, units: Iterator[WorkUnit], config: ScanConfig, done: set[Key]) -> Iterator[UnitResult]: ...
+    def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]: ...
 
 
 def source_bytes(source: str) -> int:
@@ -201,9 +213,10 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
     pending: list[Signature] = []
     shown = None  # from the first result on, so that a batch that cannot start prints only its error
     try:
-        for result in executor.run(islice(units, max_units), config, store.done()):
+        known = Known(frozenset(store.done()), store.digests())
+        for result in executor.run(islice(units, max_units), config, known):
             shown = shown or (_Progress() if progress else None)
-            pending.extend(result.scanned)
+            pending.extend(complete_copy(sig, store) if sig.identical_to else sig for sig in result.scanned)
             summary.add(result)
             if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_seconds:
                 store.write(pending)
@@ -218,6 +231,17 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
     summary.retried_units = executor.retried_units
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def complete_copy(stub: Signature, store: Store) -> Signature:
+    """A copy's signature: the original's measurements under the copy's identity, card and provenance (the
+    per-layer table stays the original's, under its scan)."""
+    original = store.load(*stub.identical_to.rsplit("@", 1))
+    return dataclasses.replace(original, model=stub.model, revision=stub.revision, source=stub.source,
+                               declared_base=stub.declared_base, declared_relation=stub.declared_relation,
+                               weights_digest=stub.weights_digest, identical_to=stub.identical_to,
+                               bytes_read=stub.bytes_read, scanned_at=stub.scanned_at, scan_id=stub.scan_id,
+                               layers=(), scanner_version=stub.scanner_version)
 
 
 class _Progress:

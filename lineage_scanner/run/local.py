@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lineage_scanner.run.batch import Key, ScanConfig, Scanner, UnitResult, WorkUnit
+from lineage_scanner.run.batch import Known, ScanConfig, Scanner, UnitResult, WorkUnit
 
 
 class InProcess:
@@ -12,7 +12,7 @@ class InProcess:
 
     retried_units = 0
 
-    def run(self, units: Iterator[WorkUnit], config: ScanConfig, done: set[Key]) -> Iterator[UnitResult]:
-        scanner = Scanner(config, done)
+    def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]:
+        scanner = Scanner(config, known)
         for unit in units:
             yield scanner.scan(unit)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lineage_scanner.errors import InternalError, ScanError
-from lineage_scanner.run.batch import Key, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
+from lineage_scanner.run.batch import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
 
 MAX_ATTEMPTS = 3
@@ -35,14 +35,14 @@ WORKER_ENV = (CRASH_HOOK, "HF_ENDPOINT", "TRITON_INTERPRET")
 class ScanWorker:
     """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it."""
 
-    def __init__(self, config: ScanConfig, done: set[Key], threads: int):
+    def __init__(self, config: ScanConfig, known: Known, threads: int):
         import numba
         import torch
 
         # the CPU kernel's threads match the CPUs Ray gave this actor, so workers do not fight for cores
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         torch.set_num_threads(max(1, threads))
-        self.scanner = Scanner(config, done)
+        self.scanner = Scanner(config, known)
 
     def ping(self) -> bool:
         return True
@@ -82,7 +82,7 @@ class RayExecutor:
         self.address = address
         self.retried_units = 0
 
-    def run(self, units: Iterator[WorkUnit], config: ScanConfig, done: set[Key]) -> Iterator[UnitResult]:
+    def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]:
         ray = connect(self.address)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -93,7 +93,7 @@ class RayExecutor:
         remote = ray.remote(max_restarts=-1, max_task_retries=0, runtime_env={"env_vars": env})(ScanWorker)
         if gpus and config.backend == "auto":
             config = dataclasses.replace(config, backend="triton")
-        args = (config, ray.put(done), max(1, round(cpus / count)))
+        args = (config, ray.put(known), max(1, round(cpus / count)))
         idle = deque(remote.options(**options).remote(*args) for _ in range(count))
         retry: deque[WorkUnit] = deque()
         pending: dict = {}

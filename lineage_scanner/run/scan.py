@@ -5,7 +5,7 @@ from __future__ import annotations
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.open import OpenedModel, open_source
+from lineage_scanner.readers.open import CopyOf, OpenedModel, open_source
 from lineage_scanner.signature.build import build
 from lineage_scanner.signature.record import Signature
 
@@ -13,12 +13,20 @@ Key = tuple[str, str]
 
 
 def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-                sample: SamplePlan | None = None) -> tuple[Key, Signature | None]:
-    """Scan one source; the signature is None when (model, revision) is in ``done`` and not forced.
+                sample: SamplePlan | None = None, digests: dict[str, Key] | None = None
+                ) -> tuple[Key, Signature | None]:
+    """Scan one source; the signature is None when (model, revision) is in ``done`` and not forced. A Hub
+    commit whose weight files match a stored signature's (``digests``: weights digest -> key) is not read:
+    its signature is a stub naming the original (``identical_to``), which the batch completes from the store.
 
     Raises :class:`ScanError` on bad input.
     """
-    opened = open_source(source, None if force else done)
+    opened = open_source(source, None if force else done, None if force else digests)
+    if isinstance(opened, CopyOf):
+        return (opened.model, opened.revision), Signature(
+            opened.model, opened.revision, opened.source, weights_digest=opened.weights_digest,
+            identical_to="@".join(opened.original), declared_base=opened.declared_base,
+            declared_relation=opened.declared_relation, bytes_read=opened.bytes_read)
     if not isinstance(opened, OpenedModel):  # a Hub commit already stored: skipped before reading weights
         return opened, None
     try:
@@ -31,10 +39,10 @@ def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: boo
 
 
 def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-             sample: SamplePlan | None = None) -> tuple[Key, Signature | None]:
+             sample: SamplePlan | None = None, digests: dict[str, Key] | None = None) -> tuple[Key, Signature | None]:
     """Like :func:`scan_strict`, but bad input becomes an error signature instead of an exception."""
     try:
-        return scan_strict(source, backend, done, force, sample)
+        return scan_strict(source, backend, done, force, sample, digests)
     except Exception as exc:  # noqa: BLE001 - the error boundary: one model's bug never stops a batch
         sig = Signature.failed(source, exc if isinstance(exc, ScanError) else InternalError.of(source, exc))
         return sig.key, sig

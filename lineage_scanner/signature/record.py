@@ -70,6 +70,11 @@ class Signature:
     sketch: tuple[SketchPart, ...] = field(default=(), metadata={"column": "sketch"})
     #: the checkpoint's weight files, by name, as its tensors' headers listed them
     files: list[str] = field(default_factory=list)
+    #: SHA-256 over the weight files' own SHA-256s (the Hub's LFS oids, from model info), sorted: equal for
+    #: exact re-uploads whatever their names; None where the hashes are unknown (local files)
+    weights_digest: str | None = None
+    #: "model@revision" of the stored signature this one copies: the same weight files, none of them read
+    identical_to: str | None = None
     bytes_read: int = 0
     sampled: bool = False
     scanner_version: str = __version__

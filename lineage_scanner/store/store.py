@@ -376,6 +376,17 @@ class Store:
         with self.connect() as con:
             return {tuple(r) for r in con.execute("SELECT model, revision FROM signatures").fetchall()}
 
+    def digests(self) -> dict[str, tuple[str, str]]:
+        """Weights digest -> (model, revision) of each original signature (copies are not originals): a Hub
+        commit whose weight files match one needs none of its bytes read."""
+        if not self.files("signatures"):
+            return {}
+        with self.connect() as con:
+            rows = con.execute("SELECT weights_digest, arg_min(model, scanned_at), arg_min(revision, scanned_at) "
+                               "FROM signatures WHERE weights_digest IS NOT NULL AND identical_to IS NULL "
+                               "GROUP BY weights_digest").fetchall()
+        return {digest: (model, revision) for digest, model, revision in rows}
+
     def load(self, model: str, revision: str | None = None) -> Signature:
         """A stored signature by model id (newest revision unless one is named), with its provenance (files,
         bytes read, scanner version, when), which a report shows, not only what scoring reads."""

@@ -1,22 +1,38 @@
 """A local stand-in for the Hugging Face Hub, on 127.0.0.1, for the real ``huggingface_hub`` client.
 
-It serves directories of checkpoints as repos: model info (per revision), model listing with cursor
-pagination, and ``resolve`` with HEAD and single-range GET, with the commit and ETag headers the client
-reads. Gated and missing repos answer with the Hub's error codes. Faults can be queued per file (429 with
-Retry-After, 503, a connection dropped mid-body, a body shorter than announced), and bytes and requests
-are counted per file, so tests can assert byte budgets and retries.
+It serves directories of checkpoints as repos: model info (per revision; with ``blobs=true`` each file's
+size and LFS SHA-256, as ``files_metadata=True`` asks), model listing with cursor pagination, and
+``resolve`` with HEAD and single-range GET, with the commit and ETag headers the client reads. Gated and
+missing repos answer with the Hub's error codes. Faults can be queued per file (429 with Retry-After, 503,
+a connection dropped mid-body, a body shorter than announced), and bytes and requests are counted per file,
+so tests can assert byte budgets and retries.
+
+Where cost is decided it behaves like the Hub: ``/resolve/`` answers a redirect to a separate file host
+(``/files/…``) with a signed URL that expires (``Expires`` and ``Signature`` query parameters, 403 once
+expired or altered); requests are counted per class (``api``, ``resolve``, ``file``); each class can be
+rate-limited per fixed window (429 with ``Retry-After`` and the ``RateLimit`` / ``RateLimit-Policy``
+headers the Hub sends, whose ``r`` and ``t`` say what remains and when the window resets); and every
+answer can be delayed (latency) and every body throttled (one bandwidth shared by all connections).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import math
 import threading
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+#: Files the Hub keeps in LFS: ``/resolve/`` redirects them to the file host (small git files it serves).
+LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
+#: Body bytes written at a time (and throttled at a time, under a bandwidth cap).
+CHUNK = 256 * 1024
 
 
 @dataclass
@@ -57,20 +73,66 @@ def _head(path: Path) -> bytes:
         return f.read(4096)
 
 
-class HubStandIn:
-    """Start with ``with HubStandIn(repos) as hub:``; ``hub.endpoint`` goes into HF_ENDPOINT."""
+_SHA256: dict[tuple[str, float, int], str] = {}
 
-    def __init__(self, repos: list[Repo], page_size: int = 2, token: str | None = None):
+
+def _sha256(path: Path) -> str:
+    """A file's SHA-256 (the LFS oid), computed once per file version."""
+    st = path.stat()
+    key = (str(path), st.st_mtime, st.st_size)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Requests allowed per fixed window for each class (None: unlimited), as the Hub limits a token: a free
+    one gets about 1,000 API calls and 5,000 resolves per 5 minutes. The file host is not limited."""
+
+    api: int | None = None
+    resolve: int | None = None
+    window_s: float = 300.0
+
+    def of(self, kind: str) -> int | None:
+        return {"api": self.api, "resolve": self.resolve}.get(kind)
+
+
+class HubStandIn:
+    """Start with ``with HubStandIn(repos) as hub:``; ``hub.endpoint`` goes into HF_ENDPOINT.
+
+    ``redirect`` sends data reads through the file host with signed URLs valid ``url_ttl_s``; ``limits``
+    rate-limits the classes; ``latency_s`` delays every answer; ``bandwidth`` (bytes/s) caps all bodies
+    together."""
+
+    def __init__(self, repos: list[Repo], page_size: int = 2, token: str | None = None, *, redirect: bool = True,
+                 url_ttl_s: float = 3600.0, limits: Limits | None = None, latency_s: float = 0.0,
+                 bandwidth: float | None = None):
         self.repos = {r.repo_id: r for r in repos}
         #: a token that may read gated repos (``Authorization: Bearer TOKEN``); without one none may
         self.token = token
         self.page_size = page_size
+        self.redirect, self.url_ttl_s, self.limits = redirect, url_ttl_s, limits or Limits()
+        self.latency_s, self.bandwidth = latency_s, bandwidth
         self.faults: dict[str, deque[str]] = defaultdict(deque)
         self.renames: dict[str, str] = {}  # old repo id -> new: answered with a redirect, as the Hub does
         self.bytes_served: dict[str, int] = defaultdict(int)
+        #: data requests per file (whichever host served them), and per-repo or listing API calls
         self.requests: dict[str, int] = defaultdict(int)
+        #: ``/resolve/`` calls per file, requests per class, and 429s per class
+        self.resolves: dict[str, int] = defaultdict(int)
+        self.by_class: dict[str, int] = defaultdict(int)
+        self.rejected: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
         self._shas = {r.repo_id: r.sha for r in repos}
+        self._key = hashlib.sha256(str(id(self)).encode() + str(time.time()).encode()).digest()
+        self._started = time.monotonic()
+        self._window_counts: dict[tuple[str, int], int] = defaultdict(int)
+        self._free_at = 0.0  # when the shared link is next free (bandwidth)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -92,10 +154,63 @@ class HubStandIn:
         self.faults[filename].extend(faults)
 
     def reset_counts(self) -> None:
-        self.bytes_served.clear()
-        self.requests.clear()
+        for counts in (self.bytes_served, self.requests, self.resolves, self.by_class, self.rejected):
+            counts.clear()
 
-    def info(self, repo: Repo) -> dict:
+    def signed_url(self, repo_id: str, sha: str, filename: str, now: float | None = None) -> str:
+        """The file host's URL for a file, valid for ``url_ttl_s`` from ``now``."""
+        expires = int((time.time() if now is None else now) + self.url_ttl_s)
+        path = f"/files/{quote(repo_id)}/{sha}/{quote(filename)}"
+        return f"{self.endpoint}{path}?Expires={expires}&Signature={self._sign(path, expires)}"
+
+    def _sign(self, path: str, expires: int) -> str:
+        return hmac.new(self._key, f"{path}|{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def _admit(self, kind: str) -> tuple[bool, dict[str, str]]:
+        """Count a request of ``kind`` in its window; whether it is allowed, and the rate-limit headers."""
+        limit = self.limits.of(kind)
+        elapsed = time.monotonic() - self._started
+        window = int(elapsed // self.limits.window_s)
+        reset = max(1, math.ceil((window + 1) * self.limits.window_s - elapsed))
+        with self.lock:
+            self.by_class[kind] += 1
+            if limit is None:
+                return True, {}
+            used = self._window_counts[(kind, window)]
+            allowed = used < limit
+            if allowed:
+                self._window_counts[(kind, window)] = used + 1
+            else:
+                self.rejected[kind] += 1
+        headers = {"RateLimit": f'"{kind}";r={max(limit - used - 1, 0) if allowed else 0};t={reset}',
+                   "RateLimit-Policy": f'"fixed window";"{kind}";q={limit};w={int(self.limits.window_s)}'}
+        if not allowed:
+            headers["Retry-After"] = str(reset)
+        return allowed, headers
+
+    def _throttle(self, nbytes: int) -> None:
+        """Wait for ``nbytes`` of the shared bandwidth."""
+        if not self.bandwidth or nbytes <= 0:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self._free_at)
+            self._free_at = start + nbytes / self.bandwidth
+            wait = self._free_at - now
+        time.sleep(wait)
+
+    def _sibling(self, repo: Repo, filename: str, blobs: bool) -> dict:
+        """A file entry of model info; with ``blobs``, its size, and for weights the LFS SHA-256."""
+        entry: dict = {"rfilename": filename}
+        if blobs:
+            path = repo.path / filename
+            entry["size"] = path.stat().st_size
+            entry["blobId"] = hashlib.sha1(_head(path)).hexdigest()
+            if filename.endswith(LFS_SUFFIXES):
+                entry["lfs"] = {"sha256": _sha256(path), "size": entry["size"], "pointerSize": 134}
+        return entry
+
+    def info(self, repo: Repo, blobs: bool = False) -> dict:
         config_path = repo.path / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         return {
@@ -109,7 +224,7 @@ class HubStandIn:
             "likes": 0,
             "tags": [],
             "lastModified": "2026-11-01T00:00:00.000Z",
-            "siblings": [{"rfilename": f} for f in repo.files()],
+            "siblings": [self._sibling(repo, f, blobs) for f in repo.files()],
             "cardData": repo.card,
             "config": {k: config.get(k) for k in ("model_type", "architectures")},
             "safetensors": {"parameters": {"BF16": repo.params()}, "total": repo.params()},
@@ -150,8 +265,23 @@ class HubStandIn:
             def do_HEAD(self):
                 self.do_GET(head=True)
 
+            def _rate_limited(self, headers: dict[str, str]) -> None:
+                self.send_response(429)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_GET(self, head=False):
                 url = urlparse(self.path)
+                if hub.latency_s:
+                    time.sleep(hub.latency_s)
+                kind = "file" if url.path.startswith("/files/") else "resolve" if "/resolve/" in url.path else "api"
+                allowed, self._limit_headers = hub._admit(kind)
+                if not allowed:
+                    return self._rate_limited(self._limit_headers)
+                if kind == "file":
+                    return self._file_host(url, head)
                 for old, new in hub.renames.items():
                     if f"/{old}/" in url.path + "/":
                         self.send_response(307)
@@ -171,7 +301,8 @@ class HubStandIn:
                         hub.requests[f"api:{repo_id}"] += 1
                     if len(parts) > 5 and parts[4] == "revision" and parts[5] not in ("main", hub._shas[repo_id]):
                         return self._error(404, "RevisionNotFound", "Invalid rev id")
-                    return self._json(hub.info(repo))
+                    blobs = parse_qs(url.query).get("blobs", ["false"])[0].lower() == "true"
+                    return self._json(hub.info(repo, blobs), headers=self._limit_headers)
                 if len(parts) >= 5 and parts[2] == "resolve":
                     return self._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), head)
                 return self._error(404, "EntryNotFound")
@@ -210,6 +341,36 @@ class HubStandIn:
                 path = repo.path / filename
                 if not path.is_file():
                     return self._error(404, "EntryNotFound", "Entry not found")
+                if hub.redirect and filename.endswith(LFS_SUFFIXES):  # weights live on the file host
+                    with hub.lock:
+                        hub.resolves[filename] += 1
+                    self.send_response(302)
+                    self.send_header("Location", hub.signed_url(repo_id, hub._shas[repo_id], filename))
+                    self.send_header("X-Repo-Commit", hub._shas[repo_id])
+                    self.send_header("X-Linked-Size", str(path.stat().st_size))
+                    self.send_header("X-Linked-Etag", f'"{_sha256(path)}"')
+                    for k, v in self._limit_headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                return self._serve(repo_id, path, filename, head)
+
+            def _file_host(self, url, head):
+                """The file host: a signed URL, checked and not expired, serves the file."""
+                query = parse_qs(url.query)
+                expires, signature = query.get("Expires", ["0"])[0], query.get("Signature", [""])[0]
+                good = expires.isdigit() and hmac.compare_digest(signature, hub._sign(url.path, int(expires)))
+                if not good or int(expires) < time.time():
+                    return self._error(403, "AccessDenied", "Request has expired" if good else "Bad signature")
+                parts = [unquote(p) for p in url.path.strip("/").split("/")]
+                repo_id, sha, filename = "/".join(parts[1:3]), parts[3], "/".join(parts[4:])
+                repo = hub.repos.get(repo_id)
+                if repo is None or hub._shas[repo_id] != sha or not (repo.path / filename).is_file():
+                    return self._error(404, "NoSuchKey", "The specified key does not exist")
+                return self._serve(repo_id, repo.path / filename, filename, head)
+
+            def _serve(self, repo_id, path, filename, head):
                 with hub.lock:
                     hub.requests[filename] += 1
                     fault = hub.faults[filename].popleft() if hub.faults[filename] else None
@@ -246,7 +407,10 @@ class HubStandIn:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(body)
+                view = memoryview(body)
+                for at in range(0, len(body), CHUNK):
+                    hub._throttle(len(view[at : at + CHUNK]))
+                    self.wfile.write(view[at : at + CHUNK])
                 with hub.lock:
                     hub.bytes_served[filename] += len(body)
 
