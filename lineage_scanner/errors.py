@@ -82,10 +82,11 @@ class RemoteError(ScanError):
     status = "network"
 
 
-class RateLimitedError(ScanError):
-    """The Hub kept asking this model's requests to wait longer than a scan waits: deferred, not failed."""
+class DeferredError(ScanError):
+    """The Hub's budget for this model's requests is spent for longer than a scan waits: deferred, not
+    failed (the next ``scan --catalog`` takes it first)."""
 
-    status = "rate_limited"
+    status = "deferred"
 
 
 class InternalError(ScanError):

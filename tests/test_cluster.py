@@ -119,3 +119,22 @@ def test_ray_job_submit_batch_scan(ray_head, zoo, tmp_path):
     assert len(counts) == len(zoo) and set(counts.values()) == {1}
     assert len(store.files("signatures")) == 1  # compacted
     assert time.time() - started < 600
+
+
+def test_two_workers_share_one_hub_budget(ray_local, zoo_by_name, tmp_path, monkeypatch):
+    """The job's rate budget is one actor: after a window's first 429 (API) or its last allowed request
+    (resolve, whose answers say what remains), every worker waits for the window to reset."""
+    from lineage_scanner.testing.hub_server import HubStandIn, Limits, Repo
+
+    names = ["llama-a", "llama-a-ft", "llama-a-ct", "llama-b", "llama-b-ft", "qwen2-a"]
+    repos = [Repo(f"acme/{n}", shutil.copytree(zoo_by_name[n].path, tmp_path / n)) for n in names]
+    window = 3.0
+    with HubStandIn(repos, limits=Limits(api=2, resolve=4, window_s=window)) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        started = time.monotonic()
+        summary = run_batch([f"hf://acme/{n}" for n in names], Store(tmp_path / "db"), RayExecutor(workers=2),
+                            unit_bytes=1, progress=False)
+        windows = (time.monotonic() - started) / window + 1
+    assert summary.n_failed == 0 and summary.n_deferred == 0 and summary.scanned == len(names)
+    assert all(hub.requests[f"api:acme/{n}"] == 1 for n in names)  # each model's one info call, admitted once
+    assert hub.rejected["api"] <= windows and hub.rejected["resolve"] <= windows  # at most the first of a window

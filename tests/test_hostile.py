@@ -149,7 +149,7 @@ def test_a_hub_index_cannot_reach_another_repo(hostile_hub, tmp_path):
     assert not any("victim" in f for f in hostile_hub.requests)
 
 
-def test_retry_after_is_bounded_and_rate_limited_is_its_own_status(hostile_hub, tmp_path, monkeypatch):
+def test_retry_after_is_bounded_and_deferred_is_its_own_status(hostile_hub, tmp_path, monkeypatch):
     monkeypatch.setattr("lineage_scanner.readers.hub.MAX_RETRY_AFTER_S", 0.2)
     monkeypatch.setattr("lineage_scanner.readers.hub.MAX_WAIT_S", 0.5)
     hostile_hub.inject("model.safetensors", *["429-forever"] * 10)
@@ -157,7 +157,7 @@ def test_retry_after_is_bounded_and_rate_limited_is_its_own_status(hostile_hub, 
     rows = scan(tmp_path, "hf://acme/good")
     assert time.monotonic() - started < 20
     status, error = rows["acme/good"]
-    assert status == "rate_limited" and "left for the next run" in error
+    assert status == "deferred" and "left for the next run" in error
 
 
 def test_a_server_that_ignores_range_is_an_error_not_a_download(hostile_hub, tmp_path):

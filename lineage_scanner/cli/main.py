@@ -52,8 +52,9 @@ def cmd_scan(args) -> int:
         if ok:
             print_table(["model", "revision", "layers", "MB read"],
                          [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
-        print(f"scanned {len(ok)}, skipped {len(summary.skipped)} already stored, failed {len(summary.failed)}",
-              file=sys.stderr)
+        print(f"scanned {len(ok)} ({summary.n_copies} exact copies, no weights read), skipped "
+              f"{len(summary.skipped)} already stored, failed {len(summary.failed)}, deferred {summary.n_deferred} "
+              "(Hub budget spent: the next scan --catalog takes them first)", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

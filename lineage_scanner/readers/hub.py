@@ -12,6 +12,10 @@ is about to expire (or the host answers 403), and only then resolved again. Reso
 Hub's file quota; the file host's reads do not. The token goes to the Hub only: a signed URL carries its
 own authorisation, and a redirect target never gets the token.
 
+Before every request to the Hub (API or resolve) the client asks the job's rate budget
+(:mod:`lineage_scanner.readers.limiter`), and tells it what each answer said of the budget; a wait longer
+than MAX_RETRY_AFTER_S, or past the model's MAX_WAIT_S in all, is not slept: the model is deferred.
+
 Every request retries 429 (honouring Retry-After), 5xx, dropped connections and short bodies with
 exponential backoff and jitter, a bounded number of times; then :class:`RemoteError`. The token travels
 only in request headers, never in messages.
@@ -30,9 +34,10 @@ from urllib.parse import parse_qs, urljoin, urlparse
 
 import torch
 
-from lineage_scanner.errors import GatedError, HeaderError, RateLimitedError, RemoteError, SourceError
+from lineage_scanner.errors import DeferredError, GatedError, HeaderError, RemoteError, SourceError
 from lineage_scanner.readers.base import TensorInfo
 from lineage_scanner.readers.jsonfile import MAX_JSON_BYTES, parse_object
+from lineage_scanner.readers.limiter import current as current_limiter
 from lineage_scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
 from lineage_scanner.sources.hub import HubRef, endpoint
 
@@ -61,7 +66,7 @@ class HubClient:
     Every body is read as a stream and cut off at the bytes asked for: a server that ignores ``Range`` (or
     sends more than it announced) is an error after one buffer, never a download of the whole file. Waits
     are bounded too: a ``Retry-After`` is honoured up to MAX_RETRY_AFTER_S, and a model that has waited
-    MAX_WAIT_S in all is given up as ``rate_limited`` (the next ``scan --catalog`` takes it again)."""
+    MAX_WAIT_S in all is ``deferred`` (the next ``scan --catalog`` takes it first)."""
 
     def __init__(self, source: str):
         self.source = source
@@ -92,7 +97,13 @@ class HubClient:
                     status = response.status_code
                     if status == 429 or status >= 500:
                         problem, limited = f"HTTP {status}", status == 429
-                        wait = _retry_after(response.headers.get("Retry-After", ""), wait)
+                        if status == 429 and _request_class(str(response.url)):
+                            wait = 0.0  # the budget learnt the window's reset: the next admission waits for it
+                        else:
+                            wait = _retry_after(response.headers.get("Retry-After", ""), wait)
+                            if wait > MAX_RETRY_AFTER_S:
+                                raise DeferredError(self.source, f"{url_name(url)}: the server asks to wait "
+                                                                 f"{wait:.0f} s; left for the next run")
                     else:
                         _raise_for_status(self.source, url, status)
                         body = self._read(response, cap, start, end)
@@ -108,9 +119,19 @@ class HubClient:
                 self.waited += wait
                 time.sleep(wait)
         if limited:
-            raise RateLimitedError(self.source, f"rate limited after {self.waited:.0f} s of waiting ({problem}); "
-                                                "left for the next run")
+            raise DeferredError(self.source, f"rate limited after {self.waited:.0f} s of waiting ({problem}); "
+                                             "left for the next run")
         raise RemoteError(self.source, f"giving up after {attempt + 1} attempts: {problem}")
+
+    def admit(self, kind: str) -> None:
+        """Wait until the job's budget admits a request of ``kind`` ("api" or "resolve"); a wait past the
+        caps defers the model instead."""
+        while (wait := current_limiter().ask(kind)) > 0:
+            if wait > MAX_RETRY_AFTER_S or self.waited + wait > MAX_WAIT_S:
+                raise DeferredError(self.source, f"the Hub's {kind} budget is spent for {wait:.0f} s more; "
+                                                 "left for the next run")
+            self.waited += wait
+            time.sleep(wait)
 
     def _open(self, session, url: str, headers: dict):
         """The streamed response for ``url``: from the file's signed URL while it lasts, else through the Hub,
@@ -119,11 +140,16 @@ class HubClient:
             signed, expires = self._signed.get(url, ("", 0.0))
         target, send = (signed, _without_token(headers)) if expires > time.time() else (url, headers)
         for _ in range(REDIRECTS):
+            kind = _request_class(target)
+            if kind:
+                self.admit(kind)
             response = session.send(session.build_request("GET", target, headers=send), stream=True,
                                      follow_redirects=False)
             with self._lock:
                 self.requests += 1
-                self.resolves += "/resolve/" in urlparse(target).path
+                self.resolves += kind == "resolve"
+            if kind:
+                current_limiter().observe(kind, response.status_code, response.headers)
             location = response.headers.get("Location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
                 response.close()
@@ -163,6 +189,14 @@ class HubClient:
                 raise RemoteError(self.source, f"the server sent more than the {cap} bytes asked for")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _request_class(url: str) -> str | None:
+    """Which of the Hub's rate-limited classes a request to ``url`` counts against: "api", "resolve", or
+    None (a file host's, or another server's)."""
+    if not _on_hub(url):
+        return None
+    return "resolve" if "/resolve/" in urlparse(url).path else "api"
 
 
 def _on_hub(url: str) -> bool:
@@ -242,34 +276,41 @@ def file_size(source: str, headers: dict, body: bytes) -> int:
 
 
 def resolve(ref: HubRef, client: HubClient):
-    """Model info at the pinned commit, with every file's size and SHA-256; Hub errors become typed scan
-    errors."""
+    """Model info at the pinned commit, with every file's size and SHA-256, in one admitted API call (a 429
+    is retried once the budget's window allows); Hub errors become typed scan errors."""
     import httpx2 as httpx
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError
 
-    try:
-        # files_metadata: each file's size and LFS SHA-256 in this one call (copies are found by them)
-        return HfApi(endpoint=endpoint()).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
-    except GatedRepoError:
-        raise GatedError(client.source, "gated or private repo: request access or set HF_TOKEN") from None
-    except RevisionNotFoundError:
-        raise SourceError(client.source, f"revision {ref.revision!r} not found") from None
-    except RepositoryNotFoundError:
-        raise SourceError(client.source, "repository not found (or private without access)") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        kind = RateLimitedError if status == 429 else RemoteError
-        raise kind(client.source, f"the Hub answered HTTP {status} to the model-info request") from None
-    except httpx.TransportError as exc:
-        raise RemoteError(client.source, f"cannot reach {endpoint()} ({exc.__class__.__name__})") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RemoteError(client.source, f"malformed model-info answer ({exc.__class__.__name__})") from None
+    for attempt in range(RETRIES + 1):
+        client.admit("api")
+        try:
+            # files_metadata: each file's size and LFS SHA-256 in this one call (copies are found by them)
+            return HfApi(endpoint=endpoint()).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+        except HfHubHTTPError as exc:
+            if exc.response is None or exc.response.status_code != 429 or attempt == RETRIES:
+                raise _info_error(client, ref, exc) from None
+            current_limiter().observe("api", 429, exc.response.headers)
+        except httpx.TransportError as exc:
+            raise RemoteError(client.source, f"cannot reach {endpoint()} ({exc.__class__.__name__})") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteError(client.source, f"malformed model-info answer ({exc.__class__.__name__})") from None
+    raise AssertionError("unreachable: the last attempt raises")
+
+
+def _info_error(client: HubClient, ref: HubRef, exc: Exception) -> Exception:
+    """A model-info failure as a typed scan error."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return GatedError(client.source, "gated or private repo: request access or set HF_TOKEN")
+    if isinstance(exc, RevisionNotFoundError):
+        return SourceError(client.source, f"revision {ref.revision!r} not found")
+    if isinstance(exc, RepositoryNotFoundError):
+        return SourceError(client.source, "repository not found (or private without access)")
+    status = exc.response.status_code if getattr(exc, "response", None) is not None else None
+    kind = DeferredError if status == 429 else RemoteError
+    return kind(client.source, f"the Hub answered HTTP {status} to the model-info request")
 
 
 def file_url(repo_id: str, sha: str, filename: str) -> str:

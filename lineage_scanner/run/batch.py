@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.readers.limiter import Limiter
 from lineage_scanner.signature.record import Signature
 from lineage_scanner.store.store import Store
 
@@ -51,6 +52,8 @@ class ScanConfig:
     backend: str = "auto"
     force: bool = False
     sample: SamplePlan | None = None
+    #: the job's shared Hub rate budget (on Ray, a handle to its actor); None: each process its own
+    limiter: Limiter | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ class Scanner:
 
     def __init__(self, config: ScanConfig, known: Known):
         from lineage_scanner.measure.kernels import get_backend
+        from lineage_scanner.readers.limiter import use
 
+        use(config.limiter)
         self.backend = get_backend(config.backend)
         self.config = config
         self.known = known
@@ -161,6 +166,10 @@ class BatchSummary:
     scanned: int = 0
     n_skipped: int = 0
     n_failed: int = 0
+    #: models whose Hub budget ran out: rows the next ``scan --catalog`` takes first, not failures
+    n_deferred: int = 0
+    #: models found to be exact copies of stored ones (no weight bytes read)
+    n_copies: int = 0
     bytes_read: int = 0
     retried_units: int = 0
     seconds: float = 0.0
@@ -171,7 +180,10 @@ class BatchSummary:
             record = ScanRecord.of(sig)
             self.scanned += 1
             self.bytes_read += record.bytes_read
-            if record.status != "ok":
+            self.n_copies += sig.identical_to is not None
+            if record.status == "deferred":
+                self.n_deferred += 1
+            elif record.status != "ok":
                 self.n_failed += 1
                 if self.keep_records or len(self.failed) < KEPT_FAILURES:
                     self.failed.append(record)

@@ -265,10 +265,14 @@ class Store:
         return self._append("catalog", [{name: getattr(e, name) for name in columns("catalog")} for e in entries])
 
     def todo(self, limit: int | None = None) -> list[str]:
-        """``hf://model@sha`` sources listed in the catalog and not yet scanned, most downloaded first."""
+        """``hf://model@sha`` sources listed in the catalog and not yet scanned: those deferred by a spent Hub
+        budget first, then the most downloaded."""
         with self.connect() as con:
-            rows = con.execute("SELECT model, sha FROM todo ORDER BY downloads DESC NULLS LAST, model LIMIT ?",
-                               [limit if limit is not None else 1 << 62]).fetchall()
+            rows = con.execute(
+                "SELECT t.model, t.sha FROM todo t LEFT JOIN (SELECT model, revision FROM errors "
+                "WHERE status = 'deferred') d ON d.model = t.model AND d.revision = t.sha "
+                "ORDER BY d.model IS NULL, t.downloads DESC NULLS LAST, t.model LIMIT ?",
+                [limit if limit is not None else 1 << 62]).fetchall()
         return [f"hf://{model}@{sha}" for model, sha in rows]
 
     def connect(self, database: str = ":memory:", sandbox: bool = False, for_query: str | None = None

@@ -127,6 +127,8 @@ class HubStandIn:
         self.resolves: dict[str, int] = defaultdict(int)
         self.by_class: dict[str, int] = defaultdict(int)
         self.rejected: dict[str, int] = defaultdict(int)
+        #: file-host requests that carried an Authorization header (a signed URL needs none: a leak)
+        self.file_host_tokens = 0
         self.lock = threading.Lock()
         self._shas = {r.repo_id: r.sha for r in repos}
         self._key = hashlib.sha256(str(id(self)).encode() + str(time.time()).encode()).digest()
@@ -156,6 +158,11 @@ class HubStandIn:
     def reset_counts(self) -> None:
         for counts in (self.bytes_served, self.requests, self.resolves, self.by_class, self.rejected):
             counts.clear()
+        self.file_host_tokens = 0
+
+    def revoke_urls(self) -> None:
+        """Invalidate every signed URL handed out so far (the file host answers 403 to them)."""
+        self._key = hashlib.sha256(self._key).digest()
 
     def signed_url(self, repo_id: str, sha: str, filename: str, now: float | None = None) -> str:
         """The file host's URL for a file, valid for ``url_ttl_s`` from ``now``."""
@@ -358,6 +365,9 @@ class HubStandIn:
 
             def _file_host(self, url, head):
                 """The file host: a signed URL, checked and not expired, serves the file."""
+                if self.headers.get("Authorization"):
+                    with hub.lock:
+                        hub.file_host_tokens += 1
                 query = parse_qs(url.query)
                 expires, signature = query.get("Expires", ["0"])[0], query.get("Signature", [""])[0]
                 good = expires.isdigit() and hmac.compare_digest(signature, hub._sign(url.path, int(expires)))

@@ -1,0 +1,124 @@
+"""What a Hub scan costs, against a stand-in that behaves like the Hub where cost is decided: one resolve
+per weight file (its signed URL reused until it expires), one model-info call per model, no token sent to
+the file host, the Hub's rate-limit answers, and exact re-uploads found by their files' SHA-256."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx2 as httpx
+import pytest
+
+from lineage_scanner.lineage.null import synthetic
+from lineage_scanner.lineage.verdict import decide
+from lineage_scanner.measure.kernels import get_backend
+from lineage_scanner.readers.hub import HubClient, file_url
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.run.scan import scan_strict
+from lineage_scanner.store.store import Store
+from lineage_scanner.testing.hub_server import HubStandIn, Limits, Repo
+
+BACKEND = get_backend("cpu")
+
+
+@pytest.fixture(scope="module")
+def repos(zoo_by_name, tmp_path_factory):
+    root = tmp_path_factory.mktemp("costrepos")
+    out = [Repo(f"acme/{name}", shutil.copytree(zoo_by_name[name].path, root / name)) for name in ("llama-a", "phi3-a")]
+    # an exact re-upload under another name (its own card), and a different model
+    out.append(Repo("mirror/llama-a-copy", shutil.copytree(zoo_by_name["llama-a"].path, root / "copy"),
+                    card={"base_model": "acme/llama-a"}))
+    out.append(Repo("acme/llama-b", shutil.copytree(zoo_by_name["llama-b"].path, root / "llama-b")))
+    return out
+
+
+@pytest.fixture
+def hub(repos, monkeypatch):
+    def start(**options) -> HubStandIn:
+        server = HubStandIn(repos, **options).__enter__()
+        started.append(server)
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_TOKEN", "hf_cost_test_token")
+        return server
+
+    started: list[HubStandIn] = []
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+def test_one_resolve_per_weight_file_and_one_info_call(hub):
+    server = hub()
+    for repo, weights in (("acme/llama-a", ["model.safetensors"]),
+                          ("acme/phi3-a", ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"])):
+        server.reset_counts()
+        _, sig = scan_strict(f"hf://{repo}", BACKEND, set())
+        assert sig.ok and sig.files == weights
+        assert server.by_class["api"] == 1  # model info, sizes and hashes included
+        assert all(server.resolves[w] == 1 for w in weights), dict(server.resolves)
+        assert server.by_class["resolve"] <= len(weights) + 2  # the weights, config.json, the shard index
+        assert sum(server.requests[w] for w in weights) > len(weights)  # the ranges went to the file host
+        assert server.file_host_tokens == 0  # and never with the token
+    assert sig.weights_digest is not None
+
+
+def test_signed_url_is_reused_until_it_expires(hub):
+    server = hub(url_ttl_s=2.0)
+    client = HubClient("hf://acme/llama-a")
+    url = file_url("acme/llama-a", server._shas["acme/llama-a"], "model.safetensors")
+    for _ in range(3):
+        assert len(client.get(url, 0, 99)[0]) == 100
+    assert server.resolves["model.safetensors"] == 1 and client.resolves == 1
+    time.sleep(1.6)  # past three quarters of its life: resolved afresh before it runs out
+    assert len(client.get(url, 100, 199)[0]) == 100
+    assert server.resolves["model.safetensors"] == 2
+
+
+def test_revoked_signed_url_is_resolved_again(hub):
+    server = hub()
+    client = HubClient("hf://acme/llama-a")
+    url = file_url("acme/llama-a", server._shas["acme/llama-a"], "model.safetensors")
+    first = client.get(url, 0, 99)[0]
+    server.revoke_urls()
+    assert client.get(url, 0, 99)[0] == first  # a 403 from the file host, then a fresh resolve
+    assert server.resolves["model.safetensors"] == 2
+
+
+def test_rate_limits_answer_like_the_hub(hub):
+    server = hub(limits=Limits(api=2, resolve=None, window_s=300))
+    info = f"{server.endpoint}/api/models/acme/llama-a"
+    first, second, third = (httpx.get(info) for _ in range(3))
+    assert first.status_code == second.status_code == 200 and third.status_code == 429
+    assert first.headers["RateLimit"].startswith('"api";r=1;t=') and second.headers["RateLimit"].startswith('"api";r=0')
+    assert third.headers["RateLimit-Policy"] == '"fixed window";"api";q=2;w=300'
+    assert 0 < int(third.headers["Retry-After"]) <= 300 and server.rejected["api"] == 1
+
+
+def test_rate_limited_window_is_waited_out(hub):
+    server = hub(limits=Limits(api=1, resolve=None, window_s=2))
+    _, first = scan_strict("hf://acme/llama-a", BACKEND, set())
+    _, second = scan_strict("hf://acme/llama-b", BACKEND, set())  # its model info waits for the next window
+    assert first.ok and second.ok and server.rejected["api"] >= 1
+
+
+def test_exact_reupload_is_found_by_hash_without_reading_weights(hub, tmp_path):
+    server = hub()
+    store = Store(tmp_path / "db")
+    run_batch(["hf://acme/llama-a"], store, progress=False)
+    server.reset_counts()
+    summary = run_batch(["hf://mirror/llama-a-copy"], store, progress=False)
+    assert summary.n_failed == 0 and server.requests["model.safetensors"] == 0  # not one weight byte
+    assert server.by_class["resolve"] == 0 and server.by_class["api"] == 1
+    copy, original = store.load("mirror/llama-a-copy"), store.load("acme/llama-a")
+    assert copy.identical_to == f"acme/llama-a@{original.revision}"
+    assert copy.revision == server._shas["mirror/llama-a-copy"]
+    assert copy.weights_digest == original.weights_digest and copy.curves == original.curves
+    assert copy.declared_base == ["acme/llama-a"] and copy.bytes_read < 10_000
+    v = decide(copy, original, synthetic(copy.n_layers, original.n_layers))
+    assert v.verdict == "derived" and v.kind == "identical weights"
+    # a different model is read as usual
+    server.reset_counts()
+    run_batch(["hf://acme/llama-b"], store, progress=False)
+    assert store.load("acme/llama-b").identical_to is None and server.requests["model.safetensors"] > 0
