@@ -81,7 +81,8 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
         by_tensor[part.tensor].append(part)
     names = list(by_tensor)
     sampled = {n for n in names if sample and _samplable(infos[n], by_tensor[n], layout)}
-    exact = [n for n in names if n not in sampled]
+    streamed = [n for n in names if n not in sampled and _streamable(reader, infos[n], by_tensor[n], layout)]
+    exact = [n for n in names if n not in sampled and n not in streamed]
     reader.prefetch(exact)
     batches = [exact] if backend.batched else [[name] for name in exact]
     stats: list[LayerStat] = []
@@ -90,6 +91,8 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
     sketches: list[RawSketch] = []
     for batch in batches:
         stats.extend(_exact(reader, batch, by_tensor, backend, layout, sums, gains, sketches))
+    for name in streamed:
+        stats.extend(_streamed(reader, name, by_tensor[name], backend, layout, sums, sketches))
     if sampled:
         stats.extend(_sampled(reader, [n for n in names if n in sampled], by_tensor, backend, sample, stats,
                               layout, sums, sketches))
@@ -224,6 +227,80 @@ def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], b
     for name in batch:
         reader.release(name)
     return out
+
+
+def _streamable(reader: Reader, info: TensorInfo, parts: list[Part], layout: Layout) -> bool:
+    """Whether a tensor is too large for the reader to hold and can be measured block by block of rows: a
+    matrix stored as ``nn.Linear`` holds it, whose parts are row ranges."""
+    limit = getattr(reader, "stream_over", None)
+    return (limit is not None and info.nbytes > limit and len(info.shape) == 2 and not layout.spec.transposed
+            and all(p.axis == 0 or not p.ranges for p in parts))
+
+
+def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBackend, layout: Layout,
+              sums: list[ColumnSums], sketches: list[RawSketch]) -> list[LayerStat]:
+    """A tensor larger than the reader holds, measured as its blocks of rows pass: each part's moments and
+    column sums merge over the blocks (both are sums), and the rows its sketch needs are kept on the way."""
+    info = reader.tensors()[name]
+    rows, cols = info.shape
+    fused = getattr(backend, "partials_with_columns", None)
+    spans = {p: list(p.ranges) or [(0, rows)] for p in parts}
+    totals = {p: Moments() for p in parts}
+    powers = {p: np.zeros((4, cols)) for p in parts if p.role in FOLDED_ROLES}
+    wanted = {p: _sketch_rows(p, spans[p], cols, layout) for p in parts if p.role in SKETCHED_ROLES}
+    kept: dict[int, np.ndarray] = {}
+    for first, block in reader.read_blocks(name):
+        last = first + block.shape[0]
+        for part in parts:
+            for a, b in spans[part]:
+                lo, hi = max(a, first), min(b, last)
+                if lo >= hi:
+                    continue
+                segment = block[lo - first : hi - first]
+                if part in powers and fused:
+                    ((partial, power),) = fused([segment], 1)
+                else:
+                    (partial,) = backend.partials([segment])
+                    power = kernel_column_sums(segment, 1) if part in powers else None
+                totals[part] = totals[part] + Moments.from_partial(partial)
+                if power is not None:
+                    powers[part] += power
+        for row in {r for where in wanted.values() for r in where.values() if first <= r < last}:
+            kept[row] = block[row - first].to(torch.float32).numpy().copy()
+        del block
+    out = []
+    for part in parts:
+        out.append(_checked(info, part, totals[part]))
+        size = sum(b - a for a, b in spans[part]) * cols
+        if part in powers:
+            sums.append(ColumnSums(part.layer, part.role, powers[part], size))
+        if part in wanted:
+            sketches.append(_sketch_from_rows(part, sum(b - a for a, b in spans[part]), cols, wanted[part], kept))
+    reader.release(name)
+    return out
+
+
+def _sketch_rows(part: Part, spans: list[tuple[int, int]], cols: int, layout: Layout) -> dict[int, int]:
+    """Each anchor row of a part's matrix (rows as ``nn.Linear`` holds them) -> the stored tensor's row."""
+    rows = sum(b - a for a, b in spans)
+    logical = anchor_rows(rows, cols)
+    rope = part.role in layout.spec.rope_rows and layout.head_dim
+    stored = rope_row(logical, layout.head_dim) if rope else logical
+    starts = np.cumsum([0, *(b - a for a, b in spans)])
+    span = np.searchsorted(starts, stored, side="right") - 1
+    return {int(v): int(spans[k][0] + s - starts[k]) for v, s, k in zip(logical, stored, span)}
+
+
+def _sketch_from_rows(part: Part, rows: int, cols: int, where: dict[int, int], kept: dict[int, np.ndarray]
+                      ) -> RawSketch:
+    """The sketch of a part whose anchor rows were kept while it streamed (as :func:`_sketch_of` takes it)."""
+    flat = positions(rows, cols)
+    r, c = np.divmod(flat, cols)
+    values = np.array([kept[where[int(i)]][j] for i, j in zip(r, c)], dtype=np.float32)
+    whole = None
+    if part.role in GRAM_ROLES and rows >= SKETCH_RUNS:
+        whole = np.stack([kept[where[int(i)]] for i in anchor_rows(rows, cols)])
+    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat, whole)
 
 
 def _samplable(info: TensorInfo, parts: list[Part], layout: Layout) -> bool:

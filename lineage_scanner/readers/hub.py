@@ -4,7 +4,8 @@
 (``HF_ENDPOINT`` and ``HF_TOKEN`` honoured, as the client does). Each safetensors shard's header is
 fetched with one request for its first 100 KB (a second one only for larger headers) and validated as
 strictly as a local file. Tensor bytes are fetched as coalesced ranges (adjacent tensors of a layer in one
-request), several at a time, a bounded window ahead of the consumer, and dropped once measured.
+request), several at a time, a window bounded in bytes (READ_AHEAD_BYTES) ahead of the consumer, and
+dropped once measured; a tensor larger than a quarter of that is streamed in blocks of rows.
 
 Each weight file is resolved once: the Hub answers ``/resolve/`` for an LFS file with a redirect to its
 file host, a signed URL that expires; every range of that file is then read from the signed URL until it
@@ -49,7 +50,10 @@ BACKOFF_S = 0.2
 #: The longest single wait a server's Retry-After gets, and the most a model waits in all.
 MAX_RETRY_AFTER_S = 30.0
 MAX_WAIT_S = 120.0
-WINDOW = 8
+#: Tensor bytes a Hub reader holds at once, fetched or in flight: half for whole tensors read ahead of the
+#: consumer, half for a tensor larger than that quarter, streamed in blocks of rows (one measured, one
+#: fetched). So a worker's memory is bounded by bytes, whatever the model's size.
+READ_AHEAD_BYTES = 256 << 20
 #: Sampled runs closer than this share one request: the bytes in between cost less than a request.
 SAMPLE_GAP = 4096
 WORKERS = 4
@@ -180,15 +184,19 @@ class HubClient:
             if not (announced.isdigit() and int(announced) <= cap):
                 raise RemoteError(self.source, f"the server ignored the range request for bytes {start}-{end} "
                                                f"(HTTP {response.status_code}): refusing to read the whole file")
-        chunks, size = [], 0
+        body, size = bytearray(cap if start is not None else 0), 0  # a range lands in place: one copy
         for chunk in response.iter_bytes():
-            size += len(chunk)
             with self._lock:
                 self.bytes_read += len(chunk)
-            if cap is not None and size > cap:
+            if cap is not None and size + len(chunk) > cap:
                 raise RemoteError(self.source, f"the server sent more than the {cap} bytes asked for")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if start is not None:
+                body[size : size + len(chunk)] = chunk
+            else:
+                body += chunk
+            size += len(chunk)
+        del body[size:]
+        return body
 
 
 def _request_class(url: str) -> str | None:
@@ -366,7 +374,8 @@ class HubSafetensors:
         order = {n: i for i, n in enumerate(names)}
         plan: list[tuple[str, int, int, list[str]]] = []
         for url, start, end, name in spans:
-            if plan and plan[-1][0] == url and start - plan[-1][2] <= MAX_GAP:
+            if plan and plan[-1][0] == url and start - plan[-1][2] <= MAX_GAP \
+                    and max(end, plan[-1][2]) - plan[-1][1] <= self.stream_over:
                 plan[-1] = (url, plan[-1][1], max(end, plan[-1][2]), plan[-1][3] + [name])
             else:
                 plan.append((url, start, end, [name]))
@@ -386,10 +395,41 @@ class HubSafetensors:
         self._futures[i] = self._pool.submit(self.client.get, url, start, end - 1) if end > start else _done((b"", {}))
 
     def _fill(self) -> None:
-        """Keep up to WINDOW ranges in flight ahead of the reader."""
-        while self._submitted < len(self._plan) and len(self._futures) < WINDOW:
+        """Keep ranges in flight ahead of the reader, up to half the read-ahead budget in bytes (always one)."""
+        held = sum(self._plan[i][2] - self._plan[i][1] for i in self._futures)
+        while self._submitted < len(self._plan):
+            url, start, end, _ = self._plan[self._submitted]
+            if self._futures and held + (end - start) > READ_AHEAD_BYTES // 2:
+                break
             self._submit(self._submitted)
+            held += end - start
             self._submitted += 1
+
+    @property
+    def stream_over(self) -> int:
+        """Tensors larger than this are measured block by block (:meth:`read_blocks`), never held whole."""
+        return READ_AHEAD_BYTES // 4
+
+    def read_blocks(self, name: str):
+        """The tensor as consecutive blocks of whole rows, each at most :attr:`stream_over` bytes: yields
+        (first row, block). The next block is fetched while the consumer measures this one."""
+        info = self._tensors[name]
+        dtype = numeric_dtype(info, self.path)
+        rows = info.shape[0]
+        row_bytes = info.nbytes // max(rows, 1)
+        per = max(1, self.stream_over // max(row_bytes, 1))
+        firsts = list(range(0, rows, per))
+
+        def fetch(first: int):
+            last = min(rows, first + per)
+            return self.client.get(self._urls[name], info.start + first * row_bytes, info.start + last * row_bytes - 1)
+
+        ahead = self._pool.submit(fetch, firsts[0]) if firsts else None
+        for k, first in enumerate(firsts):
+            body, _ = ahead.result()
+            ahead = self._pool.submit(fetch, firsts[k + 1]) if k + 1 < len(firsts) else None
+            yield first, torch.frombuffer(body, dtype=dtype).view(-1, *info.shape[1:])
+            del body
 
     def read(self, name: str) -> torch.Tensor:
         if name not in self._range_of:
@@ -406,8 +446,8 @@ class HubSafetensors:
         else:  # read again after its range was released (a norm gain, say): fetch just this tensor
             body, _ = self.client.get(self._urls[name], info.start, info.end - 1)
             offset = 0
-        data = bytearray(memoryview(body)[offset : offset + info.nbytes])
-        return torch.frombuffer(data, dtype=dtype).view(info.shape)
+        count = info.nbytes // torch.empty(0, dtype=dtype).element_size()
+        return torch.frombuffer(body, dtype=dtype, offset=offset, count=count).view(info.shape)
 
     def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
         """Runs fetched as range requests, runs closer than SAMPLE_GAP bytes sharing one request."""
