@@ -225,3 +225,16 @@ def test_streamed_tensors_measure_as_whole_ones(hub, zoo_by_name, monkeypatch, n
         assert a.folded_std == b.folded_std
     assert [(p.layer, p.role, p.kind) for p in local.sketch] == [(p.layer, p.role, p.kind) for p in remote.sketch]
     assert all(np.array_equal(p.values, q.values) for p, q in zip(local.sketch, remote.sketch))
+
+
+def test_reuploads_in_the_same_batch_are_read_once(hub, tmp_path):
+    """Two commits with the same weight files, new to the store, in one batch: the first to be opened is
+    scanned, the other is its copy (the job's copy index says so before any weight byte is fetched)."""
+    server = hub()
+    store = Store(tmp_path / "db")
+    summary = run_batch(["hf://acme/llama-a", "hf://mirror/llama-a-copy", "hf://acme/llama-b"], store,
+                        progress=False)
+    assert summary.n_failed == 0 and summary.n_copies == 1 and server.resolves["model.safetensors"] == 2
+    copy = store.load("mirror/llama-a-copy")
+    assert copy.identical_to == f"acme/llama-a@{server._shas['acme/llama-a']}"
+    assert copy.curves == store.load("acme/llama-a").curves

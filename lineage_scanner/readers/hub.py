@@ -14,7 +14,7 @@ Hub's file quota; the file host's reads do not. The token goes to the Hub only: 
 own authorisation, and a redirect target never gets the token.
 
 Before every request to the Hub (API or resolve) the client asks the job's rate budget
-(:mod:`lineage_scanner.readers.limiter`), and tells it what each answer said of the budget; a wait longer
+(:mod:`lineage_scanner.readers.shared`), and tells it what each answer said of the budget; a wait longer
 than MAX_RETRY_AFTER_S, or past the model's MAX_WAIT_S in all, is not slept: the model is deferred.
 
 Every request retries 429 (honouring Retry-After), 5xx, dropped connections and short bodies with
@@ -38,8 +38,8 @@ import torch
 from lineage_scanner.errors import DeferredError, GatedError, HeaderError, RemoteError, SourceError
 from lineage_scanner.readers.base import TensorInfo
 from lineage_scanner.readers.jsonfile import MAX_JSON_BYTES, parse_object
-from lineage_scanner.readers.limiter import current as current_limiter
 from lineage_scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
+from lineage_scanner.readers.shared import budget
 from lineage_scanner.sources.hub import HubRef, endpoint
 
 HEADER_PROBE = 100_000
@@ -130,7 +130,7 @@ class HubClient:
     def admit(self, kind: str) -> None:
         """Wait until the job's budget admits a request of ``kind`` ("api" or "resolve"); a wait past the
         caps defers the model instead."""
-        while (wait := current_limiter().ask(kind)) > 0:
+        while (wait := budget().call("ask", kind)) > 0:
             if wait > MAX_RETRY_AFTER_S or self.waited + wait > MAX_WAIT_S:
                 raise DeferredError(self.source, f"the Hub's {kind} budget is spent for {wait:.0f} s more; "
                                                  "left for the next run")
@@ -153,7 +153,7 @@ class HubClient:
                 self.requests += 1
                 self.resolves += kind == "resolve"
             if kind:
-                current_limiter().observe(kind, response.status_code, response.headers)
+                budget().tell("observe", kind, response.status_code, _limit_headers(response.headers))
             location = response.headers.get("Location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
                 response.close()
@@ -197,6 +197,11 @@ class HubClient:
             size += len(chunk)
         del body[size:]
         return body
+
+
+def _limit_headers(headers) -> dict[str, str]:
+    """What the rate budget reads of an answer's headers."""
+    return {k: v for k, v in dict(headers).items() if k.lower() in ("ratelimit", "retry-after")}
 
 
 def _request_class(url: str) -> str | None:
@@ -298,7 +303,7 @@ def resolve(ref: HubRef, client: HubClient):
         except HfHubHTTPError as exc:
             if exc.response is None or exc.response.status_code != 429 or attempt == RETRIES:
                 raise _info_error(client, ref, exc) from None
-            current_limiter().observe("api", 429, exc.response.headers)
+            budget().tell("observe", "api", 429, _limit_headers(exc.response.headers))
         except httpx.TransportError as exc:
             raise RemoteError(client.source, f"cannot reach {endpoint()} ({exc.__class__.__name__})") from None
         except (ValueError, KeyError, TypeError) as exc:

@@ -20,6 +20,7 @@ from lineage_scanner.readers.gguf_file import GgufFile
 from lineage_scanner.readers.jsonfile import parse_object
 from lineage_scanner.readers.local import ShardedSafetensors, inside, read_capped, regular
 from lineage_scanner.readers.quantized import dequantizing
+from lineage_scanner.readers.shared import Shared
 from lineage_scanner.sources import INDEX_NAME, PICKLE_SUFFIXES, is_hub
 from lineage_scanner.sources.names import check_relative_name
 
@@ -159,13 +160,14 @@ class CopyOf:
     bytes_read: int
 
 
-def open_source(text: str, done: set[tuple[str, str]] | None = None, digests: dict[str, tuple[str, str]] | None = None
+def open_source(text: str, done: set[tuple[str, str]] | None = None, copies: Shared | None = None
                 ) -> OpenedModel | CopyOf | tuple[str, str]:
     """Open a local path or an ``hf://`` reference; for a Hub commit already in ``done``, just its key, and
-    for one whose weights digest is in ``digests`` (digest -> stored key), a :class:`CopyOf`."""
+    for one whose weight files another commit holds (``copies``, a shared
+    :class:`lineage_scanner.readers.shared.CopyIndex`), a :class:`CopyOf`."""
     if not is_hub(text):
         return open_local(text)
-    return open_hub(str(text), done or set(), digests or {})
+    return open_hub(str(text), done or set(), copies)
 
 
 def weights_digest(sha256s: list[str]) -> str:
@@ -173,7 +175,7 @@ def weights_digest(sha256s: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
 
 
-def open_hub(text: str, done: set[tuple[str, str]], digests: dict[str, tuple[str, str]] | None = None
+def open_hub(text: str, done: set[tuple[str, str]], copies: Shared | None = None
              ) -> OpenedModel | CopyOf | tuple[str, str]:
     """Resolve ``hf://org/name[@revision]`` to its commit and open its safetensors by range reads."""
     from lineage_scanner.readers.hub import HubClient, HubSafetensors, fetch_json, resolve
@@ -195,14 +197,15 @@ def open_hub(text: str, done: set[tuple[str, str]], digests: dict[str, tuple[str
     relation = card.get("base_model_relation")
 
     def copy_of(weights: list[str]) -> tuple[str | None, CopyOf | None]:
-        """The weights' digest, and a CopyOf where it matches another stored signature's (else read them)."""
+        """The weights' digest, and a CopyOf where another commit holds the same files (else read them)."""
         if not weights or not all(f in lfs for f in weights):
             return None, None
         digest = weights_digest([lfs[f] for f in weights])
-        original = (digests or {}).get(digest)
-        if original is None or original == (info.id, sha):
+        original = copies.call("claim", digest, (info.id, sha)) if copies is not None else None
+        if original is None:
             return digest, None
-        return digest, CopyOf(info.id, sha, client.source, original, digest, declared, relation, client.bytes_read)
+        return digest, CopyOf(info.id, sha, client.source, tuple(original), digest, declared, relation,
+                              client.bytes_read)
 
     ggufs = [f for f in files if f.endswith(".gguf")]
     if ref.filename or (ggufs and not any(f.endswith(".safetensors") for f in files)):

@@ -21,8 +21,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
+from lineage_scanner.errors import DeferredError, SourceError
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.limiter import Limiter
+from lineage_scanner.readers.shared import CopyIndex, Shared, use_budget
 from lineage_scanner.signature.record import Signature
 from lineage_scanner.store.store import Store
 
@@ -52,8 +53,10 @@ class ScanConfig:
     backend: str = "auto"
     force: bool = False
     sample: SamplePlan | None = None
-    #: the job's shared Hub rate budget (on Ray, a handle to its actor); None: each process its own
-    limiter: Limiter | None = None
+    #: the job's shared Hub rate budget and copy index (on Ray, handles to their actors); None: each
+    #: process its own budget, and an index seeded with :attr:`Known.digests`
+    budget: Shared | None = None
+    copies: Shared | None = None
 
 
 @dataclass(frozen=True)
@@ -77,20 +80,19 @@ class Scanner:
 
     def __init__(self, config: ScanConfig, known: Known):
         from lineage_scanner.measure.kernels import get_backend
-        from lineage_scanner.readers.limiter import use
 
-        use(config.limiter)
+        use_budget(config.budget)
         self.backend = get_backend(config.backend)
         self.config = config
-        self.known = known
+        self.done = set(known.done)
+        self.copies = config.copies or Shared(CopyIndex(known.digests))
 
     def scan(self, unit: WorkUnit) -> UnitResult:
         from lineage_scanner.run.scan import scan_one
 
         result = UnitResult()
         for source in unit.sources:
-            key, sig = scan_one(source, self.backend, set(self.known.done), self.config.force, self.config.sample,
-                                self.known.digests)
+            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample, self.copies)
             if sig is None:
                 result.skipped.append(key)
             else:
@@ -224,20 +226,30 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
     units = plan_units(sources, unit_bytes)
     pending: list[Signature] = []
     shown = None  # from the first result on, so that a batch that cannot start prints only its error
+
+    def flush() -> None:
+        nonlocal last_flush
+        store.write(pending)
+        pending.clear()
+        last_flush = time.perf_counter()
+
+    copies = _Copies(store, flush)
     try:
         known = Known(frozenset(store.done()), store.digests())
         for result in executor.run(islice(units, max_units), config, known):
             shown = shown or (_Progress() if progress else None)
-            pending.extend(complete_copy(sig, store) if sig.identical_to else sig for sig in result.scanned)
-            summary.add(result)
+            settled = copies.settle(result.scanned)
+            pending.extend(settled)
+            summary.add(UnitResult(settled, result.skipped))
             if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_seconds:
-                store.write(pending)
-                pending.clear()
-                last_flush = time.perf_counter()
+                flush()
             if shown:
                 shown.update(summary)
     finally:
-        store.write(pending)
+        unsettled = copies.unsettled()
+        pending.extend(unsettled)
+        summary.add(UnitResult(unsettled))
+        flush()
         if shown:
             shown.close()
     summary.retried_units = executor.retried_units
@@ -245,15 +257,66 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
     return summary
 
 
-def complete_copy(stub: Signature, store: Store) -> Signature:
-    """A copy's signature: the original's measurements under the copy's identity, card and provenance (the
-    per-layer table stays the original's, under its scan)."""
-    original = store.load(*stub.identical_to.rsplit("@", 1))
-    return dataclasses.replace(original, model=stub.model, revision=stub.revision, source=stub.source,
-                               declared_base=stub.declared_base, declared_relation=stub.declared_relation,
-                               weights_digest=stub.weights_digest, identical_to=stub.identical_to,
-                               bytes_read=stub.bytes_read, scanned_at=stub.scanned_at, scan_id=stub.scan_id,
-                               layers=(), scanner_version=stub.scanner_version)
+class _Copies:
+    """Completes copies' signatures in the driver. A copy's stub (no bytes read) gets its original's
+    measurements: from the store, or from this batch once the original's scan comes in (flushing it first
+    if it is not written yet); a stub whose original failed is deferred (the next run scans it)."""
+
+    def __init__(self, store: Store, flush):
+        self.store, self.flush = store, flush
+        self.waiting: dict[str, list[Signature]] = {}
+        self.scanned: dict[str, bool] = {}  # "model@revision" of this batch's originals -> scanned ok
+
+    def settle(self, results: list[Signature]) -> list[Signature]:
+        """``results`` with every copy that can be completed now completed, and those that waited for one of
+        them. A stub waits (is held back) while its original is still being scanned."""
+        out, here = [], {}
+        for sig in results:
+            if sig.identical_to is None:
+                out.append(sig)
+                key = f"{sig.model}@{sig.revision}"
+                if sig.weights_digest is not None:
+                    self.scanned[key] = sig.ok
+                    here[key] = sig if sig.ok else None
+                out += [self._completed(stub, here[key]) for stub in self.waiting.pop(key, [])]
+            elif sig.identical_to in here:
+                out.append(self._completed(sig, here[sig.identical_to]))
+            elif sig.identical_to in self.scanned:
+                out.append(self._completed(sig, self._original(sig.identical_to, flush=True)))
+            elif (original := self._original(sig.identical_to)) is not None:
+                out.append(self._completed(sig, original))
+            else:
+                self.waiting.setdefault(sig.identical_to, []).append(sig)
+        return out
+
+    def unsettled(self) -> list[Signature]:
+        """Copies whose original never came: deferred rows."""
+        stubs = [stub for waiting in self.waiting.values() for stub in waiting]
+        self.waiting.clear()
+        return [self._completed(stub, None) for stub in stubs]
+
+    def _original(self, key: str, flush: bool = False) -> Signature | None:
+        """The stored original (after writing what is pending, when it was scanned in this batch)."""
+        if flush and self.scanned[key]:
+            self.flush()
+        try:
+            return self.store.load(*key.rsplit("@", 1))
+        except SourceError:
+            return None
+
+    @staticmethod
+    def _completed(stub: Signature, original: Signature | None) -> Signature:
+        """The original's measurements under the copy's identity, card and provenance (the per-layer table
+        stays the original's, under its scan); a deferred row when there is no original to copy."""
+        if original is None:
+            return dataclasses.replace(stub, status=DeferredError.status,
+                                       error=f"{stub.source}: a copy of {stub.identical_to}, which did not scan; "
+                                             "left for the next run")
+        return dataclasses.replace(original, model=stub.model, revision=stub.revision, source=stub.source,
+                                   declared_base=stub.declared_base, declared_relation=stub.declared_relation,
+                                   weights_digest=stub.weights_digest, identical_to=stub.identical_to,
+                                   bytes_read=stub.bytes_read, scanned_at=stub.scanned_at, scan_id=stub.scan_id,
+                                   layers=(), scanner_version=stub.scanner_version)
 
 
 class _Progress:

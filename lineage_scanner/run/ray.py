@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lineage_scanner.errors import InternalError, ScanError
-from lineage_scanner.readers.limiter import Limiter, RateBudget
+from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.run.batch import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
 
@@ -94,8 +94,11 @@ class RayExecutor:
         remote = ray.remote(max_restarts=-1, max_task_retries=0, runtime_env={"env_vars": env})(ScanWorker)
         if gpus and config.backend == "auto":
             config = dataclasses.replace(config, backend="triton")
-        if config.limiter is None:  # one Hub rate budget for every worker of the job
-            config = dataclasses.replace(config, limiter=Limiter(actor=ray.remote(num_cpus=0)(RateBudget).remote()))
+        if config.budget is None:  # one Hub rate budget and one copy index for every worker of the job
+            config = dataclasses.replace(config, budget=Shared(actor=ray.remote(num_cpus=0)(RateBudget).remote()))
+        if config.copies is None:
+            actor = ray.remote(num_cpus=0)(CopyIndex).remote(known.digests)
+            config = dataclasses.replace(config, copies=Shared(actor=actor))
         args = (config, ray.put(known), max(1, round(cpus / count)))
         idle = deque(remote.options(**options).remote(*args) for _ in range(count))
         retry: deque[WorkUnit] = deque()

@@ -6,6 +6,7 @@ from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.sampling import SamplePlan
 from lineage_scanner.readers.open import CopyOf, OpenedModel, open_source
+from lineage_scanner.readers.shared import Shared
 from lineage_scanner.signature.build import build
 from lineage_scanner.signature.record import Signature
 
@@ -13,15 +14,14 @@ Key = tuple[str, str]
 
 
 def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-                sample: SamplePlan | None = None, digests: dict[str, Key] | None = None
-                ) -> tuple[Key, Signature | None]:
+                sample: SamplePlan | None = None, copies: Shared | None = None) -> tuple[Key, Signature | None]:
     """Scan one source; the signature is None when (model, revision) is in ``done`` and not forced. A Hub
-    commit whose weight files match a stored signature's (``digests``: weights digest -> key) is not read:
-    its signature is a stub naming the original (``identical_to``), which the batch completes from the store.
+    commit whose weight files another commit holds (``copies``, see :class:`lineage_scanner.readers.shared.CopyIndex`)
+    is not read: its signature is a stub naming the original (``identical_to``), which the batch completes.
 
     Raises :class:`ScanError` on bad input.
     """
-    opened = open_source(source, None if force else done, None if force else digests)
+    opened = open_source(source, None if force else done, None if force else copies)
     if isinstance(opened, CopyOf):
         return (opened.model, opened.revision), Signature(
             opened.model, opened.revision, opened.source, weights_digest=opened.weights_digest,
@@ -39,10 +39,10 @@ def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: boo
 
 
 def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-             sample: SamplePlan | None = None, digests: dict[str, Key] | None = None) -> tuple[Key, Signature | None]:
+             sample: SamplePlan | None = None, copies: Shared | None = None) -> tuple[Key, Signature | None]:
     """Like :func:`scan_strict`, but bad input becomes an error signature instead of an exception."""
     try:
-        return scan_strict(source, backend, done, force, sample, digests)
+        return scan_strict(source, backend, done, force, sample, copies)
     except Exception as exc:  # noqa: BLE001 - the error boundary: one model's bug never stops a batch
         sig = Signature.failed(source, exc if isinstance(exc, ScanError) else InternalError.of(source, exc))
         return sig.key, sig

@@ -37,56 +37,115 @@ CHUNK = 256 * 1024
 
 @dataclass
 class Repo:
+    """A repo served from a directory of files."""
+
     repo_id: str
     path: Path
     gated: bool = False
     card: dict = field(default_factory=dict)
     downloads: int = 0
+    #: listed, but gone by the time it is scanned (model info answers 404)
+    deleted: bool = False
 
     @property
     def sha(self) -> str:
         h = hashlib.sha1(self.repo_id.encode())
         for f in sorted(self.files()):
-            h.update(f.encode() + _head(self.path / f))
+            h.update(f.encode() + self.head(f))
         return h.hexdigest()
-
-    def params(self) -> int:
-        """Parameter count from the safetensors headers, as the Hub's listing reports it."""
-        total = 0
-        for f in self.path.glob("*.safetensors"):
-            with open(f, "rb") as fh:
-                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-            for name, entry in header.items():
-                if name != "__metadata__":
-                    n = 1
-                    for d in entry["shape"]:
-                        n *= d
-                    total += n
-        return total
 
     def files(self) -> list[str]:
         return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
 
+    def has(self, filename: str) -> bool:
+        return (self.path / filename).is_file()
 
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(4096)
+    def size(self, filename: str) -> int:
+        return (self.path / filename).stat().st_size
+
+    def read(self, filename: str, start: int, end: int) -> bytes:
+        """Bytes [start, end] (inclusive) of a file."""
+        with open(self.path / filename, "rb") as f:
+            f.seek(start)
+            return f.read(end - start + 1)
+
+    def head(self, filename: str) -> bytes:
+        return self.read(filename, 0, 4095)
+
+    def sha256(self, filename: str) -> str:
+        """A file's SHA-256 (the LFS oid), computed once per file version."""
+        st = (self.path / filename).stat()
+        key = (str(self.path / filename), st.st_mtime, st.st_size)
+        if key not in _SHA256:
+            h = hashlib.sha256()
+            with open(self.path / filename, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _SHA256[key] = h.hexdigest()
+        return _SHA256[key]
+
+    def params(self) -> int:
+        """Parameter count from the safetensors headers, as the Hub's listing reports it."""
+        total = 0
+        for f in self.files():
+            if f.endswith(".safetensors"):
+                length = int.from_bytes(self.read(f, 0, 7), "little")
+                header = json.loads(self.read(f, 8, 7 + length))
+                total += sum(math.prod(e["shape"]) for name, e in header.items() if name != "__metadata__")
+        return total
+
+    def config(self) -> dict:
+        return json.loads(self.read("config.json", 0, self.size("config.json") - 1)) if self.has("config.json") else {}
 
 
 _SHA256: dict[tuple[str, float, int], str] = {}
 
 
-def _sha256(path: Path) -> str:
-    """A file's SHA-256 (the LFS oid), computed once per file version."""
-    st = path.stat()
-    key = (str(path), st.st_mtime, st.st_size)
-    if key not in _SHA256:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA256[key] = h.hexdigest()
-    return _SHA256[key]
+class GeneratedRepo(Repo):
+    """A repo whose files are made on request by ``make(key)`` (``{name: bytes}``) and kept while the shared
+    ``cache`` holds them (the oldest 512 file sets are dropped): a catalog of thousands of repos drawn from
+    a few hundred weight sets costs no disk, and repos that share a key (exact re-uploads) share bytes."""
+
+    def __init__(self, repo_id: str, key, make, cache: dict, names: list[str], config: dict | None = None,
+                 params: int = 0, **options):
+        super().__init__(repo_id, Path("/nonexistent"), **options)
+        self.key, self._make, self._cache = key, make, cache
+        # what a listing shows, without making the files
+        self._names, self._config, self._params = sorted(names), config or {}, params
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(f"{self.repo_id}\0{self.key!r}".encode()).hexdigest()
+
+    def config(self) -> dict:
+        return self._config
+
+    def params(self) -> int:
+        return self._params
+
+    def _files(self) -> dict[str, bytes]:
+        if self.key not in self._cache:
+            if len(self._cache) >= 512:
+                self._cache.pop(next(iter(self._cache)))
+            files = self._make(self.key)
+            self._cache[self.key] = (files, {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
+        return self._cache[self.key][0]
+
+    def files(self) -> list[str]:
+        return self._names
+
+    def has(self, filename: str) -> bool:
+        return filename in self._names
+
+    def size(self, filename: str) -> int:
+        return len(self._files()[filename])
+
+    def read(self, filename: str, start: int, end: int) -> bytes:
+        return self._files()[filename][start : end + 1]
+
+    def sha256(self, filename: str) -> str:
+        self._files()
+        return self._cache[self.key][1][filename]
 
 
 @dataclass(frozen=True)
@@ -210,16 +269,14 @@ class HubStandIn:
         """A file entry of model info; with ``blobs``, its size, and for weights the LFS SHA-256."""
         entry: dict = {"rfilename": filename}
         if blobs:
-            path = repo.path / filename
-            entry["size"] = path.stat().st_size
-            entry["blobId"] = hashlib.sha1(_head(path)).hexdigest()
+            entry["size"] = repo.size(filename)
+            entry["blobId"] = hashlib.sha1(repo.head(filename)).hexdigest()
             if filename.endswith(LFS_SUFFIXES):
-                entry["lfs"] = {"sha256": _sha256(path), "size": entry["size"], "pointerSize": 134}
+                entry["lfs"] = {"sha256": repo.sha256(filename), "size": entry["size"], "pointerSize": 134}
         return entry
 
     def info(self, repo: Repo, blobs: bool = False) -> dict:
-        config_path = repo.path / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config = repo.config()
         return {
             "id": repo.repo_id,
             "modelId": repo.repo_id,
@@ -302,7 +359,7 @@ class HubStandIn:
                 if parts[:2] == ["api", "models"]:
                     repo_id = "/".join(parts[2:4])
                     repo = hub.repos.get(repo_id)
-                    if repo is None:
+                    if repo is None or repo.deleted:
                         return self._error(404, "RepoNotFound", "Repository not found")
                     with hub.lock:
                         hub.requests[f"api:{repo_id}"] += 1
@@ -339,14 +396,13 @@ class HubStandIn:
 
             def _resolve(self, repo_id, revision, filename, head):
                 repo = hub.repos.get(repo_id)
-                if repo is None:
+                if repo is None or repo.deleted:
                     return self._error(404, "RepoNotFound", "Repository not found")
                 if repo.gated and not self._authorised():
                     return self._error(403, "GatedRepo", "Access to model is restricted")
                 if revision not in ("main", hub._shas[repo_id]):
                     return self._error(404, "RevisionNotFound", "Invalid rev id")
-                path = repo.path / filename
-                if not path.is_file():
+                if not repo.has(filename):
                     return self._error(404, "EntryNotFound", "Entry not found")
                 if hub.redirect and filename.endswith(LFS_SUFFIXES):  # weights live on the file host
                     with hub.lock:
@@ -354,14 +410,14 @@ class HubStandIn:
                     self.send_response(302)
                     self.send_header("Location", hub.signed_url(repo_id, hub._shas[repo_id], filename))
                     self.send_header("X-Repo-Commit", hub._shas[repo_id])
-                    self.send_header("X-Linked-Size", str(path.stat().st_size))
-                    self.send_header("X-Linked-Etag", f'"{_sha256(path)}"')
+                    self.send_header("X-Linked-Size", str(repo.size(filename)))
+                    self.send_header("X-Linked-Etag", f'"{repo.sha256(filename)}"')
                     for k, v in self._limit_headers.items():
                         self.send_header(k, v)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                return self._serve(repo_id, path, filename, head)
+                return self._serve(repo, filename, head)
 
             def _file_host(self, url, head):
                 """The file host: a signed URL, checked and not expired, serves the file."""
@@ -376,11 +432,12 @@ class HubStandIn:
                 parts = [unquote(p) for p in url.path.strip("/").split("/")]
                 repo_id, sha, filename = "/".join(parts[1:3]), parts[3], "/".join(parts[4:])
                 repo = hub.repos.get(repo_id)
-                if repo is None or hub._shas[repo_id] != sha or not (repo.path / filename).is_file():
+                if repo is None or hub._shas[repo_id] != sha or not repo.has(filename):
                     return self._error(404, "NoSuchKey", "The specified key does not exist")
-                return self._serve(repo_id, repo.path / filename, filename, head)
+                return self._serve(repo, filename, head)
 
-            def _serve(self, repo_id, path, filename, head):
+            def _serve(self, repo, filename, head):
+                repo_id = repo.repo_id
                 with hub.lock:
                     hub.requests[filename] += 1
                     fault = hub.faults[filename].popleft() if hub.faults[filename] else None
@@ -390,23 +447,21 @@ class HubStandIn:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                size = path.stat().st_size
+                size = repo.size(filename)
                 start, end = 0, size - 1
                 status = 200
                 rng = self.headers.get("Range")
                 if rng and not head and fault != "no-range":
                     lo, _, hi = rng.removeprefix("bytes=").partition("-")
                     start, end, status = int(lo), min(int(hi) if hi else size - 1, size - 1), 206
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    body = b"" if head else f.read(end - start + 1)
+                body = b"" if head else repo.read(filename, start, end)
                 announced = len(body) if not head else size
                 if fault == "short":
                     body = body[: len(body) // 2]
                     announced = len(body)
                 self.send_response(status)
                 self.send_header("X-Repo-Commit", hub._shas[repo_id])
-                self.send_header("ETag", f'"{hashlib.sha1(_head(path)).hexdigest()}"')
+                self.send_header("ETag", f'"{hashlib.sha1(repo.head(filename)).hexdigest()}"')
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(announced))
                 if status == 206:

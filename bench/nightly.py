@@ -1,0 +1,220 @@
+"""The nightly job against a Hub stand-in that behaves like the Hub where cost is decided.
+
+A catalog of --repos repos (10,000 by default) is drawn from --sets weight sets, generated from seeds on
+request (no disk): originals, exact re-uploads under other names, re-sharded copies, derived models (a
+drifted copy of a set), gated repos, repos deleted after they were listed, repos with only a pickled
+``.bin`` and repos with only a GGUF. The stand-in answers with --latency, caps all bodies to one
+--bandwidth, redirects weight files to a file host with signed URLs, and enforces the free token's rate
+limits (--api calls and --resolve calls per --window seconds, with 429s and RateLimit headers).
+
+Night 1 lists the catalog and scans what it can before --minutes run out, on a local Ray with --workers
+workers, as ``jobs/nightly_scan.py`` does; night 2 lists again and scans what is left. Reported per night:
+models per hour, requests per model by class, bytes per model, copies found by hash, deferred rows, 429s
+per class and window, the driver's and the workers' peak RSS, and the bound that the binding limit sets.
+
+    python bench/nightly.py [--repos 10000] [--minutes 10] [--minutes2 3] [--latency 0.05] [--bandwidth 50e6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lineage_scanner.demo.derive import drift  # noqa: E402
+from lineage_scanner.demo.writers import _bf16, decoder_tensors, hf_config, write_gguf  # noqa: E402
+from lineage_scanner.lineage.generator import base_model  # noqa: E402
+from lineage_scanner.run.batch import run_batch  # noqa: E402
+from lineage_scanner.run.ray import RayExecutor, connect  # noqa: E402
+from lineage_scanner.sources.catalog import list_catalog  # noqa: E402
+from lineage_scanner.store.store import Store  # noqa: E402
+from lineage_scanner.testing.hub_server import GeneratedRepo, HubStandIn, Limits  # noqa: E402
+
+KINDS = {"original": 0.35, "reupload": 0.22, "resharded": 0.06, "derived": 0.17, "gated": 0.04, "deleted": 0.03,
+         "bin_only": 0.06, "gguf_only": 0.07}
+LAYERS, HIDDEN = 6, 64
+
+
+def weights(key) -> object:
+    """The toy model of a weight set: ("base", seed) or ("derived", seed, child)."""
+    base = base_model(f"set-{key[1]}", "llama", 10_000 + key[1], LAYERS, hidden=HIDDEN)
+    return base if key[0] == "base" else drift(base, f"set-{key[1]}-{key[2]}", key[2], 0.05, 0.01)
+
+
+def make(key) -> dict[str, bytes]:
+    """The files of (weight set, layout): one safetensors, two shards with an index, a GGUF, or a .bin."""
+    from safetensors.torch import save
+
+    weight_set, layout = key
+    model = weights(weight_set)
+    config = json.dumps(hf_config(model, "llama")).encode()
+    if layout == "bin":
+        return {"config.json": config, "pytorch_model.bin": bytes(4096)}
+    if layout == "gguf":
+        with tempfile.TemporaryDirectory() as d:
+            path = write_gguf(model, Path(d) / "model.gguf", "Q8_0")
+            return {"model.Q8_0.gguf": path.read_bytes()}
+    tensors = _bf16(decoder_tensors(model, "llama"))
+    if layout == "one":
+        return {"config.json": config, "model.safetensors": save(tensors)}
+    names = sorted(tensors)
+    halves = [names[: len(names) // 2], names[len(names) // 2:]]
+    files = {"config.json": config}
+    index = {"metadata": {}, "weight_map": {}}
+    for k, part in enumerate(halves, start=1):
+        shard = f"model-{k:05d}-of-00002.safetensors"
+        files[shard] = save({n: tensors[n] for n in part})
+        index["weight_map"] |= {n: shard for n in part}
+    files["model.safetensors.index.json"] = json.dumps(index).encode()
+    return files
+
+
+def catalog(n_repos: int, n_sets: int, seed: int = 0) -> tuple[list[GeneratedRepo], dict]:
+    """The repos, and how many of each kind."""
+    rng = np.random.default_rng(seed)
+    cache: dict = {}
+    kinds = rng.choice(list(KINDS), size=n_repos, p=list(KINDS.values()))
+    repos, counts = [], {k: 0 for k in KINDS}
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    for i, kind in enumerate(kinds):
+        counts[kind] += 1
+        weight_set = ("base", int(rng.integers(n_sets)))
+        layout = {"resharded": "two", "bin_only": "bin", "gguf_only": "gguf"}.get(kind, "one")
+        if kind == "derived":
+            weight_set = ("derived", weight_set[1], int(rng.integers(1, 4)))
+        names = {"one": ["config.json", "model.safetensors"], "bin": ["config.json", "pytorch_model.bin"],
+                 "gguf": ["model.Q8_0.gguf"],
+                 "two": ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                         "model.safetensors.index.json"]}[layout]
+        repos.append(GeneratedRepo(f"org{i % 97}/model-{i:05d}", (weight_set, layout), make, cache, names,
+                                   config, params=LAYERS * 4 * HIDDEN * HIDDEN, gated=kind == "gated",
+                                   deleted=kind == "deleted", downloads=int(rng.integers(0, 10_000))))
+    return repos, counts
+
+
+class PeakRss:
+    """The largest RSS seen, every half second, of this process and of every Ray worker process."""
+
+    def __init__(self):
+        import psutil
+
+        self.workers, self._stop = 0, threading.Event()
+        self._psutil = psutil
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for p in self._psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "ScanWorker" in cmd and p.info["memory_info"]:
+                    self.workers = max(self.workers, p.info["memory_info"].rss)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def night(hub: HubStandIn, store: Store, minutes: float, workers: int) -> dict:
+    hub.reset_counts()
+    started = time.monotonic()
+    listed = store.write_catalog(list_catalog(sort="downloads"))
+    todo = store.todo()
+    watch = PeakRss()
+    deadline = started + minutes * 60
+
+    def until_deadline():
+        for source in todo:
+            if time.monotonic() > deadline:
+                return
+            yield source
+
+    summary = run_batch(until_deadline(), store, RayExecutor(workers), progress=False, keep_records=False,
+                        unit_bytes=1)
+    watch.stop()
+    seconds = time.monotonic() - started
+    done = summary.scanned
+    with store.connect() as con:  # a commit scanned twice over the nights (there must be none)
+        (twice,) = con.execute("SELECT count(*) FROM (SELECT model, revision FROM scans WHERE status = 'ok' "
+                               "GROUP BY ALL HAVING count(*) > 1)").fetchone()
+    return {"listed": listed, "todo": len(todo), "scanned": done, "copies": summary.n_copies,
+            "deferred": summary.n_deferred, "failed": summary.n_failed, "skipped": summary.n_skipped, "twice": twice,
+            "seconds": seconds, "models_per_hour": done / seconds * 3600 if done else 0.0,
+            "requests": dict(hub.by_class), "rejected": dict(hub.rejected),
+            "bytes": sum(hub.bytes_served.values()), "driver_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            * 1024, "worker_rss": watch.workers}
+
+
+def bound(result: dict, limits: Limits, bandwidth: float) -> tuple[float, str]:
+    """Models per hour that each limit allows at this night's cost per model; the smallest binds."""
+    n = max(result["scanned"], 1)
+    per = {"api": result["requests"].get("api", 0) / n, "resolve": result["requests"].get("resolve", 0) / n}
+    rates = {k: getattr(limits, k) / limits.window_s * 3600 / per[k] for k in per if per[k] and getattr(limits, k)}
+    if bandwidth and result["bytes"]:
+        rates["bandwidth"] = bandwidth / (result["bytes"] / n) * 3600
+    kind = min(rates, key=rates.get)
+    return rates[kind], kind
+
+
+def report(name: str, r: dict, limits: Limits, bandwidth: float) -> None:
+    n = max(r["scanned"], 1)
+    limit, binding = bound(r, limits, bandwidth)
+    windows = math.ceil(r["seconds"] / limits.window_s)
+    print(f"\n{name}: listed {r['listed']}, to scan {r['todo']}; scanned {r['scanned']} in {r['seconds']:.0f} s "
+          f"({r['models_per_hour']:.0f} models/hour); copies by hash {r['copies']}, deferred {r['deferred']}, "
+          f"failed rows {r['failed']} (gated, deleted, .bin-only: expected); commits scanned twice {r['twice']}")
+    print("  requests per model: " + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(r["requests"].items()))
+          + f"; bytes per model {r['bytes'] / n / 1e3:.0f} KB")
+    print(f"  429s {r['rejected'] or 0} over {windows} window(s); driver peak RSS {r['driver_rss'] >> 20} MiB, "
+          f"worker peak RSS {r['worker_rss'] >> 20} MiB")
+    print(f"  binding limit: {binding}, {limit:.0f} models/hour at this cost per model; achieved "
+          f"{r['models_per_hour'] / limit:.0%} of it")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repos", type=int, default=10_000)
+    parser.add_argument("--sets", type=int, default=300)
+    parser.add_argument("--minutes", type=float, default=10.0, help="the first night's time budget")
+    parser.add_argument("--minutes2", type=float, default=3.0, help="the second night's")
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--bandwidth", type=float, default=50e6, help="bytes/s, all bodies together")
+    parser.add_argument("--api", type=int, default=1000)
+    parser.add_argument("--resolve", type=int, default=5000)
+    parser.add_argument("--window", type=float, default=300.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="bench/data/nightly")
+    args = parser.parse_args()
+    repos, counts = catalog(args.repos, args.sets)
+    print(f"catalog: {len(repos)} repos from {args.sets} weight sets: {counts}")
+    limits = Limits(api=args.api, resolve=args.resolve, window_s=args.window)
+    db = Path(args.out) / "store"
+    if db.exists():
+        import shutil
+
+        shutil.rmtree(db)
+    connect(num_cpus=os.cpu_count())
+    with HubStandIn(repos, page_size=1000, limits=limits, latency_s=args.latency, bandwidth=args.bandwidth) as hub:
+        os.environ["HF_ENDPOINT"] = hub.endpoint
+        os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+        store = Store(db)
+        first = night(hub, store, args.minutes, args.workers)
+        report("night 1", first, limits, args.bandwidth)
+        second = night(hub, store, args.minutes2, args.workers)
+        report("night 2", second, limits, args.bandwidth)
+    print(json.dumps({"night1": first, "night2": second}, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""What the workers of one job share: the Hub's rate budget, and which commit holds which weight files.
+
+A :class:`Shared` object is consulted the same way in one process (a plain object) and on Ray (one actor
+for the job, made by the Ray executor, whose handle travels in the batch's configuration).
+
+- :class:`RateBudget`: the Hub limits a token per class of request and per window (about 1,000 API calls
+  and 5,000 ``/resolve/`` calls per 5 minutes for a free token) and says where a client stands in every
+  answer: ``RateLimit: "api";r=REMAINING;t=SECONDS_TO_RESET``, and on a 429 a ``Retry-After``. The budget
+  keeps, per class, what the last answer said, counts each request it admits against it, and tells a
+  worker how long to wait when it is spent, so that only the first request past a window's end meets a
+  429, not every worker's. Waits are bounded by the caller: a model whose wait would pass its cap is
+  deferred, never slept on.
+- :class:`CopyIndex`: weights digest -> the commit holding those weight files, seeded with the store's
+  originals; the first commit of a new digest to be opened claims it, and every later one with the same
+  weight files (a re-upload in the same night) is a copy of it, none of its bytes read.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+#: A 429 without a usable Retry-After or RateLimit header: the window is assumed to reset after this long.
+DEFAULT_RESET_S = 60.0
+_FIELD = re.compile(r"\b([rt])=(\d+)")
+
+Key = tuple[str, str]
+
+
+@dataclass
+class _Window:
+    remaining: int
+    resets_at: float
+
+
+class RateBudget:
+    """The budget of each request class, as the server last described it (thread-safe)."""
+
+    def __init__(self):
+        self._windows: dict[str, _Window] = {}
+        self._lock = threading.Lock()
+
+    def ask(self, kind: str) -> float:
+        """Seconds until a request of ``kind`` may be sent: 0 to send it now (it is counted), else how long
+        until its window resets (nothing is counted; ask again then)."""
+        now = time.time()
+        with self._lock:
+            window = self._windows.get(kind)
+            if window is None or now >= window.resets_at:
+                self._windows.pop(kind, None)
+                return 0.0  # nothing known, or a new window: the server's next answer says
+            if window.remaining > 0:
+                window.remaining -= 1
+                return 0.0
+            return window.resets_at - now
+
+    def observe(self, kind: str, status: int, headers: dict[str, str]) -> None:
+        """Learn from an answer: its RateLimit header's remaining count and reset, or a 429's Retry-After."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        fields = dict(_FIELD.findall(lower.get("ratelimit", "")))
+        retry = lower.get("retry-after", "")
+        now = time.time()
+        if status == 429:
+            wait = float(fields["t"]) if "t" in fields else float(retry) if retry.isdigit() else DEFAULT_RESET_S
+            with self._lock:
+                self._windows[kind] = _Window(0, now + wait)
+        elif "r" in fields and "t" in fields:
+            with self._lock:
+                self._windows[kind] = _Window(int(fields["r"]), now + float(fields["t"]))
+
+
+class CopyIndex:
+    """Weights digest -> (model, revision) of the commit that holds those weight files (thread-safe)."""
+
+    def __init__(self, known: dict[str, Key] | None = None):
+        self._by = dict(known or {})
+        self._lock = threading.Lock()
+
+    def claim(self, digest: str, key: Key) -> Key | None:
+        """The commit ``key`` holds weights ``digest``: None if it is the first to (scan it), else the
+        commit it copies."""
+        with self._lock:
+            original = tuple(self._by.setdefault(digest, tuple(key)))
+        return None if original == tuple(key) else original
+
+
+class Shared:
+    """One object the whole job consults: ``local`` in this process, or a Ray ``actor`` every worker asks."""
+
+    def __init__(self, local=None, actor=None):
+        self.local, self.actor = local, actor
+
+    def call(self, method: str, *args):
+        if self.actor is not None:
+            import ray
+
+            return ray.get(getattr(self.actor, method).remote(*args))
+        return getattr(self.local, method)(*args)
+
+    def tell(self, method: str, *args) -> None:
+        """Like :meth:`call`, without waiting for the answer (on Ray)."""
+        if self.actor is not None:
+            getattr(self.actor, method).remote(*args)
+        else:
+            getattr(self.local, method)(*args)
+
+
+_OWN_BUDGET = Shared(RateBudget())
+_budget = _OWN_BUDGET
+
+
+def budget() -> Shared:
+    """The rate budget this process's Hub clients ask."""
+    return _budget
+
+
+def use_budget(shared: Shared | None) -> None:
+    """Make ``shared`` this process's rate budget (None: the process's own)."""
+    global _budget
+    _budget = shared or _OWN_BUDGET
