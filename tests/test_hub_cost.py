@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -238,3 +239,49 @@ def test_reuploads_in_the_same_batch_are_read_once(hub, tmp_path):
     copy = store.load("mirror/llama-a-copy")
     assert copy.identical_to == f"acme/llama-a@{server._shas['acme/llama-a']}"
     assert copy.curves == store.load("acme/llama-a").curves
+
+
+def _resharded(source, target, metadata: dict | None = None, shards: int = 2):
+    """The same tensors in other files: ``shards`` shards with an index (or one file with other metadata)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    target.mkdir()
+    shutil.copy(source / "config.json", target / "config.json")
+    tensors = load_file(source / "model.safetensors")
+    names = sorted(tensors)
+    if shards == 1:
+        save_file(tensors, target / "model.safetensors", metadata=metadata)
+        return target
+    weight_map = {}
+    for k in range(shards):
+        shard = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = names[k::shards]
+        save_file({n: tensors[n] for n in part}, target / shard)
+        weight_map |= {n: shard for n in part}
+    (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return target
+
+
+def test_resharded_and_reheaded_copies_are_found_by_content(hub, repos, zoo_by_name, tmp_path):
+    source = Path(zoo_by_name["llama-a"].path)
+    extra = [Repo("mirror/llama-a-sharded", _resharded(source, tmp_path / "sharded")),
+             Repo("mirror/llama-a-reheaded", _resharded(source, tmp_path / "reheaded", {"note": "mine"}, shards=1))]
+    repos.extend(extra)
+    try:
+        server = hub()
+        store = Store(tmp_path / "db")
+        run_batch(["hf://acme/llama-a"], store, progress=False)
+        for repo in extra:
+            server.reset_counts()
+            summary = run_batch([f"hf://{repo.repo_id}"], store, progress=False)
+            copy = store.load(repo.repo_id)
+            assert summary.n_copies == 1 and copy.identical_to.startswith("acme/llama-a@"), repo.repo_id
+            assert copy.curves == store.load("acme/llama-a").curves and copy.content_digest is not None
+            assert copy.files == [f for f in repo.files() if f.endswith(".safetensors")]
+            # headers, the index and a few KB per layer-0 matrix; the attention itself was never fetched
+            assert sum(server.bytes_served.values()) < 110_000 * len(copy.files) + 10_000 + 4 * 4096
+            assert server.by_class["resolve"] <= len(copy.files) + 1  # weight files and index; no config.json
+    finally:
+        del repos[-2:]

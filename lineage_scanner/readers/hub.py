@@ -25,8 +25,10 @@ only in request headers, never in messages.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import random
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +59,10 @@ READ_AHEAD_BYTES = 256 << 20
 #: Sampled runs closer than this share one request: the bytes in between cost less than a request.
 SAMPLE_GAP = 4096
 WORKERS = 4
+#: The content digest of a safetensors checkpoint: the first bytes of layer 0's first matrices.
+CONTENT_TENSORS = 4
+CONTENT_BYTES = 4096
+_LAYER_0 = re.compile(r"(^|\.)(layers|h|blocks?|blk|decoder\.layers)\.0\.")
 #: A signed URL is dropped this long before it expires (a quarter of its life if that is shorter); one whose
 #: expiry it does not state is kept this long.
 EXPIRY_MARGIN_S = 30.0
@@ -409,6 +415,25 @@ class HubSafetensors:
             self._submit(self._submitted)
             held += end - start
             self._submitted += 1
+
+    def content_digest(self) -> str | None:
+        """SHA-256 over the first CONTENT_BYTES of each of layer 0's first CONTENT_TENSORS matrices (by name),
+        with their dtypes and shapes: the same for a re-sharded or re-headed copy, whose files differ, at the
+        cost of a few KB. None when no layer 0 is found."""
+        first = sorted(n for n, t in self._tensors.items() if len(t.shape) == 2 and _LAYER_0.search(n))
+        first = first[:CONTENT_TENSORS]
+        if not first:
+            return None
+
+        def head(name: str) -> bytes:
+            t = self._tensors[name]
+            return bytes(self.client.get(self._urls[name], t.start, t.start + min(CONTENT_BYTES, t.nbytes) - 1)[0])
+
+        h = hashlib.sha256()
+        for name, body in zip(first, self._pool.map(head, first)):
+            t = self._tensors[name]
+            h.update(f"{t.dtype}{list(t.shape)}".encode() + body)
+        return h.hexdigest()
 
     @property
     def stream_over(self) -> int:

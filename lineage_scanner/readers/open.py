@@ -37,8 +37,9 @@ class OpenedModel:
     declared_base: list[str] = field(default_factory=list)
     #: the card's ``base_model_relation`` (finetune, quantized, merge, adapter), when it declares one
     declared_relation: str | None = None
-    #: see :attr:`lineage_scanner.signature.record.Signature.weights_digest`
+    #: see :attr:`lineage_scanner.signature.record.Signature.weights_digest` and ``content_digest``
     weights_digest: str | None = None
+    content_digest: str | None = None
 
     @property
     def format(self) -> str:
@@ -148,16 +149,19 @@ def _as_list(base: object) -> list[str]:
 
 @dataclass(frozen=True)
 class CopyOf:
-    """A Hub commit whose weight files all match a stored signature's (by their SHA-256): nothing to read."""
+    """A Hub commit whose weights another commit holds: the same files (by their SHA-256: nothing read but
+    model info) or the same tensors in other files (by the content digest: a few KB read)."""
 
     model: str
     revision: str
     source: str
     original: tuple[str, str]
-    weights_digest: str
+    weights_digest: str | None
     declared_base: list[str]
     declared_relation: str | None
     bytes_read: int
+    files: list[str]
+    content_digest: str | None = None
 
 
 def open_source(text: str, done: set[tuple[str, str]] | None = None, copies: Shared | None = None
@@ -205,7 +209,7 @@ def open_hub(text: str, done: set[tuple[str, str]], copies: Shared | None = None
         if original is None:
             return digest, None
         return digest, CopyOf(info.id, sha, client.source, tuple(original), digest, declared, relation,
-                              client.bytes_read)
+                              client.bytes_read, sorted(weights))
 
     ggufs = [f for f in files if f.endswith(".gguf")]
     if ref.filename or (ggufs and not any(f.endswith(".safetensors") for f in files)):
@@ -235,9 +239,16 @@ def open_hub(text: str, done: set[tuple[str, str]], copies: Shared | None = None
     digest, copy = copy_of(shards)
     if copy:
         return copy
+    remote = HubSafetensors(client, info.id, sha, shards)
+    content = remote.content_digest()  # a re-sharded or re-headed copy: other file hashes, the same weights
+    original = copies.call("claim", f"content:{content}", (info.id, sha)) if copies is not None and content else None
+    if original is not None:
+        remote.close()
+        return CopyOf(info.id, sha, client.source, tuple(original), digest, declared, relation, client.bytes_read,
+                      sorted(shards), content)
     config = fetch_json(client, info.id, sha, "config.json") if "config.json" in top else {}
-    reader = dequantizing(HubSafetensors(client, info.id, sha, shards), config)
-    return OpenedModel(info.id, sha, client.source, config, reader, declared, relation, digest)
+    reader = dequantizing(remote, config)
+    return OpenedModel(info.id, sha, client.source, config, reader, declared, relation, digest, content)
 
 
 def _open_hub_gguf(client, repo_id: str, sha: str, chosen: str | None, ggufs: list[str], declared: list[str]

@@ -270,21 +270,27 @@ class _Copies:
     def settle(self, results: list[Signature]) -> list[Signature]:
         """``results`` with every copy that can be completed now completed, and those that waited for one of
         them. A stub waits (is held back) while its original is still being scanned."""
-        out, here = [], {}
+        out: list[Signature] = []
+        here: dict[str, Signature | None] = {}
+
+        def ready(sig: Signature) -> None:
+            out.append(sig)
+            key = f"{sig.model}@{sig.revision}"
+            if sig.weights_digest or sig.content_digest:  # others may copy it (a copy too: a copy's re-upload)
+                self.scanned[key] = sig.ok
+                here[key] = sig if sig.ok else None
+            for stub in self.waiting.pop(key, []):
+                ready(self._completed(stub, here.get(key)))
+
         for sig in results:
             if sig.identical_to is None:
-                out.append(sig)
-                key = f"{sig.model}@{sig.revision}"
-                if sig.weights_digest is not None:
-                    self.scanned[key] = sig.ok
-                    here[key] = sig if sig.ok else None
-                out += [self._completed(stub, here[key]) for stub in self.waiting.pop(key, [])]
+                ready(sig)
             elif sig.identical_to in here:
-                out.append(self._completed(sig, here[sig.identical_to]))
+                ready(self._completed(sig, here[sig.identical_to]))
             elif sig.identical_to in self.scanned:
-                out.append(self._completed(sig, self._original(sig.identical_to, flush=True)))
+                ready(self._completed(sig, self._original(sig.identical_to, flush=True)))
             elif (original := self._original(sig.identical_to)) is not None:
-                out.append(self._completed(sig, original))
+                ready(self._completed(sig, original))
             else:
                 self.waiting.setdefault(sig.identical_to, []).append(sig)
         return out
@@ -314,8 +320,10 @@ class _Copies:
                                              "left for the next run")
         return dataclasses.replace(original, model=stub.model, revision=stub.revision, source=stub.source,
                                    declared_base=stub.declared_base, declared_relation=stub.declared_relation,
-                                   weights_digest=stub.weights_digest, identical_to=stub.identical_to,
-                                   bytes_read=stub.bytes_read, scanned_at=stub.scanned_at, scan_id=stub.scan_id,
+                                   weights_digest=stub.weights_digest, content_digest=stub.content_digest,
+                                   identical_to=stub.identical_to,
+                                   bytes_read=stub.bytes_read, files=stub.files, scanned_at=stub.scanned_at,
+                                   scan_id=stub.scan_id,
                                    layers=(), scanner_version=stub.scanner_version)
 
 

@@ -25,8 +25,9 @@ def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: boo
     if isinstance(opened, CopyOf):
         return (opened.model, opened.revision), Signature(
             opened.model, opened.revision, opened.source, weights_digest=opened.weights_digest,
+            content_digest=opened.content_digest,
             identical_to="@".join(opened.original), declared_base=opened.declared_base,
-            declared_relation=opened.declared_relation, bytes_read=opened.bytes_read)
+            declared_relation=opened.declared_relation, bytes_read=opened.bytes_read, files=opened.files)
     if not isinstance(opened, OpenedModel):  # a Hub commit already stored: skipped before reading weights
         return opened, None
     try:

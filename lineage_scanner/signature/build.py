@@ -29,5 +29,6 @@ def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | Non
         invariants=features, invariant_se=invariant_errors(result.stats, layout.n_layers),
         embedding=embedding(features), layers=result.stats, sketch=result.sketch,
         files=sorted({t.file.rsplit("/", 1)[-1] for t in tensors.values()}), weights_digest=opened.weights_digest,
+        content_digest=opened.content_digest,
         bytes_read=opened.reader.bytes_read, sampled=result.sampled,
     )

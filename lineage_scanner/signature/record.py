@@ -73,7 +73,10 @@ class Signature:
     #: SHA-256 over the weight files' own SHA-256s (the Hub's LFS oids, from model info), sorted: equal for
     #: exact re-uploads whatever their names; None where the hashes are unknown (local files)
     weights_digest: str | None = None
-    #: "model@revision" of the stored signature this one copies: the same weight files, none of them read
+    #: SHA-256 over the first KB of each of layer 0's matrices (dtype, shape and bytes, in name order): equal
+    #: for a re-sharded or re-headed copy, whose files' hashes differ; None where not taken (local files)
+    content_digest: str | None = None
+    #: "model@revision" of the stored signature this one copies: the same weights, none of their bytes read
     identical_to: str | None = None
     bytes_read: int = 0
     sampled: bool = False

@@ -381,14 +381,17 @@ class Store:
             return {tuple(r) for r in con.execute("SELECT model, revision FROM signatures").fetchall()}
 
     def digests(self) -> dict[str, tuple[str, str]]:
-        """Weights digest -> (model, revision) of each original signature (copies are not originals): a Hub
-        commit whose weight files match one needs none of its bytes read."""
+        """Digest -> (model, revision) of each original signature (copies are not originals), for weights
+        digests and, prefixed ``content:``, content digests: a Hub commit that matches one needs none of
+        its attention bytes read."""
         if not self.files("signatures"):
             return {}
         with self.connect() as con:
-            rows = con.execute("SELECT weights_digest, arg_min(model, scanned_at), arg_min(revision, scanned_at) "
-                               "FROM signatures WHERE weights_digest IS NOT NULL AND identical_to IS NULL "
-                               "GROUP BY weights_digest").fetchall()
+            rows = con.execute(
+                "SELECT d, arg_min(model, scanned_at), arg_min(revision, scanned_at) FROM ("
+                "SELECT weights_digest AS d, * FROM signatures UNION ALL "
+                "SELECT 'content:' || content_digest AS d, * FROM signatures) "
+                "WHERE d IS NOT NULL AND identical_to IS NULL GROUP BY d").fetchall()
         return {digest: (model, revision) for digest, model, revision in rows}
 
     def load(self, model: str, revision: str | None = None) -> Signature:
