@@ -7,8 +7,8 @@ drifted copy of a set), gated repos, repos deleted after they were listed, repos
 --bandwidth, redirects weight files to a file host with signed URLs, and enforces the free token's rate
 limits (--api calls and --resolve calls per --window seconds, with 429s and RateLimit headers).
 
-Night 1 lists the catalog and scans what it can before --minutes run out, on a local Ray with --workers
-workers, as ``jobs/nightly_scan.py`` does; night 2 lists again and scans what is left. Reported per night:
+Night 1 runs ``jobs/nightly_scan.py``'s night (list the catalog, scan what it can before --minutes run out)
+on a local Ray with --workers workers; night 2 lists again and scans what is left. Reported per night:
 models per hour, requests per model by class, bytes per model, copies found by hash, deferred rows, 429s
 per class and window, the driver's and the workers' peak RSS, and the bound that the binding limit sets.
 
@@ -32,12 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.nightly_scan import run_night  # noqa: E402
 from lineage_scanner.demo.derive import drift  # noqa: E402
 from lineage_scanner.demo.writers import _bf16, decoder_tensors, hf_config, write_gguf  # noqa: E402
 from lineage_scanner.lineage.generator import base_model  # noqa: E402
-from lineage_scanner.run.batch import run_batch  # noqa: E402
-from lineage_scanner.run.ray import RayExecutor, connect  # noqa: E402
-from lineage_scanner.sources.catalog import list_catalog  # noqa: E402
+from lineage_scanner.run.ray import connect  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 from lineage_scanner.testing.hub_server import GeneratedRepo, HubStandIn, Limits  # noqa: E402
 
@@ -127,28 +126,18 @@ class PeakRss:
 
 
 def night(hub: HubStandIn, store: Store, minutes: float, workers: int) -> dict:
+    """One night of ``jobs/nightly_scan.py`` against the stand-in, measured."""
     hub.reset_counts()
     started = time.monotonic()
-    listed = store.write_catalog(list_catalog(sort="downloads"))
-    todo = store.todo()
     watch = PeakRss()
-    deadline = started + minutes * 60
-
-    def until_deadline():
-        for source in todo:
-            if time.monotonic() > deadline:
-                return
-            yield source
-
-    summary = run_batch(until_deadline(), store, RayExecutor(workers), progress=False, keep_records=False,
-                        unit_bytes=1)
+    listed, todo, summary = run_night(store, minutes, workers, unit_bytes=1, sort="downloads")
     watch.stop()
     seconds = time.monotonic() - started
     done = summary.scanned
     with store.connect() as con:  # a commit scanned twice over the nights (there must be none)
         (twice,) = con.execute("SELECT count(*) FROM (SELECT model, revision FROM scans WHERE status = 'ok' "
                                "GROUP BY ALL HAVING count(*) > 1)").fetchone()
-    return {"listed": listed, "todo": len(todo), "scanned": done, "copies": summary.n_copies,
+    return {"listed": listed, "todo": todo, "scanned": done, "copies": summary.n_copies,
             "deferred": summary.n_deferred, "failed": summary.n_failed, "skipped": summary.n_skipped, "twice": twice,
             "seconds": seconds, "models_per_hour": done / seconds * 3600 if done else 0.0,
             "requests": dict(hub.by_class), "rejected": dict(hub.rejected),
