@@ -95,8 +95,9 @@ def test_every_way_of_naming_a_checkpoint_gives_the_same_curves(tmp_path, zoo_by
 
 
 def test_old_schema_files_stay_readable(tmp_path):
-    """A store written before std_se, declared_relation and the folded kurtosis existed still reads, beside
-    new files, and its signatures still score against new ones on the features both have."""
+    """A store written before std_se, declared_relation, the folded kurtosis and the copy digests existed
+    still reads, beside new files, and its signatures still score against new ones on the features both
+    have."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -104,7 +105,9 @@ def test_old_schema_files_stay_readable(tmp_path):
 
     store = Store(tmp_path / "db")
     run_batch([str(write_llama(tmp_path / "old", n_layers=4, seed=1))], store, progress=False)
-    for table, dropped in (("signatures", ["declared_relation"]), ("layers", ["std_se", "folded_kurtosis"])):
+    schema_8 = ["files", "weights_digest", "content_digest", "identical_to"]
+    dropped_columns = (("signatures", ["declared_relation", *schema_8]), ("layers", ["std_se", "folded_kurtosis"]))
+    for table, dropped in dropped_columns:
         for f in (tmp_path / "db" / table).glob("*.parquet"):
             data = pq.read_table(f).drop_columns(dropped)
             if table == "signatures":  # schema 4's invariants struct: no fkurt_* fields
@@ -114,6 +117,7 @@ def test_old_schema_files_stay_readable(tmp_path):
                                                  [inv.type.field(k).name for k in keep])
                 data = data.set_column(data.schema.get_field_index("invariants"), "invariants", old)
             pq.write_table(data, f)
+    assert store.digests() == {} and store.load("old").files == []  # schema 7: no digests, no file list
     run_batch([str(write_llama(tmp_path / "new", n_layers=4, seed=2))], store, progress=False)
     con = store.connect()
     rows = con.execute("SELECT model, declared_relation, invariants.fkurt_q IS NULL FROM signatures ORDER BY model")
