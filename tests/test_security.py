@@ -139,7 +139,7 @@ def test_an_unexpected_error_is_one_line_unless_debugging(capsys, tmp_path, monk
     def broken(self, *args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(store_module.Store, "signatures", broken)
+    monkeypatch.setattr(store_module.Store, "load", broken)
     code = main(["compare", "x", "y", "--db", str(tmp_path / "db")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("Error: ") and "ZeroDivisionError: boom" in err
