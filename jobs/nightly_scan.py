@@ -24,9 +24,13 @@ from lineage_scanner.run.ray import RayExecutor  # noqa: E402
 from lineage_scanner.sources.catalog import list_catalog  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 
+#: Hub models each worker scans at once: a model's scan is mostly waiting on round trips.
+IN_FLIGHT = 4
+
 
 def run_night(store: Store, minutes: float | None = None, workers: int | None = None,
-              sample: SamplePlan | None = None, unit_bytes: int | None = None, **listing):
+              sample: SamplePlan | None = None, unit_bytes: int | None = None, in_flight: int = IN_FLIGHT,
+              **listing):
     """List the catalog (``listing``: author, search, filter, sort, limit), then scan the commits the store
     lacks (deferred ones first) until ``minutes`` have passed; what is left waits for the next night.
     Returns (models listed, commits to scan, the batch summary)."""
@@ -43,8 +47,8 @@ def run_night(store: Store, minutes: float | None = None, workers: int | None = 
             yield source
 
     options = {} if unit_bytes is None else {"unit_bytes": unit_bytes}
-    summary = run_batch(until_deadline(), store, RayExecutor(workers), config=ScanConfig(sample=sample),
-                        progress=True, keep_records=False, **options)
+    summary = run_batch(until_deadline(), store, RayExecutor(workers, in_flight=in_flight),
+                        config=ScanConfig(sample=sample), progress=True, keep_records=False, **options)
     return listed, len(todo), summary
 
 
@@ -58,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--minutes", type=float, help="stop starting new models after this long (the night's budget)")
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="Hub models each worker scans at once")
     parser.add_argument("--sample-error", type=float, help="estimate large tensors to this relative error")
     args = parser.parse_args(argv)
     store = Store(args.db)
     sample = SamplePlan(target_se=args.sample_error) if args.sample_error else None
-    _, _, summary = run_night(store, args.minutes, args.workers, sample, author=args.author, search=args.search,
-                              filter=args.filter, sort=args.sort, limit=args.limit)
+    _, _, summary = run_night(store, args.minutes, args.workers, sample, in_flight=args.in_flight,
+                              author=args.author, search=args.search, filter=args.filter, sort=args.sort,
+                              limit=args.limit)
     for table in ("signatures", "layers", "catalog"):
         store.compact(table)
     print(f"[lineage] nightly done: scanned {summary.scanned} ({summary.n_copies} copies), failed "

@@ -138,3 +138,24 @@ def test_two_workers_share_one_hub_budget(ray_local, zoo_by_name, tmp_path, monk
     assert summary.n_failed == 0 and summary.n_deferred == 0 and summary.scanned == len(names)
     assert all(hub.requests[f"api:acme/{n}"] == 1 for n in names)  # each model's one info call, admitted once
     assert hub.rejected["api"] <= windows and hub.rejected["resolve"] <= windows  # at most the first of a window
+
+
+def test_workers_scan_several_hub_models_at_once(ray_local, zoo_by_name, tmp_path, monkeypatch):
+    """With three models in flight per worker (their kernels one at a time), every signature is what a
+    scan in this process gives."""
+    from lineage_scanner.measure.kernels import get_backend
+    from lineage_scanner.run.scan import scan_strict
+    from lineage_scanner.testing.hub_server import HubStandIn, Repo
+
+    names = ["llama-a", "llama-a-ft", "llama-a-ct", "llama-b", "phi3-a", "qwen2-a"]
+    repos = [Repo(f"acme/{n}", shutil.copytree(zoo_by_name[n].path, tmp_path / n)) for n in names]
+    with HubStandIn(repos, latency_s=0.02) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        store = Store(tmp_path / "db")
+        summary = run_batch([f"hf://acme/{n}" for n in names], store, RayExecutor(workers=2, in_flight=3),
+                            unit_bytes=1, progress=False)
+        assert summary.n_failed == 0 and summary.scanned == len(names)
+        for n in names:
+            _, alone = scan_strict(f"hf://acme/{n}", get_backend("cpu"), set())
+            stored = store.load(f"acme/{n}")
+            assert stored.curves == alone.curves and stored.invariants == alone.invariants, n

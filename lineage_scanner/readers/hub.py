@@ -52,10 +52,13 @@ BACKOFF_S = 0.2
 #: The longest single wait a server's Retry-After gets, and the most a model waits in all.
 MAX_RETRY_AFTER_S = 30.0
 MAX_WAIT_S = 120.0
-#: Tensor bytes a Hub reader holds at once, fetched or in flight: half for whole tensors read ahead of the
+#: Tensor bytes the Hub readers of a process hold at once, fetched or in flight, shared equally by the
+#: readers open (a worker may scan several models at once): half for whole tensors read ahead of the
 #: consumer, half for a tensor larger than that quarter, streamed in blocks of rows (one measured, one
-#: fetched). So a worker's memory is bounded by bytes, whatever the model's size.
+#: fetched). So a worker's memory is bounded by bytes, whatever the models' sizes.
 READ_AHEAD_BYTES = 256 << 20
+_open_readers = [0]
+_open_lock = threading.Lock()
 #: Sampled runs closer than this share one request: the bytes in between cost less than a request.
 SAMPLE_GAP = 4096
 WORKERS = 4
@@ -368,6 +371,9 @@ class HubSafetensors:
                 self._urls[t.name] = url
                 self._tensors[t.name] = t
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="range")
+        with _open_lock:
+            _open_readers[0] += 1
+        self._closed = False
         self._plan: list[tuple[str, int, int, list[str]]] = []
         self._futures: dict[int, Future] = {}  # submitted ranges whose tensors are not all released
         self._submitted = 0  # ranges are submitted in plan order; a read can pull one forward
@@ -410,7 +416,7 @@ class HubSafetensors:
         held = sum(self._plan[i][2] - self._plan[i][1] for i in self._futures)
         while self._submitted < len(self._plan):
             url, start, end, _ = self._plan[self._submitted]
-            if self._futures and held + (end - start) > READ_AHEAD_BYTES // 2:
+            if self._futures and held + (end - start) > self._budget // 2:
                 break
             self._submit(self._submitted)
             held += end - start
@@ -438,7 +444,12 @@ class HubSafetensors:
     @property
     def stream_over(self) -> int:
         """Tensors larger than this are measured block by block (:meth:`read_blocks`), never held whole."""
-        return READ_AHEAD_BYTES // 4
+        return self._budget // 4
+
+    @property
+    def _budget(self) -> int:
+        """This reader's share of the process's read-ahead budget."""
+        return READ_AHEAD_BYTES // max(1, _open_readers[0])
 
     def read_blocks(self, name: str):
         """The tensor as consecutive blocks of whole rows, each at most :attr:`stream_over` bytes: yields
@@ -520,6 +531,9 @@ class HubSafetensors:
         for future in self._futures.values():
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with _open_lock:
+            _open_readers[0] -= 0 if self._closed else 1
+            self._closed = True
 
 
 def _done(value) -> Future:

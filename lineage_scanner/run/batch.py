@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -75,14 +76,35 @@ class UnitResult:
     skipped: list[Key] = field(default_factory=list)
 
 
-class Scanner:
-    """One scanning process's state (a moments backend, what the store holds) and the per-unit scan."""
+class OneAtATime:
+    """A moments backend shared by threads that each scan a model: its kernels run one at a time (numba's
+    parallel kernels must not be entered from two threads at once), while the threads' requests overlap."""
 
-    def __init__(self, config: ScanConfig, known: Known):
+    def __init__(self, backend):
+        self._backend, self._lock = backend, threading.Lock()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._backend, name)
+        if not callable(attr):
+            return attr
+
+        def serialised(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+        return serialised
+
+
+class Scanner:
+    """One scanning process's state (a moments backend, what the store holds) and the per-unit scan. With
+    ``in_flight`` > 1 several units are scanned at once from as many threads (a Hub scan mostly waits on
+    round trips), their kernels one at a time."""
+
+    def __init__(self, config: ScanConfig, known: Known, in_flight: int = 1):
         from lineage_scanner.measure.kernels import get_backend
 
         use_budget(config.budget)
-        self.backend = get_backend(config.backend)
+        backend = get_backend(config.backend)
+        self.backend = OneAtATime(backend) if in_flight > 1 else backend
         self.config = config
         self.done = set(known.done)
         self.copies = config.copies or Shared(CopyIndex(known.digests))

@@ -36,19 +36,21 @@ WORKER_ENV = (CRASH_HOOK, "HF_ENDPOINT", "TRITON_INTERPRET")
 class ScanWorker:
     """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it."""
 
-    def __init__(self, config: ScanConfig, known: Known, threads: int):
-        import numba
+    def __init__(self, config: ScanConfig, known: Known, threads: int, in_flight: int = 1):
         import torch
 
         # the CPU kernel's threads match the CPUs Ray gave this actor, so workers do not fight for cores
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        self.threads = threads
         torch.set_num_threads(max(1, threads))
-        self.scanner = Scanner(config, known)
+        self.scanner = Scanner(config, known, in_flight)
 
     def ping(self) -> bool:
         return True
 
     def scan(self, unit: WorkUnit) -> UnitResult:
+        import numba
+
+        numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))  # per calling thread
         for source in unit.sources:
             _crash_hook(source)
         return self.scanner.scan(unit)
@@ -76,11 +78,13 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
 
 class RayExecutor:
-    """``workers`` actors (default: one per GPU, else one per CPU) on the Ray at ``address``."""
+    """``workers`` actors (default: one per GPU, else one per CPU) on the Ray at ``address``, each scanning
+    ``in_flight`` units at once (Hub scans: their round trips overlap; see :class:`Scanner`)."""
 
-    def __init__(self, workers: int | None = None, address: str | None = None):
+    def __init__(self, workers: int | None = None, address: str | None = None, in_flight: int = 1):
         self.workers = workers
         self.address = address
+        self.in_flight = in_flight
         self.retried_units = 0
 
     def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]:
@@ -91,7 +95,8 @@ class RayExecutor:
         # leave a share of a CPU free, so other Ray work (a job's driver, say) is never starved by the workers
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": min(1.0, cpus / (count + 1))}
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
-        remote = ray.remote(max_restarts=-1, max_task_retries=0, runtime_env={"env_vars": env})(ScanWorker)
+        remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=self.in_flight,
+                            runtime_env={"env_vars": env})(ScanWorker)
         if gpus and config.backend == "auto":
             config = dataclasses.replace(config, backend="triton")
         if config.budget is None:  # one Hub rate budget and one copy index for every worker of the job
@@ -99,8 +104,9 @@ class RayExecutor:
         if config.copies is None:
             actor = ray.remote(num_cpus=0)(CopyIndex).remote(known.digests)
             config = dataclasses.replace(config, copies=Shared(actor=actor))
-        args = (config, ray.put(known), max(1, round(cpus / count)))
-        idle = deque(remote.options(**options).remote(*args) for _ in range(count))
+        args = (config, ray.put(known), max(1, round(cpus / count)), self.in_flight)
+        actors = [remote.options(**options).remote(*args) for _ in range(count)]
+        idle = deque(actor for _ in range(self.in_flight) for actor in actors)  # one entry per free slot
         retry: deque[WorkUnit] = deque()
         pending: dict = {}
         try:
@@ -132,7 +138,7 @@ class RayExecutor:
                 idle.append(actor)
                 yield result
         finally:
-            for actor in [*idle, *(a for a, _ in pending.values())]:
+            for actor in {*idle, *(a for a, _ in pending.values())}:
                 ray.kill(actor)
 
 
