@@ -26,6 +26,9 @@ from lineage_scanner.store.store import Store  # noqa: E402
 
 #: Hub models each worker scans at once: a model's scan is mostly waiting on round trips.
 IN_FLIGHT = 4
+#: Signatures written per file: a night of thousands of models in few files keeps the store quick to open
+#: (every lookup reads each file's footer) until the night's compaction.
+FLUSH_EVERY = 256
 
 
 def run_night(store: Store, minutes: float | None = None, workers: int | None = None,
@@ -48,7 +51,8 @@ def run_night(store: Store, minutes: float | None = None, workers: int | None = 
 
     options = {} if unit_bytes is None else {"unit_bytes": unit_bytes}
     summary = run_batch(until_deadline(), store, RayExecutor(workers, in_flight=in_flight),
-                        config=ScanConfig(sample=sample), progress=True, keep_records=False, **options)
+                        config=ScanConfig(sample=sample), progress=True, keep_records=False,
+                        flush_every=FLUSH_EVERY, **options)
     return listed, len(todo), summary
 
 

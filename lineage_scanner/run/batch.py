@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -281,34 +282,42 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
 
 class _Copies:
     """Completes copies' signatures in the driver. A copy's stub (no bytes read) gets its original's
-    measurements: from the store, or from this batch once the original's scan comes in (flushing it first
-    if it is not written yet); a stub whose original failed is deferred (the next run scans it)."""
+    measurements: from the RECENT originals this batch scanned (kept in memory), else from the store
+    (writing what is pending first, if the original was scanned in this batch); a stub whose original is
+    still being scanned waits for it, and one whose original failed is deferred (the next run scans it)."""
+
+    #: Originals kept in memory for their copies: re-uploads come soon after their original, and a store
+    #: lookup (DuckDB over every file) costs far more than the scan it saves on a small model.
+    RECENT = 1024
 
     def __init__(self, store: Store, flush):
         self.store, self.flush = store, flush
         self.waiting: dict[str, list[Signature]] = {}
         self.scanned: dict[str, bool] = {}  # "model@revision" of this batch's originals -> scanned ok
+        self.recent: OrderedDict[str, Signature | None] = OrderedDict()
 
     def settle(self, results: list[Signature]) -> list[Signature]:
         """``results`` with every copy that can be completed now completed, and those that waited for one of
         them. A stub waits (is held back) while its original is still being scanned."""
         out: list[Signature] = []
-        here: dict[str, Signature | None] = {}
 
         def ready(sig: Signature) -> None:
             out.append(sig)
             key = f"{sig.model}@{sig.revision}"
             if sig.weights_digest or sig.content_digest:  # others may copy it (a copy too: a copy's re-upload)
                 self.scanned[key] = sig.ok
-                here[key] = sig if sig.ok else None
+                self.recent[key] = sig if sig.ok else None
+                if len(self.recent) > self.RECENT:
+                    self.recent.popitem(last=False)
             for stub in self.waiting.pop(key, []):
-                ready(self._completed(stub, here.get(key)))
+                ready(self._completed(stub, self.recent.get(key)))
 
         for sig in results:
             if sig.identical_to is None:
                 ready(sig)
-            elif sig.identical_to in here:
-                ready(self._completed(sig, here[sig.identical_to]))
+            elif sig.identical_to in self.recent:
+                self.recent.move_to_end(sig.identical_to)
+                ready(self._completed(sig, self.recent[sig.identical_to]))
             elif sig.identical_to in self.scanned:
                 ready(self._completed(sig, self._original(sig.identical_to, flush=True)))
             elif (original := self._original(sig.identical_to)) is not None:

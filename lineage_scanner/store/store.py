@@ -154,13 +154,18 @@ def _signatures(names: list[str], rows) -> list[Signature]:
 _REPORTED: set[str] = set()
 
 
+#: Each data file's columns, read once per process: a file is written once under a unique name and never
+#: changed (a batch opens the store many times; re-reading hundreds of footers each time cost seconds).
+_COLUMNS: dict[str, dict[str, str]] = {}
+
+
 def _file_columns(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, dict[str, str]]:
     """Each file's top-level columns and their DuckDB types, from the Parquet footers."""
-    out: dict[str, dict[str, str]] = {}
     for f in files:
-        rel = con.read_parquet([f])
-        out[f] = dict(zip(rel.columns, (str(t) for t in rel.types)))
-    return out
+        if f not in _COLUMNS:
+            rel = con.read_parquet([f])
+            _COLUMNS[f] = dict(zip(rel.columns, (str(t) for t in rel.types)))
+    return {f: _COLUMNS[f] for f in files}
 
 
 def _stem() -> str:
