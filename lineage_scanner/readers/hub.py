@@ -52,6 +52,8 @@ BACKOFF_S = 0.2
 #: The longest single wait a server's Retry-After gets, and the most a model waits in all.
 MAX_RETRY_AFTER_S = 30.0
 MAX_WAIT_S = 120.0
+#: The longest the job pauses for its rate budget's window to reset (the Hub's windows are 5 minutes).
+MAX_BUDGET_WAIT_S = 600.0
 #: Tensor bytes the Hub readers of a process hold at once, fetched or in flight, shared equally by the
 #: readers open (a worker may scan several models at once): half for whole tensors read ahead of the
 #: consumer, half for a tensor larger than that quarter, streamed in blocks of rows (one measured, one
@@ -137,13 +139,14 @@ class HubClient:
         raise RemoteError(self.source, f"giving up after {attempt + 1} attempts: {problem}")
 
     def admit(self, kind: str) -> None:
-        """Wait until the job's budget admits a request of ``kind`` ("api" or "resolve"); a wait past the
-        caps defers the model instead."""
+        """Wait until the job's budget admits a request of ``kind`` ("api" or "resolve"). This is the job
+        pausing for its window to reset, coordinated by the budget (every worker waits for the same reset,
+        and only one request meets the window's 429), so it is not capped like a request's own Retry-After:
+        only a reset further away than MAX_BUDGET_WAIT_S (no real window is) defers the model."""
         while (wait := budget().call("ask", kind)) > 0:
-            if wait > MAX_RETRY_AFTER_S or self.waited + wait > MAX_WAIT_S:
+            if wait > MAX_BUDGET_WAIT_S:
                 raise DeferredError(self.source, f"the Hub's {kind} budget is spent for {wait:.0f} s more; "
                                                  "left for the next run")
-            self.waited += wait
             time.sleep(wait)
 
     def _open(self, session, url: str, headers: dict):
