@@ -33,7 +33,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, urljoin, urlparse
+from urllib.parse import parse_qs, quote, urljoin, urlparse
 
 import torch
 
@@ -304,18 +304,26 @@ def resolve(ref: HubRef, client: HubClient):
     """Model info at the pinned commit, with every file's size and SHA-256, in one admitted API call (a 429
     is retried once the budget's window allows); Hub errors become typed scan errors."""
     import httpx2 as httpx
-    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.hf_api import ModelInfo
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+    # HfApi.model_info's own request (blobs: each file's size and LFS SHA-256, by which copies are found),
+    # made here so that its RateLimit header reaches the job's budget: the budget then knows what remains
+    # of the window before it is spent, not only after a 429
+    path = f"{endpoint()}/api/models/{ref.repo_id}"
+    if ref.revision is not None:
+        path += f"/revision/{quote(ref.revision, safe='')}"
     for attempt in range(RETRIES + 1):
         client.admit("api")
         try:
-            # files_metadata: each file's size and LFS SHA-256 in this one call (copies are found by them)
-            return HfApi(endpoint=endpoint()).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
+            response = get_session().get(path, headers=build_hf_headers(), params={"blobs": True})
+            budget().tell("observe", "api", response.status_code, _limit_headers(response.headers))
+            hf_raise_for_status(response)
+            return ModelInfo(**response.json())
         except HfHubHTTPError as exc:
             if exc.response is None or exc.response.status_code != 429 or attempt == RETRIES:
                 raise _info_error(client, ref, exc) from None
-            budget().tell("observe", "api", 429, _limit_headers(exc.response.headers))
         except httpx.TransportError as exc:
             raise RemoteError(client.source, f"cannot reach {endpoint()} ({exc.__class__.__name__})") from None
         except (ValueError, KeyError, TypeError) as exc:
