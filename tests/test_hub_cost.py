@@ -287,3 +287,16 @@ def test_resharded_and_reheaded_copies_are_found_by_content(hub, repos, zoo_by_n
             assert server.by_class["resolve"] <= len(copy.files) + 1  # weight files and index; no config.json
     finally:
         del repos[-2:]
+
+
+def test_rate_budget_counts_down_whatever_order_answers_come_in():
+    from lineage_scanner.readers.shared import RateBudget
+
+    budget = RateBudget()
+    assert budget.ask("api") == 0  # nothing known: the server's answer will say
+    budget.observe("api", 200, {"RateLimit": '"api";r=2;t=100'})
+    assert budget.ask("api") == 0 and budget.ask("api") == 0  # the two that remain, admitted
+    budget.observe("api", 200, {"RateLimit": '"api";r=1;t=100'})  # a late answer, counted before those two
+    assert 99 < budget.ask("api") <= 100  # spent: wait for the reset, not a 429
+    budget.observe("api", 429, {"Retry-After": "7"})
+    assert 6 < budget.ask("resolve") + budget.ask("api") <= 7  # a 429 without RateLimit: its Retry-After

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 #: A 429 without a usable Retry-After or RateLimit header: the window is assumed to reset after this long.
 DEFAULT_RESET_S = 60.0
+#: Two answers whose windows reset within this many seconds of each other speak of the same window.
+SAME_WINDOW_S = 2.0
 _FIELD = re.compile(r"\b([rt])=(\d+)")
 
 Key = tuple[str, str]
@@ -67,8 +69,14 @@ class RateBudget:
             with self._lock:
                 self._windows[kind] = _Window(0, now + wait)
         elif "r" in fields and "t" in fields:
+            remaining, resets_at = int(fields["r"]), now + float(fields["t"])
             with self._lock:
-                self._windows[kind] = _Window(int(fields["r"]), now + float(fields["t"]))
+                window = self._windows.get(kind)
+                if window is not None and abs(window.resets_at - resets_at) <= SAME_WINDOW_S:
+                    # answers arrive out of order, and requests admitted since are not in the server's count:
+                    # within one window, what remains only ever goes down
+                    remaining = min(remaining, window.remaining)
+                self._windows[kind] = _Window(remaining, resets_at)
 
 
 class CopyIndex:
