@@ -3,9 +3,10 @@
 A catalog of --repos repos (10,000 by default) is drawn from --sets weight sets, generated from seeds on
 request (no disk): originals, exact re-uploads under other names, re-sharded copies, derived models (a
 drifted copy of a set), gated repos, repos deleted after they were listed, repos with only a pickled
-``.bin`` and repos with only a GGUF. The stand-in answers with --latency, caps all bodies to one
---bandwidth, redirects weight files to a file host with signed URLs, and enforces the free token's rate
-limits (--api calls and --resolve calls per --window seconds, with 429s and RateLimit headers).
+``.bin``, repos with only a GGUF, and repos renamed between the nights (the old id redirects). The
+stand-in answers with --latency, caps all bodies to one --bandwidth, redirects weight files to a file host
+with signed URLs, and enforces the free token's rate limits (--api calls and --resolve calls per --window
+seconds, with 429s and RateLimit headers).
 
 Night 1 runs ``jobs/nightly_scan.py``'s night (list the catalog, scan what it can before --minutes run out)
 on a local Ray with --workers workers; night 2 lists again and scans what is left. Reported per night:
@@ -40,9 +41,10 @@ from lineage_scanner.run.ray import connect  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 from lineage_scanner.testing.hub_server import GeneratedRepo, HubStandIn, Limits  # noqa: E402
 
-KINDS = {"original": 0.35, "reupload": 0.22, "resharded": 0.06, "derived": 0.17, "gated": 0.04, "deleted": 0.03,
-         "bin_only": 0.06, "gguf_only": 0.07}
+KINDS = {"original": 0.32, "reupload": 0.22, "resharded": 0.06, "derived": 0.17, "gated": 0.04, "deleted": 0.03,
+         "renamed": 0.03, "bin_only": 0.06, "gguf_only": 0.07}
 LAYERS, HIDDEN = 6, 64
+RENAMED = "-old-name"
 
 
 def weights(key) -> object:
@@ -80,7 +82,7 @@ def make(key) -> dict[str, bytes]:
 
 
 def catalog(n_repos: int, n_sets: int, seed: int = 0) -> tuple[list[GeneratedRepo], dict]:
-    """The repos, and how many of each kind."""
+    """The repos, and how many of each kind (a "renamed" repo is renamed between the two nights)."""
     rng = np.random.default_rng(seed)
     cache: dict = {}
     kinds = rng.choice(list(KINDS), size=n_repos, p=list(KINDS.values()))
@@ -96,7 +98,8 @@ def catalog(n_repos: int, n_sets: int, seed: int = 0) -> tuple[list[GeneratedRep
                  "gguf": ["model.Q8_0.gguf"],
                  "two": ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
                          "model.safetensors.index.json"]}[layout]
-        repos.append(GeneratedRepo(f"org{i % 97}/model-{i:05d}", (weight_set, layout), make, cache, names,
+        repo_id = f"org{i % 97}/model-{i:05d}" + (RENAMED if kind == "renamed" else "")
+        repos.append(GeneratedRepo(repo_id, (weight_set, layout), make, cache, names,
                                    config, params=LAYERS * 4 * HIDDEN * HIDDEN, gated=kind == "gated",
                                    deleted=kind == "deleted", downloads=int(rng.integers(0, 10_000))))
     return repos, counts
@@ -200,6 +203,9 @@ def main() -> None:
         store = Store(db)
         first = night(hub, store, args.minutes, args.workers)
         report("night 1", first, limits, args.bandwidth)
+        renamed = [r.repo_id for r in repos if r.repo_id.endswith(RENAMED)]
+        for old in renamed:  # between the nights: the old ids redirect, the listing shows the new ones
+            hub.rename(old, old.removesuffix(RENAMED) + "-moved")
         second = night(hub, store, args.minutes2, args.workers)
         report("night 2", second, limits, args.bandwidth)
     print(json.dumps({"night1": first, "night2": second}, default=str))

@@ -219,6 +219,14 @@ class HubStandIn:
             counts.clear()
         self.file_host_tokens = 0
 
+    def rename(self, old: str, new: str) -> None:
+        """Rename a repo as the Hub does: its commits stay, and the old id answers with a redirect."""
+        repo = self.repos.pop(old)
+        repo.repo_id = new
+        self.repos[new] = repo
+        self._shas[new] = self._shas.pop(old)
+        self.renames[old] = new
+
     def revoke_urls(self) -> None:
         """Invalidate every signed URL handed out so far (the file host answers 403 to them)."""
         self._key = hashlib.sha256(self._key).digest()
