@@ -300,3 +300,16 @@ def test_rate_budget_counts_down_whatever_order_answers_come_in():
     assert 99 < budget.ask("api") <= 100  # spent: wait for the reset, not a 429
     budget.observe("api", 429, {"Retry-After": "7"})
     assert 6 < budget.ask("resolve") + budget.ask("api") <= 7  # a 429 without RateLimit: its Retry-After
+
+
+def test_a_renamed_repo_costs_two_api_calls_and_keeps_its_commit(hub, repos):
+    server = hub()
+    sha = server._shas["acme/llama-b"]
+    server.rename("acme/llama-b", "acme/llama-b-moved")
+    try:
+        server.reset_counts()
+        _, sig = scan_strict(f"hf://acme/llama-b@{sha}", BACKEND, set())  # as yesterday's catalog names it
+        assert (sig.model, sig.revision) == ("acme/llama-b-moved", sha)
+        assert server.by_class["api"] == 2  # the redirect, then the model info under the new name
+    finally:
+        server.rename("acme/llama-b-moved", "acme/llama-b")
