@@ -302,7 +302,7 @@ def test_rate_budget_counts_down_whatever_order_answers_come_in():
     assert 6 < budget.ask("resolve") + budget.ask("api") <= 7  # a 429 without RateLimit: its Retry-After
 
 
-def test_a_renamed_repo_costs_two_api_calls_and_keeps_its_commit(hub, repos):
+def test_a_renamed_repo_costs_two_api_calls_and_keeps_its_commit(hub, repos, tmp_path):
     server = hub()
     sha = server._shas["acme/llama-b"]
     server.rename("acme/llama-b", "acme/llama-b-moved")
@@ -311,5 +311,9 @@ def test_a_renamed_repo_costs_two_api_calls_and_keeps_its_commit(hub, repos):
         _, sig = scan_strict(f"hf://acme/llama-b@{sha}", BACKEND, set())  # as yesterday's catalog names it
         assert (sig.model, sig.revision) == ("acme/llama-b-moved", sha)
         assert server.by_class["api"] == 2  # the redirect, then the model info under the new name
+        # listed under both names in one night: one scan
+        summary = run_batch([f"hf://acme/llama-b@{sha}", f"hf://acme/llama-b-moved@{sha}"], Store(tmp_path / "db"),
+                            progress=False)
+        assert summary.scanned == 1 and summary.n_skipped == 1
     finally:
         server.rename("acme/llama-b-moved", "acme/llama-b")

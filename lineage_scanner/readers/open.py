@@ -191,8 +191,8 @@ def open_hub(text: str, done: set[tuple[str, str]], copies: Shared | None = None
     client = HubClient(text)
     info = resolve(ref, client)
     sha = info.sha
-    if (info.id, sha) in done:
-        return info.id, sha
+    if (info.id, sha) in done or (copies is not None and not copies.call("first_visit", (info.id, sha))):
+        return info.id, sha  # stored, or opened already in this job (under another name)
     client.source = f"hf://{info.id}@{sha}"
     files = [s.rfilename for s in info.siblings or []]
     lfs = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None and s.lfs.sha256}

@@ -84,7 +84,16 @@ class CopyIndex:
 
     def __init__(self, known: dict[str, Key] | None = None):
         self._by = dict(known or {})
+        self._opened: set[Key] = set()
         self._lock = threading.Lock()
+
+    def first_visit(self, key: Key) -> bool:
+        """Whether this job opens commit ``key`` for the first time (a renamed repo's commit can be listed
+        under its old and its new name: it is scanned once)."""
+        with self._lock:
+            first = tuple(key) not in self._opened
+            self._opened.add(tuple(key))
+        return first
 
     def claim(self, digest: str, key: Key) -> Key | None:
         """The commit ``key`` holds weights ``digest``: None if it is the first to (scan it), else the
