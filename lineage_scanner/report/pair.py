@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shlex
 
+from lineage_scanner.lineage.verdict import ROTATED
 from lineage_scanner.report.figures import draw_features, draw_seed, draw_sketch, new_figure, svg
 from lineage_scanner.report.page import esc, page, table
 
@@ -85,7 +86,7 @@ def _confidence(v) -> list[tuple[str, str]]:
 
 def _test_name(v) -> str:
     if v.decided_by == "sketch" and v.sketch is not None:
-        if v.kind == "rotated residual stream (possible evasion)":
+        if v.kind == ROTATED:
             return "the weight sketch's V Gram test (exact: randomisation over V's row signs)"
         return "the weight sketch's same-shape test (exact null: independent weights)"
     if v.decided_by == "curves":
