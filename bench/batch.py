@@ -1,82 +1,203 @@
-"""Where Ray starts to pay: the same batches in this process and on a local Ray with 2 workers.
+"""The batch path against the seed recipe, whole processes; in-process against Ray; per-model overhead.
 
-    python bench/batch.py
+    python bench/batch.py [--data bench/data] [--runs 3] [--busy 0]
 
-Two batches, each scanned into a fresh store by each executor: the demo zoo (34 small checkpoints: the
-cost is per-model overhead) and 4 checkpoints of 1.26 GB (bench/scan_local.py's model, hard-linked under
-four names: the cost is bytes). Ray's start-up divided by what it saves per model (per byte) gives the
-batch size where it starts to pay (on the 2-core development machine: never, so ``lineage scan`` uses Ray
-only when asked).
+Checkpoints come from the demo generator (``lineage.generator.base_model``: heavy-tailed, head- and
+row-scaled weights with depth curves, written as bf16 llama safetensors) and are kept under ``--data``:
+
+- four distinct 1.14 GB models (hidden 2048, 16 layers, GQA 4 of 16 heads, MLP 4096; 336 MB of attention
+  each): a base and three continued-training children, so no scan can skip one as a copy of another;
+- one model with 2 GiB of attention (hidden 4096, 26 layers, GQA 8 of 32 heads, no MLP).
+
+Reported, each a ratio measured in this run, page cache warm (every command runs once before timing),
+median of ``--runs`` alternating runs, wall time and peak RSS of whole processes (wait4):
+
+1. the 4 models: the seed recipe in one process (``load_file`` + ``torch.std`` per attention matrix)
+   against ``lineage scan`` of the same 4 (its default, in-process executor);
+2. the 2 GiB checkpoint: ``safe_open`` + ``torch.std`` per attention tensor against ``lineage scan``;
+3. in this process, once Ray is up: the in-process executor against a local Ray with 2 workers on the
+   4 models (total, and time to the first result), and both on the demo zoo's small models (models/s,
+   ms per model: the per-model overhead); Ray twice: a new executor (its workers start with the batch)
+   and the same executor's next batch (``keep_workers``: processes, imports and kernels already there);
+4. ``lineage demo`` end to end (a fresh zoo, store and local Ray), whole process.
+
+``--busy N`` keeps N other processes spinning on the CPU throughout (a machine shared with other work).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scan_local import make_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+ATTENTION = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
 
-from lineage_scanner.demo.zoo import build_zoo  # noqa: E402
-from lineage_scanner.run.batch import run_batch, source_bytes  # noqa: E402
-from lineage_scanner.run.local import InProcess  # noqa: E402
-from lineage_scanner.run.ray import RayExecutor, connect  # noqa: E402
-from lineage_scanner.store.store import Store  # noqa: E402
+SEED_LOAD_FILE = f"""
+import sys, torch
+from safetensors.torch import load_file
+for path in sys.argv[1:]:
+    sd = load_file(path + "/model.safetensors")
+    stds = [sd[k].std().item() for k in sd if k.endswith({ATTENTION!r})]
+"""
+
+SEED_SAFE_OPEN = f"""
+import sys, torch
+from safetensors import safe_open
+with safe_open(sys.argv[1] + "/model.safetensors", framework="pt") as f:
+    stds = [f.get_tensor(k).std().item() for k in f.keys() if k.endswith({ATTENTION!r})]
+"""
 
 
-def timed(sources: list[str], executor, db: Path) -> float:
+def generate(data: Path) -> tuple[list[Path], Path]:
+    """The four 1.14 GB models and the 2 GiB-of-attention one, generated once and kept."""
+    from lineage_scanner.demo.derive import drift
+    from lineage_scanner.demo.writers import write_hf
+    from lineage_scanner.lineage.generator import base_model
+
+    four = [data / f"batch-{i}" for i in range(4)]
+    if not all((p / "model.safetensors").is_file() for p in four):
+        base = base_model("batch-0", "llama", seed=1, n_layers=16, hidden=2048, n_heads=16, n_kv_heads=4)
+        write_hf(base, four[0])
+        for i in range(1, 4):
+            write_hf(drift(base, f"batch-{i}", seed=10 + i, noise=0.05, layer_scale=0.02), four[i])
+    big = data / "attention-2gib"
+    if not (big / "model.safetensors").is_file():
+        model = base_model("attention-2gib", "llama", seed=2, n_layers=26, hidden=4096, n_heads=32, n_kv_heads=8,
+                           mlp=False)
+        write_hf(model, big)
+    return four, big
+
+
+def whole(argv: list[str], cwd: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one process."""
     started = time.perf_counter()
-    summary = run_batch(sources, Store(db), executor, progress=False)
-    assert not summary.failed, summary.failed[0].error
-    return time.perf_counter() - started
+    pid = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).pid
+    _, status, usage = os.wait4(pid, 0)
+    if status != 0:
+        raise SystemExit(f"{argv} exited with {status}")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
-def large_batch(tmp: Path) -> list[str]:
-    first = make_checkpoint(tmp / "large-0", layers=12)
-    out = [str(first)]
-    for i in range(1, 4):
-        copy = tmp / f"large-{i}"
-        copy.mkdir()
-        for f in first.iterdir():
-            os.link(f, copy / f.name)
-        out.append(str(copy))
-    return out
+def compare(commands: dict[str, list[str]], runs: int) -> dict[str, tuple[float, float]]:
+    """Median wall time and peak RSS of each command, runs alternating, after one warm-up run each."""
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    with tempfile.TemporaryDirectory() as cwd:
+        for argv in commands.values():
+            whole(argv, cwd)
+        for _ in range(runs):
+            for name, argv in commands.items():
+                results[name].append(whole(argv, cwd))
+                subprocess.run(["rm", "-rf", os.path.join(cwd, "db")], check=True)
+    return {name: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r))
+            for name, r in results.items()}
+
+
+def lineage(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "lineage"), *args]  # the installed command, as users run it
+
+
+def table(title: str, rows: dict[str, tuple[float, float]], baseline: str) -> None:
+    base_wall, base_rss = rows[baseline]
+    print(f"\n{title}\n| command | wall s | peak RSS MB | speed-up | RSS ratio |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, (wall, rss) in rows.items():
+        print(f"| {name} | {wall:.2f} | {rss:.0f} | {base_wall / wall:.2f}x | {rss / base_rss:.2f} |")
+
+
+def executors(four: list[Path], zoo: list[str]) -> None:
+    from lineage_scanner.run.batch import Known, ScanConfig, plan_units
+    from lineage_scanner.run.local import InProcess
+    from lineage_scanner.run.ray import RayExecutor, connect
+
+    def timed(sources: list[str], executor) -> tuple[float, float]:
+        """(total seconds, seconds to the first result) of one batch, units of one model each."""
+        started = time.perf_counter()
+        first = None
+        for result in executor.run(plan_units(sources, 1), ScanConfig(), Known()):
+            assert result.scanned, "every model is scanned"
+            first = first or time.perf_counter() - started
+        return time.perf_counter() - started, first or 0.0
+
+    batches = {"4 x 1.14 GB": [str(p) for p in four], "demo zoo": zoo}
+    for sources in batches.values():
+        timed(sources, InProcess())  # every kernel the batch needs loaded, the page cache warm
+    local = {name: timed(sources, InProcess()) for name, sources in batches.items()}
+    started = time.perf_counter()
+    connect(num_cpus=2)
+    ray_up = time.perf_counter() - started
+    cold, kept = {}, {}
+    for name, sources in batches.items():
+        executor = RayExecutor(2, keep_workers=True)
+        cold[name] = timed(sources, executor)  # a fresh executor: its workers start with the batch
+        kept[name] = timed(sources, executor)  # the same executor's next batch: workers kept
+        executor.close()
+    print(f"\nIn this process (Ray start-up, ray.init with 2 CPUs: {ray_up:.1f} s, not counted below; "
+          "s = total, first = first result)")
+    print("| batch | models | in-process s | first | models/s | Ray, new workers s | first | ratio "
+          "| Ray, kept workers s | first | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, sources in batches.items():
+        (lo, lo_first), (co, co_first), (ke, ke_first) = local[name], cold[name], kept[name]
+        print(f"| {name} | {len(sources)} | {lo:.2f} | {lo_first:.2f} | {len(sources) / lo:.1f} | {co:.2f} | "
+              f"{co_first:.2f} | {co / lo:.2f} | {ke:.2f} | {ke_first:.2f} | {ke / lo:.2f} |")
+    n = len(zoo)
+    print(f"per-model cost on the demo zoo: {1000 * local['demo zoo'][0] / n:.0f} ms in-process, "
+          f"{1000 * kept['demo zoo'][0] / n:.0f} ms on Ray (kept workers)")
+
+
+@contextlib.contextmanager
+def busy(n: int):
+    """``n`` processes spinning on the CPU while the block runs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
 
 
 def main() -> None:
-    rows = []
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "bench" / "data")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--busy", type=int, default=0, help="other processes spinning on the CPU meanwhile")
+    args = parser.parse_args()
+    args.data.mkdir(parents=True, exist_ok=True)
+    four, big = generate(args.data)
+    with busy(args.busy):
+        measure_all(args, four, big)
+
+
+def measure_all(args, four: list[Path], big: Path) -> None:
+    if args.busy:
+        print(f"(with {args.busy} other processes spinning on the CPU throughout)")
+    paths = [str(p) for p in four]
+    table("4 models of 1.14 GB (bf16, 336 MB of attention each), whole processes",
+          compare({"seed recipe (load_file + torch.std)": [sys.executable, "-c", SEED_LOAD_FILE, *paths],
+                   "lineage scan (in-process)": lineage("scan", *paths, "--db", "db", "-q")}, args.runs),
+          "seed recipe (load_file + torch.std)")
+    table("one checkpoint with 2 GiB of attention (bf16), whole processes",
+          compare({"safe_open + torch.std": [sys.executable, "-c", SEED_SAFE_OPEN, str(big)],
+                   "lineage scan": lineage("scan", str(big), "--db", "db", "-q")}, args.runs),
+          "safe_open + torch.std")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        batches = {"demo zoo": [e.path for e in build_zoo(tmp / "zoo")], "4 x 1.26 GB": large_batch(tmp)}
-        timed(batches["demo zoo"][:2], InProcess(), tmp / "warm")  # numba's compiled kernels, the page cache
-        timed(batches["4 x 1.26 GB"][:1], InProcess(), tmp / "warm")
-        local = {name: timed(sources, InProcess(), tmp / f"local-{i}") for i, (name, sources) in
-                 enumerate(batches.items())}
-        started = time.perf_counter()
-        connect(num_cpus=2)
-        ray_start = time.perf_counter() - started
-        ray = {name: timed(sources, RayExecutor(2), tmp / f"ray-{i}") for i, (name, sources) in
-               enumerate(batches.items())}
-        for name, sources in batches.items():
-            rows.append((name, len(sources), sum(source_bytes(s) for s in sources), local[name], ray[name]))
-    print("| batch | models | GB | in-process s | Ray, 2 workers s (Ray up) | in-process ms/model | Ray ms/model |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, n, nbytes, lo, ra in rows:
-        print(f"| {name} | {n} | {nbytes / 1e9:.2f} | {lo:.2f} | {ra:.2f} | {1000 * lo / n:.0f} "
-              f"| {1000 * ra / n:.0f} |")
-    print(f"Ray start-up (ray.init, 2 CPUs): {ray_start:.1f} s")
-    for name, n, nbytes, lo, ra in rows:
-        saved = lo - ra
-        if saved <= 0:
-            print(f"{name}: Ray saves nothing here")
-        else:
-            print(f"{name}: Ray pays from {ray_start / (saved / n):.0f} models "
-                  f"or {ray_start / (saved / nbytes) / 1e9:.1f} GB")
+        from lineage_scanner.demo.zoo import build_zoo
+
+        zoo = [e.path for e in build_zoo(Path(tmp) / "zoo")]
+        executors(four, zoo)
+    with tempfile.TemporaryDirectory() as cwd:
+        wall, rss = whole(lineage("demo", "--out", "zoo", "--db", "db"), cwd)
+    print(f"\n`lineage demo` end to end (generate the zoo, scan it on a local Ray, judge): {wall:.1f} s, "
+          f"peak RSS {rss:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -1,49 +1,56 @@
-"""CPU moments throughput: ``lineage_scanner.measure.kernels.cpu`` next to ``torch.std`` on the same bf16 tensor, and a
-plain copy of that tensor as the machine's memory-bandwidth yardstick, all in one run.
+"""CPU moments throughput against the machine's copy bandwidth and ``torch.std``, all in one run.
 
-GB/s are bytes of input per second (a copy's figure is the bytes it reads per second). Best of 5.
+For bf16, fp16 and fp32, one [rows, cols] matrix (default 8192 x 8192): the moments alone
+(``CpuBackend.partials``), the moments with the per-column x..x⁴ sums that fold a norm gain in (one pass:
+``moments_and_columns``, what a Q/K/V matrix costs in a scan), ``torch.std``, and a plain copy of the
+same bytes (``x.clone()``) as the memory-bandwidth yardstick. GB/s are bytes of input read per second
+(a copy's figure is the bytes it reads per second). Best of 5.
 
-    python bench/kernel_cpu.py [--mib 256]
+    python bench/kernel_cpu.py [--rows 8192] [--cols 8192]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+
+from timing import best_seconds
+
+DTYPES = ("bfloat16", "float16", "float32")
 
 
-def throughput(mib: int = 256) -> dict:
+def throughput(rows: int = 8192, cols: int = 8192) -> list[dict]:
     import torch
 
-    from lineage_scanner.measure.kernels.cpu import CpuBackend
+    from lineage_scanner.measure.kernels.cpu import CpuBackend, moments_and_columns
 
-    x = torch.randn(mib << 19, dtype=torch.float32).mul_(0.02).bfloat16()
-    nbytes = x.numel() * 2
     backend = CpuBackend()
-    backend.partials([x[:1000]])  # load the compiled kernel before timing
+    out = []
+    for name in DTYPES:
+        x = torch.randn(rows, cols).mul_(0.02).to(getattr(torch, name))
+        nbytes = x.numel() * x.element_size()
+        backend.partials([x[:2]])  # load the compiled kernels before timing
+        moments_and_columns(x[:2], 1)
 
-    def best(fn, reps: int = 5) -> float:
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return nbytes / min(times) / 1e9
-
-    return {"moments_gbps": best(lambda: backend.partials([x])), "torch_std_gbps": best(lambda: x.std()),
-            "copy_gbps": best(lambda: x.clone()), "threads": torch.get_num_threads(), "mib": mib}
+        runs = {"moments": lambda x=x: backend.partials([x]), "columns": lambda x=x: moments_and_columns(x, 1),
+                "torch_std": x.std, "copy": x.clone}
+        out.append({"dtype": name, "threads": torch.get_num_threads(),
+                    **{what: nbytes / best_seconds(fn) / 1e9 for what, fn in runs.items()}})
+    return out
 
 
-def report(t: dict) -> None:
-    print(f"{'bf16 tensor, ' + str(t['mib']) + ' MiB, ' + str(t['threads']) + ' threads':40} {'GB/s':>7}")
-    print(f"{'lineage_scanner.measure.kernels.cpu (all moments)':40} {t['moments_gbps']:7.2f}")
-    print(f"{'torch.std':40} {t['torch_std_gbps']:7.2f}")
-    print(f"{'copy (x.clone())':40} {t['copy_gbps']:7.2f}")
-    print(f"moments: {t['moments_gbps'] / t['torch_std_gbps']:.1f}x torch.std, "
-          f"{t['moments_gbps'] / t['copy_gbps']:.0%} of the copy bandwidth")
+def report(rows: list[dict], shape: str) -> None:
+    print(f"{shape}, {rows[0]['threads']} threads, GB/s of input")
+    print("| dtype | moments | moments + column sums | torch.std | copy | moments+columns / copy "
+          "| moments+columns / torch.std |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['dtype']} | {r['moments']:.2f} | {r['columns']:.2f} | {r['torch_std']:.2f} | {r['copy']:.2f} "
+              f"| {r['columns'] / r['copy']:.0%} | {r['columns'] / r['torch_std']:.1f}x |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=256)
-    report(throughput(parser.parse_args().mib))
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--cols", type=int, default=8192)
+    args = parser.parse_args()
+    report(throughput(args.rows, args.cols), f"{args.rows} x {args.cols}")

@@ -7,7 +7,7 @@ subprocess of this same run (so peak RSS is each one's own), on a warm page cach
 evicted with posix_fadvise). Reported: wall time of the work (imports excluded, the same for all; median
 of 3 runs), peak RSS, and RSS added by the work over the post-import baseline.
 "sampled" is the same scan with ``--sample-error 0.01`` (stratified runs, each std within 1% relative
-standard error, not exact). Ends with the CPU moments throughput of ``bench/kernel_cpu.py``.
+standard error, not exact).
 
     python bench/scan_local.py [--dir bench/data/llama-1b] [--layers 12]
 """
@@ -21,8 +21,6 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
-
-from kernel_cpu import report, throughput
 
 WORK = {
     "naive": """
@@ -44,8 +42,8 @@ stds = [sd[k].std().item() for k in sd if k.endswith(ATTENTION)]
 from lineage_scanner.run.batch import ScanConfig, run_batch
 from lineage_scanner.store.store import Store
 from lineage_scanner.measure.kernels.cpu import CpuBackend
-import torch, shutil
-CpuBackend().partials([torch.zeros(10, dtype=torch.bfloat16)])  # compiled-kernel cache load, as a warm CLI has
+import numpy, shutil
+CpuBackend().partials([numpy.zeros(4096, numpy.uint16).view("V2")])  # compiled-kernel load (bf16), as a warm CLI has
 shutil.rmtree(DB, ignore_errors=True)
 t0 = time.perf_counter()
 report = run_batch([MODEL], Store(DB), progress=False)
@@ -154,7 +152,6 @@ def main() -> None:
             print(f"{cache}: {mine} vs {ref}: {n['seconds'] / s['seconds']:.1f}x faster; peak RSS ratio "
                   f"{s['peak_rss_mb'] / n['peak_rss_mb']:.2f}, added-RSS ratio "
                   f"{(s['peak_rss_mb'] - s['base_rss_mb']) / (n['peak_rss_mb'] - n['base_rss_mb']):.3f}")
-    report(throughput())
 
 
 if __name__ == "__main__":

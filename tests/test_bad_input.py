@@ -190,3 +190,18 @@ def test_truncated_gguf(tmp_path, capsys):
     code, _, err = run_cli(capsys, "scan", str(path), "--db", str(tmp_path / "db"), "-q")
     line = one_error(err)
     assert code == 1 and str(path) in line and "truncated" in line
+
+
+@pytest.mark.parametrize("text,declared", [
+    ("---\nbase_model: acme/a\n---\nprose", ["acme/a"]),
+    ("---\r\nbase_model:\r\n- acme/a\r\n- acme/b\r\n---\r\n", ["acme/a", "acme/b"]),  # a merge, CRLF
+    ("---\nbase_model: [unclosed\n---\n", []),  # broken YAML declares nothing
+    ("---\n- just a list\n---\n", []),
+    ("no front matter\n---\nbase_model: acme/a\n---\n", []),
+    ("---\nbase_model: acme/a\n" + "x" * (1 << 17), []),  # never closed within the bytes read
+])
+def test_model_card_front_matter(tmp_path, text, declared):
+    from lineage_scanner.readers.open import _card
+
+    (tmp_path / "README.md").write_text(text)
+    assert _card(tmp_path) == declared

@@ -215,7 +215,7 @@ def test_memory_is_bounded_by_bytes_whatever_the_tensor_size(hub, repos, tmp_pat
 @pytest.mark.parametrize("name", ["llama-a", "phi3-a"])  # phi3: fused QKV, its parts row ranges of one tensor
 def test_streamed_tensors_measure_as_whole_ones(hub, zoo_by_name, monkeypatch, name):
     """With a read-ahead budget smaller than every matrix, each is measured block by block of rows: the
-    moments agree with a whole read to rounding, the sketch and the folded std exactly."""
+    moments and the folded std agree with a whole read to rounding, the sketch exactly."""
     import numpy as np
 
     server = hub()
@@ -224,8 +224,9 @@ def test_streamed_tensors_measure_as_whole_ones(hub, zoo_by_name, monkeypatch, n
     _, local = scan_strict(zoo_by_name[name].path, BACKEND, set())
     assert server.requests[remote.files[0]] > 4 * remote.n_layers  # many blocks per matrix
     for a, b in zip(local.layers, remote.layers):
-        assert (a.layer, a.role) == (b.layer, b.role) and abs(a.moments.std / b.moments.std - 1) < 1e-12
-        assert a.folded_std == b.folded_std
+        # float32 tiles grouped by blocks of rows: the same statistics to ~1e-9, not the same bits
+        assert (a.layer, a.role) == (b.layer, b.role) and abs(a.moments.std / b.moments.std - 1) < 1e-7
+        assert a.folded_std == b.folded_std or a.folded_std == pytest.approx(b.folded_std, rel=1e-7)
     assert [(p.layer, p.role, p.kind) for p in local.sketch] == [(p.layer, p.role, p.kind) for p in remote.sketch]
     assert all(np.array_equal(p.values, q.values) for p, q in zip(local.sketch, remote.sketch))
 

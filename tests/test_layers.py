@@ -45,3 +45,16 @@ def test_compare_of_stored_ids_imports_no_scanning_stack(zoo, tmp_path):
     _modules_after(["compare", zoo[0].model, zoo[1].model, "--db", str(tmp_path / "db")], tmp_path)
     loaded = _modules_after(["compare", zoo[0].model, zoo[1].model, "--db", str(tmp_path / "db")], tmp_path)
     assert not loaded & {"torch", "numba", "ray", "matplotlib"}
+
+
+def test_a_cpu_scan_imports_no_torch(zoo, tmp_path):
+    """Safetensors (bf16) and GGUF are read as numpy views and measured by the numba kernels: without a GPU
+    a scan never pays torch's import (2.5 s here); only packed quantized formats (GPTQ, AWQ, ...) do."""
+    if Path("/dev/nvidiactl").exists():
+        import pytest
+
+        pytest.skip("a GPU machine picks the Triton backend, which runs on torch")
+    plain = [e for e in zoo if e.relation == "base"][0]
+    gguf = [e for e in zoo if e.relation == "quantized" and any(Path(e.path).glob("*.gguf"))][0]
+    loaded = _modules_after(["scan", plain.path, gguf.path, "--db", str(tmp_path / "db"), "-q"], tmp_path)
+    assert "numba" in loaded and not loaded & {"torch", "triton", "ml_dtypes"}

@@ -52,7 +52,7 @@ def test_paper_score_equals_the_seed_method(store, zoo_by_name, a, b):
 
     expected = naive_paper_score(naive_curves(Path(zoo_by_name[a].path)), naive_curves(Path(zoo_by_name[b].path)))
     got = paper_score(store.load(a).curves, store.load(b).curves)
-    assert got.score == pytest.approx(expected, abs=1e-9)
+    assert got.score == pytest.approx(expected, abs=1e-7)  # stds within ~1e-8 of float64 (float32 tiles)
     assert set(got.per_role) == set("qkvo")
 
 

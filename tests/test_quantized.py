@@ -15,7 +15,8 @@ from lineage_scanner.demo.writers import write_hf
 from lineage_scanner.lineage.generator import base_model
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.readers.open import open_local
-from lineage_scanner.readers.quantized import Dequantized, unpack
+from lineage_scanner.readers.packed_decoders import unpack
+from lineage_scanner.readers.quantized import Dequantized
 from lineage_scanner.run.scan import scan_strict
 from tests.conftest import judge, llama_config
 
@@ -116,7 +117,7 @@ def test_decoding_recovers_the_weight_within_the_quantization_step(tmp_path, sch
     w = (rng.standard_t(5, (96, 256)) * 0.02).astype(np.float32)
     stored = ({f"m.{k}": t for k, t in bnb_nf4(w, nested=True).items()} if scheme == "nested_nf4"
               else quantize_tensor("m.weight", w, scheme))
-    decoded = _open(tmp_path / "m", stored).read("m.weight").double().numpy()
+    decoded = _open(tmp_path / "m", stored).read("m.weight").astype(np.float64)
     step = {"gptq": 1 / 7.5, "awq": 1 / 15, "int4_packed": 1 / 7.5, "fp8": 1 / 8,
             "bnb_int8": 1 / 127, "bnb_nf4": 0.2, "nested_nf4": 0.25}
     assert decoded.shape == w.shape

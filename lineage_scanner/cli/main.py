@@ -7,6 +7,7 @@ progress bars and notes go to stderr.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import csv
 import math
@@ -467,5 +468,18 @@ def _is_duckdb_error(exc: Exception) -> bool:
     return duckdb is not None and isinstance(exc, duckdb.Error)
 
 
+def run() -> None:
+    """The ``lineage`` command: :func:`main`, then a fast exit. Tearing down an interpreter that has loaded
+    numba and LLVM takes 0.16 s here, a fifth of a one-model scan's whole process; so once the exit
+    handlers have run (Ray's shutdown, temporary directories) and the output is flushed, the process
+    ends without it. Every file the command wrote is closed by then."""
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -79,7 +79,8 @@ def decoder_tensors(model: ToyModel, model_type: str) -> dict[str, np.ndarray]:
             out.update(_experts(model, layer, p, model_type, seed=i))
         else:
             for name in ("gate", "up", "down"):
-                out[p + f"mlp.{name}_proj.weight"] = layer[name]
+                if name in layer:  # a base_model(mlp=False) has attention and norms only
+                    out[p + f"mlp.{name}_proj.weight"] = layer[name]
     return out
 
 

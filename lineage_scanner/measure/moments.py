@@ -14,12 +14,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from lineage_scanner.errors import NonFiniteError
 from lineage_scanner.layouts.resolve import Layout, Part
 from lineage_scanner.measure.kernels import MomentsBackend
-from lineage_scanner.measure.kernels.cpu import column_sums as kernel_column_sums
 from lineage_scanner.measure.kernels.stats import Moments
 from lineage_scanner.measure.records import ColumnSums, LayerStat, Measurement
 from lineage_scanner.measure.sampling import (
@@ -45,22 +43,27 @@ from lineage_scanner.measure.sketch import (
     positions,
     rope_row,
 )
+from lineage_scanner.readers.arrays import floats
 from lineage_scanner.readers.base import Reader, TensorInfo
 
 #: Tensors smaller than this are always read whole: a sample would save nothing worth a request.
 MIN_SAMPLED = 1 << 14
 
 
-def segments(tensor: torch.Tensor, part: Part) -> list[torch.Tensor]:
+def _narrow(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    return array[(slice(None),) * axis + (slice(start, stop),)]
+
+
+def segments(tensor: np.ndarray, part: Part) -> list[np.ndarray]:
     if not part.ranges:
         return [tensor]
-    axis = part.axis if tensor.dim() > 1 else 0
-    return [tensor.narrow(axis, start, stop - start) for start, stop in part.ranges]
+    axis = part.axis if tensor.ndim > 1 else 0
+    return [_narrow(tensor, axis, start, stop) for start, stop in part.ranges]
 
 
-def head_views(tensor: torch.Tensor, head_dim: int, axis: int = 0) -> list[torch.Tensor]:
+def head_views(tensor: np.ndarray, head_dim: int, axis: int = 0) -> list[np.ndarray]:
     """One view per attention head: rows of Q/K/V (axis 0), columns of O (axis 1)."""
-    return list(tensor.split(head_dim, dim=axis))
+    return [_narrow(tensor, axis, i, i + head_dim) for i in range(0, tensor.shape[axis], head_dim)]
 
 
 def flat_spans(part: Part, shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
@@ -135,19 +138,19 @@ class RawSketch:
         return out
 
 
-def _sketch_of(part: Part, group: list[torch.Tensor], layout: Layout) -> RawSketch:
+def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout) -> RawSketch:
     """The sketches of a part's matrix (its segments laid end to end along the part's axis), taken as
     ``nn.Linear`` holds it ([out, in], rows in the order of the original checkpoint), whatever the format
     stored, so that an export to another format has the same sketch."""
     axis = part.axis
     if layout.spec.transposed:  # GPT-2's Conv1D stores [in, out]
-        group, axis = [g.t() for g in group], 1 - axis
+        group, axis = [g.T for g in group], 1 - axis
     sizes = [g.shape[axis] for g in group]
     rows, cols = (sum(sizes), group[0].shape[1]) if axis == 0 else (group[0].shape[0], sum(sizes))
     edges = np.cumsum([0, *sizes])
 
     def stored_row(r: np.ndarray) -> np.ndarray:
-        return rope_row(r, layout.head_dim) if part.role in layout.spec.rope_rows and layout.head_dim else r
+        return _stored_rows(part, layout, rows, r)
 
     def take(r: np.ndarray, c: np.ndarray) -> np.ndarray:
         segment = np.searchsorted(edges, r if axis == 0 else c, side="right") - 1
@@ -156,7 +159,7 @@ def _sketch_of(part: Part, group: list[torch.Tensor], layout: Layout) -> RawSket
             sel = segment == k
             if sel.any():
                 rr, cc = (r[sel] - edges[k], c[sel]) if axis == 0 else (r[sel], c[sel] - edges[k])
-                values[sel] = g[torch.from_numpy(rr), torch.from_numpy(cc)].to(torch.float32).numpy()
+                values[sel] = floats(g[rr, cc])
         return values
 
     flat = positions(rows, cols)
@@ -169,8 +172,8 @@ def _sketch_of(part: Part, group: list[torch.Tensor], layout: Layout) -> RawSket
     return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat, whole)
 
 
-def _sketched(part: Part, group: list[torch.Tensor]) -> bool:
-    return part.role in SKETCHED_ROLES and group[0].dim() == 2
+def _sketched(part: Part, group: list[np.ndarray]) -> bool:
+    return part.role in SKETCHED_ROLES and group[0].ndim == 2 and all(g.size for g in group)
 
 
 def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0, kurtosis_se: float = 0.0
@@ -183,38 +186,36 @@ def _checked(info: TensorInfo, part: Part, total: Moments, se: float = 0.0, kurt
 FOLDED_ROLES = ("q", "k", "v")
 
 
-def _column_sums(layer: int, role: str, group: list[torch.Tensor], powers: list[np.ndarray]) -> ColumnSums:
+def _column_sums(layer: int, role: str, group: list[np.ndarray], powers: list[np.ndarray]) -> ColumnSums:
     """A part's column sums from those of its segments (added up over the segments' output rows)."""
-    return ColumnSums(layer, role, sum(powers), sum(g.numel() for g in group))
+    return ColumnSums(layer, role, sum(powers), sum(g.size for g in group))
 
 
 def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
            layout: Layout, sums: list[ColumnSums], gains: dict[int, np.ndarray] | None,
            sketches: list[RawSketch]) -> list[LayerStat]:
     """Whole tensors through the backend, with what folding the norm needs (``sums``, ``gains``) and each
-    matrix's sketch. A backend that can (CPU) takes a Q/K/V part's moments and column sums in one read."""
+    matrix's sketch. A Q/K/V part's moments and column sums come from one read of it (one pass on the
+    CPU; on the GPU, one launch for all of a model's Q/K/V segments and one for the rest)."""
     infos = reader.tensors()
     tensors = {name: reader.read(name) for name in batch}
     pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
     input_axis = 0 if layout.spec.transposed else 1
-    fused = getattr(backend, "partials_with_columns", None)
 
-    def folds(part: Part, group: list[torch.Tensor]) -> bool:
-        return part.role in FOLDED_ROLES and group[0].dim() == 2
+    def folds(part: Part, group: list[np.ndarray]) -> bool:
+        return part.role in FOLDED_ROLES and group[0].ndim == 2
 
-    plain = iter(backend.partials([s for _, part, group in pieces if not (fused and folds(part, group))
-                                   for s in group]))
+    plain = iter(backend.partials([s for _, part, group in pieces if not folds(part, group) for s in group]))
+    folded = iter(backend.partials_with_columns([s for _, part, group in pieces if folds(part, group)
+                                                 for s in group], input_axis))
     out = []
     for name, part, group in pieces:
-        if fused and folds(part, group):
-            rows = fused(group, input_axis)
+        if folds(part, group):
+            rows = [next(folded) for _ in group]
             partials = [r[0] for r in rows]
             sums.append(_column_sums(part.layer, part.role, group, [r[1] for r in rows]))
         else:
             partials = [next(plain) for _ in group]
-            if folds(part, group):
-                sums.append(_column_sums(part.layer, part.role, group,
-                                         [kernel_column_sums(g, input_axis) for g in group]))
         total = Moments()
         for partial in partials:
             total = total + Moments.from_partial(partial)
@@ -222,7 +223,7 @@ def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], b
         if _sketched(part, group):
             sketches.append(_sketch_of(part, group, layout))
         if gains is not None and part.role == "attn_norm" and layout.spec.pre_norm:
-            gains[part.layer] = tensors[name].to(torch.float64).reshape(-1).numpy() + layout.spec.norm_offset
+            gains[part.layer] = floats(tensors[name], np.float64).reshape(-1) + layout.spec.norm_offset
     del tensors, pieces
     for name in batch:
         reader.release(name)
@@ -243,7 +244,6 @@ def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBack
     column sums merge over the blocks (both are sums), and the rows its sketch needs are kept on the way."""
     info = reader.tensors()[name]
     rows, cols = info.shape
-    fused = getattr(backend, "partials_with_columns", None)
     spans = {p: list(p.ranges) or [(0, rows)] for p in parts}
     totals = {p: Moments() for p in parts}
     powers = {p: np.zeros((4, cols)) for p in parts if p.role in FOLDED_ROLES}
@@ -257,16 +257,15 @@ def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBack
                 if lo >= hi:
                     continue
                 segment = block[lo - first : hi - first]
-                if part in powers and fused:
-                    ((partial, power),) = fused([segment], 1)
+                if part in powers:
+                    ((partial, power),) = backend.partials_with_columns([segment], 1)
                 else:
-                    (partial,) = backend.partials([segment])
-                    power = kernel_column_sums(segment, 1) if part in powers else None
+                    (partial,), power = backend.partials([segment]), None
                 totals[part] = totals[part] + Moments.from_partial(partial)
                 if power is not None:
                     powers[part] += power
         for row in {r for where in wanted.values() for r in where.values() if first <= r < last}:
-            kept[row] = block[row - first].to(torch.float32).numpy().copy()
+            kept[row] = floats(block[row - first])
         del block
     out = []
     for part in parts:
@@ -280,12 +279,21 @@ def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBack
     return out
 
 
+def _stored_rows(part: Part, layout: Layout, rows: int, logical: np.ndarray) -> np.ndarray:
+    """Where rows of a part's matrix (as ``nn.Linear`` holds them) lie in the stored tensor: moved by the
+    GGUF converter's rotary interleave within each head, when the matrix is whole heads (a header whose
+    head size does not divide the rows cannot describe such a permutation, so rows stay in place)."""
+    head = layout.head_dim
+    if part.role in layout.spec.rope_rows and head and head % 2 == 0 and rows % head == 0:
+        return rope_row(logical, head)
+    return logical
+
+
 def _sketch_rows(part: Part, spans: list[tuple[int, int]], cols: int, layout: Layout) -> dict[int, int]:
     """Each anchor row of a part's matrix (rows as ``nn.Linear`` holds them) -> the stored tensor's row."""
     rows = sum(b - a for a, b in spans)
     logical = anchor_rows(rows, cols)
-    rope = part.role in layout.spec.rope_rows and layout.head_dim
-    stored = rope_row(logical, layout.head_dim) if rope else logical
+    stored = _stored_rows(part, layout, rows, logical)
     starts = np.cumsum([0, *(b - a for a, b in spans)])
     span = np.searchsorted(starts, stored, side="right") - 1
     return {int(v): int(spans[k][0] + s - starts[k]) for v, s, k in zip(logical, stored, span)}
@@ -370,7 +378,7 @@ class Runs:
     cols: int
 
 
-def _sampled_column_sums(runs: torch.Tensor, starts: Runs, shape: tuple[int, ...], part: Part,
+def _sampled_column_sums(runs: np.ndarray, starts: Runs, shape: tuple[int, ...], part: Part,
                          transposed: bool) -> ColumnSums | None:
     """Per input column, the power sums of the sampled elements. Every element of a part is
     equally likely to be sampled (one run per equal stratum), so these stand for the whole matrix's column
@@ -379,17 +387,17 @@ def _sampled_column_sums(runs: torch.Tensor, starts: Runs, shape: tuple[int, ...
         return None
     flat = (starts.storage[:, None] + np.arange(starts.run)).reshape(-1)
     column = flat // shape[1] if transposed else flat % shape[1]
-    values = runs.reshape(-1).to(torch.float64).numpy()
+    values = floats(runs.reshape(-1), np.float64)
     width = shape[0] if transposed else shape[1]
     powers = np.stack([np.bincount(column, values**k, width) for k in range(1, 5)])
     return ColumnSums(part.layer, part.role, powers, values.size)
 
 
-def _sampled_sketch(part: Part, runs: torch.Tensor, starts: Runs) -> RawSketch | None:
+def _sampled_sketch(part: Part, runs: np.ndarray, starts: Runs) -> RawSketch | None:
     """The sketch, cut out of the runs that cover it (each run covers its anchor row whole)."""
     if part.role not in SKETCHED_ROLES:
         return None
-    table = runs.to(torch.float32).numpy()
+    table = floats(runs)
     index = np.arange(len(starts.anchors))[:, None]
     values = table[index, (starts.anchors - starts.virtual)[:, None] + np.arange(starts.anchor_run)].reshape(-1)
     flat = positions(starts.rows, starts.cols)

@@ -6,8 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:  # a reader's tensors are torch tensors; its header types are needed without torch
-    import torch
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,12 @@ class Reader(Protocol):
         """The tensors about to be read, in order, so a reader can start fetching them early."""
         ...
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor as floats (native 16/32-bit dtype, or float32 after dequantization)."""
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as floats (native 16/32-bit dtype, bf16 and fp8 through ml_dtypes, or float32 after
+        dequantization), usually a view of the stored bytes."""
         ...
 
-    def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
+    def read_runs(self, name: str, starts, run: int) -> np.ndarray:
         """A sample: ``run`` consecutive elements from each flat index in ``starts``, as [len(starts), run]."""
         ...
 
@@ -66,13 +67,6 @@ class Reader(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def take_runs(tensor: torch.Tensor, starts, run: int) -> torch.Tensor:
-    """``run`` consecutive elements of the flattened ``tensor`` from each index in ``starts``: [len(starts), run]."""
-    import torch
-
-    return tensor.reshape(-1)[torch.from_numpy(starts)[:, None] + torch.arange(run)]
 
 
 def content_digest(path: str, start: int, end: int, windows: int = 8, size: int = 4096) -> bytes:

@@ -1,29 +1,42 @@
-"""GGUF files (llama.cpp): header checked, tensors memory-mapped and dequantized one at a time.
+"""GGUF files (llama.cpp): header checked, tensors memory-mapped and dequantized a block of rows at a time.
 
-The ``gguf`` package parses and dequantizes every type it knows (F32/F16/BF16, Q4_0 … Q8_0, the K-quants,
-the IQ types). Before handing the file to it, the fixed part of the header is checked here (magic,
-version, counts bounded by the file size), so a lying count cannot make the parser loop or allocate
-without bound; anything the parser still rejects becomes a :class:`HeaderError` naming the file.
+The ``gguf`` package parses the header. Before handing the file to it, the fixed part of the header is
+checked here (magic, version, counts bounded by the file size), so a lying count cannot make the parser
+loop or allocate without bound; anything the parser still rejects becomes a :class:`HeaderError` naming
+the file. Tensor data is read from this reader's own memory map: F32, F16 and BF16 as views in their
+stored dtype (the moments kernels read them natively), the common quantizations through the compiled
+decoders of :mod:`lineage_scanner.readers.ggml_quants`, the rest through the ``gguf`` package's numpy
+dequantizer. Large tensors are handed to the measurement as blocks of rows (:meth:`GgufFile.read_blocks`),
+so a quantized matrix is never held whole in float32.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 
 import numpy as np
-import torch
 
 from lineage_scanner.errors import HeaderError
-from lineage_scanner.readers.base import TensorInfo, content_digest, take_runs
+from lineage_scanner.readers import ggml_quants
+from lineage_scanner.readers.arrays import DTYPES, take_runs
+from lineage_scanner.readers.base import TensorInfo, content_digest
 from lineage_scanner.readers.gguf_header import NeedMore, header_end
+from lineage_scanner.readers.local import close_map, map_file
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 #: Smallest possible encoding of one metadata pair / tensor record; bounds counts by the file size.
 MIN_KV_BYTES = 8 + 1 + 4 + 1
 MIN_TENSOR_BYTES = 8 + 1 + 4 + 8 + 4 + 8
+#: Stored types read as views, in the dtype the moments kernels decode natively.
+NATIVE = {name: DTYPES[name] for name in ("F32", "F16", "BF16")}
+#: Tensors whose stored bytes exceed this are measured by blocks of rows ...
+STREAM_BYTES = 4 << 20
+#: ... of at most this many bytes once decoded to float32 (cache-sized: decoded, then measured while hot).
+BLOCK_BYTES = 8 << 20
 
 
 def check_prefix(prefix: bytes, file_size: int, path: str) -> tuple[int, int]:
@@ -91,6 +104,7 @@ class GgufFile:
         if data_end > size:
             raise HeaderError(self.path, f"tensor data ends at byte {data_end}, past the end of the "
                                          f"{size}-byte file (truncated)")
+        self._mmap = map_file(self.path, size)
 
     def tensors(self) -> dict[str, TensorInfo]:
         return self._tensors
@@ -98,31 +112,67 @@ class GgufFile:
     def prefetch(self, names: list[str]) -> None:
         """Nothing ahead of time: the parser's memmap pages in what each read touches."""
 
-    def read(self, name: str) -> torch.Tensor:
-        from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
+    @property
+    def stream_over(self) -> int:
+        """Tensors stored in more bytes than this are measured block by block (:meth:`read_blocks`)."""
+        return STREAM_BYTES
 
-        t = self._by_name[name]
+    def read(self, name: str) -> np.ndarray:
         info = self._tensors[name]
         self.bytes_read += info.nbytes
+        return self._rows(name, 0, info.shape[0] if info.shape else 1).reshape(info.shape)
+
+    def read_blocks(self, name: str):
+        """The matrix as consecutive blocks of whole rows, at most ``BLOCK_BYTES`` each in float32: yields
+        (first row, block)."""
+        info = self._tensors[name]
+        rows, cols = info.shape
+        per = max(1, BLOCK_BYTES // (4 * max(cols, 1)))
+        self.bytes_read += info.nbytes
+        for first in range(0, rows, per):
+            yield first, self._rows(name, first, min(rows, first + per)).reshape(-1, cols)
+
+    def _rows(self, name: str, first: int, last: int) -> np.ndarray:
+        """Rows [first, last) of a tensor (its leading dimension), flat, as floats."""
+        info = self._tensors[name]
+        inner = info.numel // max(info.shape[0], 1) if info.shape else 1
+        count = (last - first) * inner
+        row_bytes = info.nbytes // max(info.shape[0], 1) if info.shape else info.nbytes
+        start = info.start + first * row_bytes
+        if count == 0:
+            return np.empty(0, dtype=NATIVE.get(info.dtype, np.float32))
         try:
-            if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-                values = np.array(t.data)  # an own, writable copy of the memmap
-            else:
-                values = np.ascontiguousarray(dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
-            return torch.from_numpy(values.reshape(info.shape))
-        except NotImplementedError:
-            raise HeaderError(self.path, f"tensor {name!r}: no dequantizer for {t.tensor_type.name}") from None
+            if info.dtype in NATIVE:
+                return np.frombuffer(self._mmap, dtype=NATIVE[info.dtype], count=count, offset=start)
+            raw = np.frombuffer(self._mmap, np.uint8, (last - first) * row_bytes, start)
+            if info.dtype in ggml_quants.DECODED:
+                return ggml_quants.dequantize(raw, info.dtype, count)
+            return self._reference_dequantize(name, raw, count)
         except (ValueError, IndexError) as exc:  # the table's shape and type disagree with the bytes
             raise HeaderError(self.path, f"tensor {name!r}: data does not fit {info.dtype} {info.shape} ({exc})"
                               ) from None
 
-    def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
+    def _reference_dequantize(self, name: str, raw: np.ndarray, count: int) -> np.ndarray:
+        """Types without a compiled decoder, through the gguf package (numpy, slower)."""
+        from gguf.quants import dequantize
+
+        qtype = self._by_name[name].tensor_type
+        try:
+            values = dequantize(raw, qtype)
+        except NotImplementedError:
+            raise HeaderError(self.path, f"tensor {name!r}: no dequantizer for {qtype.name}") from None
+        return np.ascontiguousarray(values, dtype=np.float32).reshape(-1)[:count]
+
+    def read_runs(self, name: str, starts: np.ndarray, run: int) -> np.ndarray:
         """Quantized blocks must be decoded whole, so a sample costs a full read here."""
         return take_runs(self.read(name), starts, run)
 
     def release(self, name: str) -> None:
-        """Nothing to drop: the parser's memmap pages are clean and reclaimable by the OS."""
+        """Drop the tensor's pages from this process (they are clean: the OS reads them again if needed)."""
+        info = self._tensors[name]
+        start = info.start - info.start % mmap.PAGESIZE
+        if self._mmap is not None and info.end > start:
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, info.end - start)
 
     def fingerprint(self) -> bytes:
         h = hashlib.sha256()
@@ -138,6 +188,8 @@ class GgufFile:
     def close(self) -> None:
         self._by_name = {}
         self._reader = None
+        close_map(self._mmap)
+        self._mmap = None
 
 
 def _scalar_fields(reader) -> dict[str, object]:

@@ -35,12 +35,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, quote, urljoin, urlparse
 
-import torch
+import numpy as np
 
 from lineage_scanner.errors import DeferredError, GatedError, HeaderError, RemoteError, SourceError
+from lineage_scanner.readers.arrays import numeric_dtype
 from lineage_scanner.readers.base import TensorInfo
 from lineage_scanner.readers.jsonfile import MAX_JSON_BYTES, parse_object
-from lineage_scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
+from lineage_scanner.readers.safetensors_header import header_length, parse_header
 from lineage_scanner.readers.shared import budget
 from lineage_scanner.sources.hub import HubRef, endpoint
 
@@ -480,10 +481,10 @@ class HubSafetensors:
         for k, first in enumerate(firsts):
             body, _ = ahead.result()
             ahead = self._pool.submit(fetch, firsts[k + 1]) if k + 1 < len(firsts) else None
-            yield first, torch.frombuffer(body, dtype=dtype).view(-1, *info.shape[1:])
+            yield first, np.frombuffer(body, dtype=dtype).reshape(-1, *info.shape[1:])
             del body
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str) -> np.ndarray:
         if name not in self._range_of:
             self.prefetch([name])
         i = self._range_of[name]
@@ -491,21 +492,20 @@ class HubSafetensors:
         info = self._tensors[name]
         dtype = numeric_dtype(info, self.path)
         if info.numel == 0:
-            return torch.empty(info.shape, dtype=dtype)
+            return np.empty(info.shape, dtype=dtype)
         if i in self._futures:
             body, _ = self._futures[i].result()
             offset = info.start - self._plan[i][1]
         else:  # read again after its range was released (a norm gain, say): fetch just this tensor
             body, _ = self.client.get(self._urls[name], info.start, info.end - 1)
             offset = 0
-        count = info.nbytes // torch.empty(0, dtype=dtype).element_size()
-        return torch.frombuffer(body, dtype=dtype, offset=offset, count=count).view(info.shape)
+        return np.frombuffer(body, dtype=dtype, offset=offset, count=info.numel).reshape(info.shape)
 
-    def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
+    def read_runs(self, name: str, starts, run: int) -> np.ndarray:
         """Runs fetched as range requests, runs closer than SAMPLE_GAP bytes sharing one request."""
         info = self._tensors[name]
         dtype = numeric_dtype(info, self.path)
-        size = torch.empty(0, dtype=dtype).element_size()
+        size = dtype.itemsize
         spans: list[list[int]] = []
         for s in sorted(int(x) for x in starts):
             a, b = info.start + s * size, info.start + (s + run) * size
@@ -514,12 +514,11 @@ class HubSafetensors:
             else:
                 spans.append([a, b])
         bodies = list(self._pool.map(lambda span: self.client.get(self._urls[name], span[0], span[1] - 1)[0], spans))
-        out = torch.empty((len(starts), run), dtype=dtype)
+        out = np.empty((len(starts), run), dtype=dtype)
         for row, s in enumerate(int(x) for x in starts):
             a = info.start + s * size
             k = next(i for i, span in enumerate(spans) if span[0] <= a < span[1])
-            chunk = bytearray(memoryview(bodies[k])[a - spans[k][0] : a - spans[k][0] + run * size])
-            out[row] = torch.frombuffer(chunk, dtype=dtype)
+            out[row] = np.frombuffer(bodies[k], dtype=dtype, count=run, offset=a - spans[k][0])
         return out
 
     def release(self, name: str) -> None:
@@ -606,11 +605,20 @@ class HubGguf:
             f.seek(info.start)
             f.write(body)
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str) -> np.ndarray:
         self._fetch(name)
         return self._gguf.read(name)
 
-    def read_runs(self, name: str, starts, run: int) -> torch.Tensor:
+    @property
+    def stream_over(self) -> int:
+        return self._gguf.stream_over
+
+    def read_blocks(self, name: str):
+        """The tensor fetched whole into the sparse file, then decoded by blocks of rows from there."""
+        self._fetch(name)
+        return self._gguf.read_blocks(name)
+
+    def read_runs(self, name: str, starts, run: int) -> np.ndarray:
         """Quantized blocks decode whole: a GGUF sample costs a full read of the tensor."""
         self._fetch(name)
         return self._gguf.read_runs(name, starts, run)

@@ -1,9 +1,9 @@
 """Local safetensors, single or sharded: memory-mapped, headers validated, pages dropped after use.
 
-A private (copy-on-write) mapping gives torch a writable buffer without copying; nothing ever writes to
-it. After a tensor's statistics are taken its pages are dropped from the process (``MADV_DONTNEED``),
-so resident memory stays near one tensor however large the checkpoint; the OS page cache still holds
-them for the next reader.
+Tensors are numpy views of a private (copy-on-write) mapping: writable arrays without a copy, while
+nothing can ever write to the file. After a tensor's statistics are taken its pages are dropped from the
+process (``MADV_DONTNEED``), so resident memory stays near one tensor however large the checkpoint; the
+OS page cache still holds them for the next reader.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lineage_scanner.errors import ConfigError, HeaderError, SourceError
-from lineage_scanner.readers.base import TensorInfo, content_digest, take_runs
+from lineage_scanner.readers.arrays import numeric_dtype, take_runs
+from lineage_scanner.readers.base import TensorInfo, content_digest
 from lineage_scanner.readers.jsonfile import MAX_JSON_BYTES, parse_object
-from lineage_scanner.readers.safetensors_header import header_length, numeric_dtype, parse_header
+from lineage_scanner.readers.safetensors_header import header_length, parse_header
 from lineage_scanner.sources.names import check_relative_name
 
 
@@ -71,32 +71,32 @@ class SafetensorsFile:
         self._tensors, self.metadata = parse_header(self.header, size, self.path)
         self._size = size
         self.bytes_read = 8 + n
-        self._mmap = _map(self.path, size)
+        self._mmap = map_file(self.path, size)
 
     def tensors(self) -> dict[str, TensorInfo]:
         return self._tensors
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str) -> np.ndarray:
         tensor = self._view(name)
         self.bytes_read += self._tensors[name].nbytes
         return tensor
 
-    def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
+    def read_runs(self, name: str, starts: np.ndarray, run: int) -> np.ndarray:
         """Runs of ``run`` elements at flat ``starts``: only their pages are touched."""
         runs = take_runs(self._view(name), starts, run)
-        self.bytes_read += runs.numel() * runs.element_size()
+        self.bytes_read += runs.nbytes
         return runs
 
-    def _view(self, name: str) -> torch.Tensor:
+    def _view(self, name: str) -> np.ndarray:
         info = self._tensors[name]
         dtype = numeric_dtype(info, self.path)
         if info.numel == 0:
-            return torch.empty(info.shape, dtype=dtype)
+            return np.empty(info.shape, dtype=dtype)
         page = mmap.PAGESIZE
         start = info.start - info.start % page
         # one large read-ahead of the whole span instead of a page fault per 128 KB window (cold cache)
         self._mmap.madvise(mmap.MADV_WILLNEED, start, info.end - start)
-        return torch.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=info.start).view(info.shape)
+        return np.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=info.start).reshape(info.shape)
 
     def release(self, name: str) -> None:
         info = self._tensors[name]
@@ -109,12 +109,23 @@ class SafetensorsFile:
         return self.header + content_digest(self.path, 8 + len(self.header), self._size)
 
     def close(self) -> None:
-        if self._mmap is not None:
-            self._mmap.close()
-            self._mmap = None
+        close_map(self._mmap)
+        self._mmap = None
 
 
-def _map(path: str, size: int) -> mmap.mmap | None:
+def close_map(mapping: mmap.mmap | None) -> None:
+    """Close a map now, or, while arrays still view it (a caller's, or a traceback's frames), when the
+    last of them goes: numpy views hold the map open, and closing under them would be an error."""
+    if mapping is not None:
+        try:
+            mapping.close()
+        except BufferError:
+            pass
+
+
+def map_file(path: str, size: int) -> mmap.mmap | None:
+    """A private (copy-on-write) map of the file: arrays viewed from it are writable, while the file itself
+    can never be written."""
     if size == 0:
         return None
     with open(path, "rb") as f:
@@ -136,11 +147,13 @@ class ShardedSafetensors:
             self.close()
             raise
         self._owner: dict[str, SafetensorsFile] = {}
+        self._tensors: dict[str, TensorInfo] = {}
         for f in self._files:
-            for name in f.tensors():
+            for name, info in f.tensors().items():
                 if name in self._owner:
                     raise HeaderError(f.path, f"tensor {name!r} also appears in {self._owner[name].path}")
                 self._owner[name] = f
+                self._tensors[name] = info
 
     @classmethod
     def from_index(cls, index: Path) -> ShardedSafetensors:
@@ -155,7 +168,7 @@ class ShardedSafetensors:
         return cls([inside(index.parent / n, index.parent) for n in sorted(names)], index)
 
     def tensors(self) -> dict[str, TensorInfo]:
-        return {name: f.tensors()[name] for name, f in self._owner.items()}
+        return self._tensors
 
     def prefetch(self, names: list[str]) -> None:
         """Nothing ahead of time: each read asks the kernel to read its whole span ahead (MADV_WILLNEED)."""
@@ -164,10 +177,10 @@ class ShardedSafetensors:
     def bytes_read(self) -> int:
         return sum(f.bytes_read for f in self._files)
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str) -> np.ndarray:
         return self._owner[name].read(name)
 
-    def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
+    def read_runs(self, name: str, starts: np.ndarray, run: int) -> np.ndarray:
         return self._owner[name].read_runs(name, starts, run)
 
     def release(self, name: str) -> None:

@@ -35,10 +35,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from lineage_scanner.errors import HeaderError, UnsupportedError
-from lineage_scanner.readers.base import Reader, TensorInfo, take_runs
+from lineage_scanner.readers.arrays import as_numpy, take_runs, to_torch
+from lineage_scanner.readers.base import Reader, TensorInfo
 
 #: Column order of AWQ's packing: nibble i of a word holds column AWQ_ORDER[i] of its 8.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -50,7 +50,7 @@ BNB_STATE = ".quant_state.bitsandbytes__"
 class Packed:
     """One quantized linear weight: its scheme, its stored tensors by role, its float shape [out, in]."""
 
-    scheme: str  # a key of DECODERS
+    scheme: str  # a key of packed_decoders.DECODERS
     parts: dict[str, str]
     shape: tuple[int, int]
     label: str
@@ -84,11 +84,13 @@ class Dequantized:
     def prefetch(self, names: list[str]) -> None:
         self.inner.prefetch([part for name in names for part in self._stored(name)])
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str) -> np.ndarray:
         p = self.packed.get(name)
         if p is None:
             return self.inner.read(name)
-        stored = {role: self.inner.read(tensor) for role, tensor in p.parts.items()}
+        from lineage_scanner.readers.packed_decoders import DECODERS  # torch: only packed formats pay for it
+
+        stored = {role: to_torch(self.inner.read(tensor)) for role, tensor in p.parts.items()}
         file = self._tensors[name].file
         try:
             weight = DECODERS[p.scheme](p, stored)
@@ -96,9 +98,9 @@ class Dequantized:
             raise HeaderError(file, f"tensor {name!r}: {p.label} parts do not fit {p.shape} ({exc})") from None
         if tuple(weight.shape) != p.shape:
             raise HeaderError(file, f"tensor {name!r}: {p.label} decodes to {tuple(weight.shape)}, not {p.shape}")
-        return weight
+        return as_numpy(weight)
 
-    def read_runs(self, name: str, starts: np.ndarray, run: int) -> torch.Tensor:
+    def read_runs(self, name: str, starts: np.ndarray, run: int) -> np.ndarray:
         """Packed codes must be decoded with their scales, so a sample costs a full read here."""
         if name not in self.packed:
             return self.inner.read_runs(name, starts, run)
@@ -220,7 +222,7 @@ def _bnb_4bit(name: str, state_name: str, infos: dict[str, TensorInfo], reader: 
     path = infos[state_name].file
     raw = reader.read(state_name)
     try:
-        state = json.loads(bytes(raw.to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
+        state = json.loads(np.asarray(raw).astype(np.uint8).tobytes().decode("utf-8"))
         shape = tuple(int(d) for d in state["shape"])
         int(state["blocksize"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
@@ -237,75 +239,6 @@ def _bnb_4bit(name: str, state_name: str, infos: dict[str, TensorInfo], reader: 
     return Packed("bnb_4bit", {**parts, "state": state_name}, shape, label, state=state)
 
 
-def unpack(words: torch.Tensor, bits: int, axis: int) -> torch.Tensor:
-    """Unsigned ``bits``-wide codes from int32 words, lowest bits first, laid out along ``axis`` (0 or 1)."""
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
-    codes = (words.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [rows, cols, per]
-    if axis == 0:
-        codes = codes.permute(0, 2, 1)
-    return codes.reshape(words.shape[0] * (shifts.numel() if axis == 0 else 1), -1)
-
-
-def _gptq(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    out, n_in = p.shape
-    q = unpack(t["q"], p.bits, 0)[:n_in]  # [in, out]
-    zeros = unpack(t["zeros"], p.bits, 1)[:, :out]
-    if p.state["zero_minus_one"]:
-        zeros = zeros + 1
-    group = t["g_idx"].to(torch.long) if "g_idx" in t else torch.arange(n_in) // p.group
-    scale = t["scale"].to(torch.float32)
-    return ((q - zeros[group]).to(torch.float32) * scale[group]).T.contiguous()
-
-
-def _awq(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    reorder = torch.tensor([AWQ_ORDER.index(c) for c in range(8)])
-
-    def codes(words: torch.Tensor) -> torch.Tensor:
-        c = unpack(words, 4, 1)
-        return c.reshape(c.shape[0], -1, 8)[:, :, reorder].reshape(c.shape[0], -1)
-
-    q, zeros = codes(t["q"]), codes(t["zeros"])
-    group = torch.arange(p.shape[1]) // p.group
-    return ((q - zeros[group]).to(torch.float32) * t["scale"].to(torch.float32)[group]).T.contiguous()
-
-
-def _pack_quantized_decode(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    codes = unpack(t["q"], p.bits, 1)[:, : p.shape[1]] - (1 << (p.bits - 1))
-    group = torch.arange(p.shape[1]) // p.group
-    return codes.to(torch.float32) * t["scale"].to(torch.float32)[:, group]
-
-
-def _fp8_block(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    rows, cols = p.state["block"]
-    scale = t["scale"].to(torch.float32).repeat_interleave(rows, 0).repeat_interleave(cols, 1)
-    return t["q"].to(torch.float32) * scale[: p.shape[0], : p.shape[1]]
-
-
-def _fp8_scaled(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    scale = t["scale"].to(torch.float32)
-    scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(p.shape[0], 1)
-    return t["q"].to(torch.float32) * scale
-
-
-def _bnb_int8(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    return t["q"].to(torch.float32) * (t["scale"].to(torch.float32).reshape(-1, 1) / 127.0)
-
-
-def _bnb_4bit_decode(p: Packed, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    packed = t["q"].reshape(-1).to(torch.int32)
-    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)
-    absmax = t["absmax"]
-    if "nested_absmax" in t:  # absmax itself quantized to 8 bits in blocks, plus an offset
-        nested = t["nested_absmax"].to(torch.float32)
-        block = torch.arange(absmax.numel()) // int(p.state["nested_blocksize"])
-        absmax = t["nested_map"].to(torch.float32)[absmax.to(torch.long)] * nested[block]
-        absmax = absmax + float(p.state.get("nested_offset", 0.0))
-    n = p.shape[0] * p.shape[1]
-    values = t["map"].to(torch.float32)[codes[:n].to(torch.long)]
-    scale = absmax.to(torch.float32)[torch.arange(n) // int(p.state["blocksize"])]
-    return (values * scale).reshape(p.shape)
-
-
 #: The ``format`` column a checkpoint quantized with each scheme gets (int8 with a scale: see :func:`format_of`).
 FORMATS = {"gptq": "gptq", "awq": "awq", "pack_quantized": "compressed-tensors", "fp8_block": "fp8",
            "fp8_scaled": "fp8", "bnb_int8": "bnb", "bnb_4bit": "bnb"}
@@ -315,7 +248,3 @@ def format_of(packed: dict[str, Packed]) -> str:
     """The checkpoint's quantization format: that of the scheme covering most modules."""
     names = [("int8" if p.label == "I8" and p.scheme == "fp8_scaled" else FORMATS[p.scheme]) for p in packed.values()]
     return max(sorted(set(names)), key=names.count)
-
-
-DECODERS = {"gptq": _gptq, "awq": _awq, "pack_quantized": _pack_quantized_decode, "fp8_block": _fp8_block,
-            "fp8_scaled": _fp8_scaled, "bnb_int8": _bnb_int8, "bnb_4bit": _bnb_4bit_decode}

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import struct
 
-import torch
-
 from lineage_scanner.errors import HeaderError
 from lineage_scanner.readers.base import TensorInfo
 
@@ -22,22 +20,6 @@ ITEMSIZE = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
 }
-
-TORCH_DTYPE = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def numeric_dtype(info: TensorInfo, path: str) -> torch.dtype:
-    """The torch dtype a tensor is read as; raises for types that are not numbers (e.g. F8_E8M0 scales)."""
-    dtype = TORCH_DTYPE.get(info.dtype)
-    if dtype is None:
-        raise HeaderError(path, f"tensor {info.name!r}: dtype {info.dtype} cannot be read as numbers")
-    return dtype
-
 
 def header_length(prefix: bytes, file_size: int, path: str) -> int:
     """Validate the 8-byte little-endian length prefix before fetching the header it announces."""

@@ -33,16 +33,34 @@ CRASH_HOOK = "LINEAGE_TEST_CRASH"
 WORKER_ENV = (CRASH_HOOK, "HF_ENDPOINT", "TRITON_INTERPRET")
 
 
+class JobState(RateBudget, CopyIndex):
+    """A job's Hub rate budget and copy index in one actor: one process fewer to start per batch (on a
+    small machine, starting processes is most of what a short batch costs on Ray)."""
+
+    def __init__(self, known: dict):
+        RateBudget.__init__(self)
+        CopyIndex.__init__(self, known)
+
+    def reset(self, known: dict) -> None:
+        """Start another batch's copy index (the rate budget carries on: the Hub's windows do)."""
+        CopyIndex.__init__(self, known)
+
+
 class ScanWorker:
     """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it."""
 
     def __init__(self, config: ScanConfig, known: Known, threads: int, in_flight: int = 1):
-        import torch
+        import numba
 
         # the CPU kernel's threads match the CPUs Ray gave this actor, so workers do not fight for cores
         self.threads = threads
-        torch.set_num_threads(max(1, threads))
+        self.in_flight = in_flight
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self.scanner = Scanner(config, known, in_flight)
+
+    def reset(self, config: ScanConfig, known: Known) -> None:
+        """Serve another batch (a kept worker: its process, imports and loaded kernels stay)."""
+        self.scanner = Scanner(config, known, self.in_flight)
 
     def ping(self) -> bool:
         return True
@@ -79,13 +97,31 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
 class RayExecutor:
     """``workers`` actors (default: one per GPU, else one per CPU) on the Ray at ``address``, each scanning
-    ``in_flight`` units at once (Hub scans: their round trips overlap; see :class:`Scanner`)."""
+    ``in_flight`` units at once (Hub scans: their round trips overlap; see :class:`Scanner`).
 
-    def __init__(self, workers: int | None = None, address: str | None = None, in_flight: int = 1):
+    Starting a worker (a process, its imports, its compiled kernels) takes about 0.6 s on the development
+    machine; a batch pays it once, at its start. With ``keep_workers`` the workers outlive a batch and
+    serve the next one started from this executor (a service scanning batch after batch), until
+    :meth:`close`."""
+
+    def __init__(self, workers: int | None = None, address: str | None = None, in_flight: int = 1,
+                 keep_workers: bool = False):
         self.workers = workers
         self.address = address
         self.in_flight = in_flight
+        self.keep_workers = keep_workers
         self.retried_units = 0
+        self._kept: list = []
+        self._state = None
+
+    def close(self) -> None:
+        """Stop the kept workers."""
+        if self._kept or self._state is not None:
+            import ray
+
+            for actor in [*self._kept, *([self._state] if self._state is not None else [])]:
+                ray.kill(actor)
+            self._kept, self._state = [], None
 
     def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]:
         ray = connect(self.address)
@@ -95,17 +131,28 @@ class RayExecutor:
         # leave a share of a CPU free, so other Ray work (a job's driver, say) is never starved by the workers
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": min(1.0, cpus / (count + 1))}
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+        # a runtime env of its own makes Ray start new processes: only when there is something to pass
+        runtime = {"runtime_env": {"env_vars": env}} if env else {}
         remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=self.in_flight,
-                            runtime_env={"env_vars": env})(ScanWorker)
+                            **runtime)(ScanWorker)
         if gpus and config.backend == "auto":
             config = dataclasses.replace(config, backend="triton")
-        if config.budget is None:  # one Hub rate budget and one copy index for every worker of the job
-            config = dataclasses.replace(config, budget=Shared(actor=ray.remote(num_cpus=0)(RateBudget).remote()))
-        if config.copies is None:
-            actor = ray.remote(num_cpus=0)(CopyIndex).remote(known.digests)
-            config = dataclasses.replace(config, copies=Shared(actor=actor))
+        state = None
+        if config.budget is None or config.copies is None:  # one budget and one copy index for all the workers
+            if self._state is not None:
+                state, self._state = self._state, None
+                ray.get(state.reset.remote(known.digests))
+            else:
+                state = ray.remote(num_cpus=0)(JobState).remote(known.digests)
+            shared = Shared(actor=state)
+            config = dataclasses.replace(config, budget=config.budget or shared, copies=config.copies or shared)
         args = (config, ray.put(known), max(1, round(cpus / count)), self.in_flight)
-        actors = [remote.options(**options).remote(*args) for _ in range(count)]
+        if len(self._kept) == count:
+            ray.get([actor.reset.remote(config, args[1]) for actor in self._kept])
+            actors, self._kept = self._kept, []
+        else:
+            self.close()
+            actors = [remote.options(**options).remote(*args) for _ in range(count)]
         idle = deque(actor for _ in range(self.in_flight) for actor in actors)  # one entry per free slot
         retry: deque[WorkUnit] = deque()
         pending: dict = {}
@@ -138,8 +185,12 @@ class RayExecutor:
                 idle.append(actor)
                 yield result
         finally:
-            for actor in {*idle, *(a for a, _ in pending.values())}:
-                ray.kill(actor)
+            alive = list({*idle, *(a for a, _ in pending.values())})
+            if self.keep_workers and not pending:
+                self._kept, self._state = alive, state
+            else:
+                for actor in [*alive, *([state] if state is not None else [])]:
+                    ray.kill(actor)
 
 
 def _revived(ray, actor, replacement):
@@ -171,3 +222,13 @@ class WorkerDied(ScanError):
     def __init__(self, source: str, attempts: int, exc: Exception):
         super().__init__(source, f"the scanning worker died {attempts} times on this model "
                                  f"({exc.__class__.__name__})")
+
+
+def warm_up() -> None:
+    """Ray's worker-process setup hook: import the scanner and load its compiled kernels while the worker
+    waits for work, so that a batch's first model does not pay for them."""
+    import numpy as np
+
+    from lineage_scanner.measure.kernels.cpu import CpuBackend
+
+    CpuBackend().partials_with_columns([np.zeros((1, 2), np.uint16).view("V2")], 1)

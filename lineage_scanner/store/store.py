@@ -21,8 +21,7 @@ import sys
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from lineage_scanner.errors import SourceError, StoreError
 from lineage_scanner.signature.record import EMBED_DIM, Signature
@@ -35,6 +34,9 @@ from lineage_scanner.store.schema import (
     compatible,
     duckdb_type,
 )
+
+if TYPE_CHECKING:  # writing signatures needs no DuckDB: it is imported by what queries
+    import duckdb
 
 VIEWS = {
     "scans": "SELECT * REPLACE (embedding::FLOAT[{dim}] AS embedding) FROM signatures_files",
@@ -286,6 +288,8 @@ class Store:
         file that is being filled, and never keeps them); only those ``for_query`` names (and what they
         read), if given. ``sandbox``: then locked so that only the store's data files can be read and
         nothing written (see :mod:`lineage_scanner.store.sql`)."""
+        import duckdb
+
         con = duckdb.connect(database, config={"autoinstall_known_extensions": False,
                                                "autoload_known_extensions": False})
         wanted = {*VIEWS, *(f"{t}_files" for t in TABLES)}
@@ -341,6 +345,8 @@ class Store:
     def _damage(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> list[tuple[str, str]]:
         """(file, problem) for every file of ``table`` that is not a readable Parquet file of its schema.
         One pass over the footers; files are probed one by one only when that pass fails."""
+        import duckdb
+
         try:
             found = _file_columns(con, files)
         except duckdb.Error:
@@ -364,6 +370,8 @@ class Store:
 
     def check(self) -> list[tuple[str, str]]:
         """(file, problem) for every damaged or foreign data file in the store."""
+        import duckdb
+
         with duckdb.connect() as con:
             return [p for table in TABLES for p in self._damage(con, table, self.files(table))]
 
@@ -452,6 +460,8 @@ class Store:
         return {model: list(base or []) for model, base in rows}
 
     def _index_connection(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
         path = self.index_path()
         if self._index is None or self._index[0] != path:  # keep it open: its pages stay in DuckDB's cache
             self._index = (path, duckdb.connect(path, read_only=True))

@@ -1,225 +1,229 @@
-"""CPU moments backend: one compiled, multi-threaded pass per tensor, read in its native dtype.
+"""CPU moments backend: one compiled, multi-threaded pass over a tensor's bytes in its native dtype.
 
-Each block of ``BLOCK`` elements is decoded once into a small float32 scratch (bf16: two values per 32-bit
-word, by shifts, which vectorize; fp16: a 65,536-entry table; fp32/fp64: no decode) and then read twice
-while it sits in L1: once for its sum, min and max, once for its central powers around the block mean,
-which keeps precision when the mean dwarfs the spread (mean 1e3, std 1e-2). Blocks run in parallel and
-are merged in block order with :func:`lineage_scanner.measure.kernels.stats.reduce_partials`: results are
-bit-identical run to run.
+Every tensor is read as a row-major matrix (a 2-D weight as it is; anything else as rows of ``WIDTH``
+elements) and each element is used once, the moment it is loaded: it is decoded in registers (bf16 by a
+shift, fp16 by LLVM's exact half-to-float conversion, F16C's vcvtph2ps here, wider types as they are),
+shifted by one scalar near the tensor's mean, and its powers d, d², d³, d⁴ are added to
+per-column float32 accumulators; min and max are kept per column too. Per-column accumulation is what
+makes the loop vectorize (a scalar min, max or sum would serialise it), and it is what folding a norm
+gain needs anyway, so a Q/K/V matrix's column sums cost nothing extra. Every ``TILE_ROWS`` rows the
+float32 tile is added into float64 column sums, so no float32 sum ever holds more than ``TILE_ROWS``
+terms; the shift keeps a mean of 1e3 from swamping a spread of 1e-2. Rows are split into chunks run in
+parallel and merged in chunk order: results are bit-identical run to run on one machine.
+
+A tensor holding NaN or Inf (or values whose fourth power overflows float32) gives non-finite sums; it
+is measured again by :func:`_careful`, which skips and counts those values in float64.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-import torch
 from numba import prange, types
 from numba.extending import overload
 
-from lineage_scanner.measure.kernels.stats import Moments, reduce_partials
+from lineage_scanner.measure.kernels.stats import Moments
+from lineage_scanner.readers.arrays import BFLOAT16, as_numpy, floats
+from lineage_scanner.readers.floatbits import as_float32, half_to_float
 
-BLOCK = 4096  # even, so bf16 blocks start on a 32-bit word
+#: Row length a tensor that is not a matrix is read in (and the columns its sums are spread over).
+WIDTH = 2048
+#: Rows whose powers a float32 tile adds up before they move to the float64 column sums.
+TILE_ROWS = 8
+#: Matrices smaller than this are measured on the calling thread (waking the kernel's threads costs more).
+SERIAL_BELOW = 1 << 18
+#: Elements the careful path converts to float64 at a time.
+CAREFUL_CHUNK = 1 << 20
+#: Float32 fastmath without nnan/ninf: sums may reassociate (vectorize), non-finite values still propagate.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-def _bits_table(dtype: torch.dtype) -> np.ndarray:
-    """float32 value of each of the 65,536 bit patterns of a 16-bit float type."""
-    codes = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
-    return codes.to(torch.float32).numpy()
-
-
-_FP16 = _bits_table(torch.float16)
-_NO_TABLE = np.zeros(1, dtype=np.float32)
-
-
-def _decode(values, table, lo, hi, scratch):  # pragma: no cover - replaced by the overload in compiled code
+def element(values, i):  # pragma: no cover - replaced by the overload in compiled code
     raise NotImplementedError
 
 
-@overload(_decode, inline="always")
-def _decode_impl(values, table, lo, hi, scratch):
-    """Elements [lo, hi) as a float array: decoded into ``scratch`` (uint32 words) or a plain slice."""
-    if values.dtype == types.uint32:  # bf16 pairs: element 2j is the low half-word, 2j+1 the high one
-
-        def bf16(values, table, lo, hi, scratch):
-            n = hi - lo
-            for j in range(n // 2):
-                w = values[lo // 2 + j]
-                scratch[2 * j] = w << np.uint32(16)
-                scratch[2 * j + 1] = w & np.uint32(0xFFFF0000)
-            return scratch[:n].view(np.float32)
-
-        return bf16
-    if values.dtype == types.uint16:  # fp16 through the table
-
-        def fp16(values, table, lo, hi, scratch):
-            out = scratch[: hi - lo].view(np.float32)
-            for i in range(hi - lo):
-                out[i] = table[values[lo + i]]
-            return out
-
-        return fp16
-    return lambda values, table, lo, hi, scratch: values[lo:hi]
+@overload(element, inline="always")
+def _element_impl(values, i):
+    """Element ``i`` of the raw buffer as a float: int16 holds bf16 codes, uint16 fp16 codes."""
+    if values.dtype == types.int16:
+        return lambda values, i: as_float32(np.uint32(np.int32(values[i]) << np.int32(16)))
+    if values.dtype == types.uint16:
+        return lambda values, i: half_to_float(values[i])
+    return lambda values, i: values[i]
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _block_partial(f, out):
-    """Central moments of the float array ``f`` into ``out`` (a partial row); non-finite values skipped."""
-    total = 0.0
-    vmin = np.inf
-    vmax = -np.inf
-    for i in range(f.shape[0]):
-        x = np.float64(f[i])
-        total += x
-        vmin = min(vmin, x)
-        vmax = max(vmax, x)
-    n = f.shape[0]
-    bad = 0
-    if not np.isfinite(total):  # rare: recount over the finite values only
-        total = 0.0
-        vmin = np.inf
-        vmax = -np.inf
-        for i in range(f.shape[0]):
-            x = np.float64(f[i])
-            if np.isfinite(x):
-                total += x
-                vmin = min(vmin, x)
-                vmax = max(vmax, x)
-            else:
-                bad += 1
-        n -= bad
-    mean = total / n if n > 0 else 0.0
-    m2 = 0.0
-    m3 = 0.0
-    m4 = 0.0
-    for i in range(f.shape[0]):
-        x = np.float64(f[i])
-        if bad == 0 or np.isfinite(x):
-            d = x - mean
-            d2 = d * d
-            m2 += d2
-            m3 += d2 * d
-            m4 += d2 * d2
-    out[0] = n
-    out[1] = mean
-    out[2] = m2
-    out[3] = m3
-    out[4] = m4
-    out[5] = vmin
-    out[6] = vmax
-    out[7] = bad
+@numba.njit(nogil=True, fastmath=FASTMATH, cache=True)
+def _chunk(values, first, last, cols, shift, sums, extremes, row_sums, tile_rows):
+    """Rows [first, last) into ``sums`` (float64 [4, cols]: Σd, Σd², Σd³, Σd⁴ per column, d = x - shift,
+    ``shift`` typed as the decoded values are) and ``extremes`` ([2, cols]: min, max). With ``row_sums``
+    ([4, rows]) each row's own sums are kept too (Conv1D's [in, out] layout, whose input is the row),
+    which needs one-row tiles."""
+    tile = np.empty((4, cols), extremes.dtype)
+    lo = extremes[0]
+    hi = extremes[1]
+    s = shift
+    for top in range(first, last, tile_rows):
+        tile[:] = 0.0
+        t1, t2, t3, t4 = tile[0], tile[1], tile[2], tile[3]
+        for r in range(top, min(last, top + tile_rows)):
+            base = r * cols
+            for j in range(cols):
+                x = element(values, base + j)
+                lo[j] = min(lo[j], x)
+                hi[j] = max(hi[j], x)
+                d = x - s
+                d2 = d * d
+                t1[j] += d
+                t2[j] += d2
+                t3[j] += d2 * d
+                t4[j] += d2 * d2
+        for k in range(4):
+            acc, t = sums[k], tile[k]
+            for j in range(cols):
+                acc[j] += np.float64(t[j])
+            if row_sums.shape[1]:
+                row_total = 0.0
+                for j in range(cols):
+                    row_total += np.float64(t[j])
+                row_sums[k, top] = row_total
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _tensor_partial(values, table, n, block):
-    """Moments of the first ``n`` elements held in ``values`` (raw words, codes or floats)."""
-    n_blocks = (n + block - 1) // block
-    partials = np.empty((n_blocks, 8), dtype=np.float64)
-    for b in prange(n_blocks):
-        lo = b * block
-        hi = min(n, lo + block)
-        scratch = np.empty(block, dtype=np.uint32)
-        _block_partial(_decode(values, table, lo, hi, scratch), partials[b])
-    return reduce_partials(partials)
-
-
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _add_columns(f, lo, cols, by_column, powers):
-    """Adds the block ``f`` (flat elements from ``lo`` on) to per-column (or per-row) power sums
-    ``powers[k - 1] += x**k`` for k = 1..4, in runs that stay within one matrix row so loops vectorize."""
-    i = 0
-    while i < f.shape[0]:
-        col = (lo + i) % cols
-        run = min(cols - col, f.shape[0] - i)
-        if by_column:
-            p1, p2 = powers[0, col : col + run], powers[1, col : col + run]
-            p3, p4 = powers[2, col : col + run], powers[3, col : col + run]
-            x = f[i : i + run]
-            for j in range(run):
-                v = np.float64(x[j])
-                v2 = v * v
-                p1[j] += v
-                p2[j] += v2
-                p3[j] += v2 * v
-                p4[j] += v2 * v2
-        else:
-            s1 = s2 = s3 = s4 = 0.0
-            for j in range(run):
-                v = np.float64(f[i + j])
-                v2 = v * v
-                s1 += v
-                s2 += v2
-                s3 += v2 * v
-                s4 += v2 * v2
-            row = (lo + i) // cols
-            powers[0, row] += s1
-            powers[1, row] += s2
-            powers[2, row] += s3
-            powers[3, row] += s4
-        i += run
-
-
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _tensor_partial_columns(values, table, n, block, cols, by_column, chunks):
-    """:func:`_tensor_partial` of a row-major [n / cols, cols] matrix plus, in the same pass, the sums of
-    x, x², x³ and x⁴ (float64) of each column (``by_column``) or each row. The blocks, and so the moments,
-    are exactly those of :func:`_tensor_partial`; runs of blocks are split into ``chunks`` that keep their
-    own sums, added in chunk order at the end."""
-    n_blocks = (n + block - 1) // block
-    width = cols if by_column else n // cols
-    partials = np.empty((n_blocks, 8), dtype=np.float64)
-    powers = np.zeros((chunks, 4, width))
-    per = (n_blocks + chunks - 1) // chunks
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _chunks(values, rows, cols, shift, sums, extremes, row_sums, tile_rows):
+    """:func:`_chunk` over ``len(sums)`` runs of rows in parallel, each into its own buffers."""
+    chunks = sums.shape[0]
+    per = (rows + chunks - 1) // chunks
     for c in prange(chunks):
-        scratch = np.empty(block, dtype=np.uint32)
-        for b in range(c * per, min(n_blocks, (c + 1) * per)):
-            lo = b * block
-            hi = min(n, lo + block)
-            f = _decode(values, table, lo, hi, scratch)
-            _block_partial(f, partials[b])
-            _add_columns(f, lo, cols, by_column, powers[c])
-    return reduce_partials(partials), powers.sum(axis=0)
+        _chunk(values, c * per, min(rows, (c + 1) * per), cols, shift, sums[c], extremes[c], row_sums, tile_rows)
 
 
-def moments_and_columns(matrix: torch.Tensor, input_axis: int) -> tuple[tuple[float, ...], np.ndarray]:
+def _matrix_pass(values: np.ndarray, rows: int, cols: int, shift, kept: np.dtype, by_row: bool
+                 ) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """Power sums per column ([4, cols]), min, max and, ``by_row``, power sums per row ([4, rows]) of a
+    [rows, cols] matrix. Small matrices run on this thread: waking the kernel's threads costs more."""
+    chunks = 1 if rows * cols < SERIAL_BELOW else max(1, min(rows, 4 * numba.get_num_threads()))
+    sums = np.zeros((chunks, 4, cols))
+    extremes = np.empty((chunks, 2, cols), kept)
+    extremes[:, 0], extremes[:, 1] = np.inf, -np.inf
+    row_sums = np.zeros((4, rows if by_row else 0))
+    tile_rows = 1 if by_row else TILE_ROWS
+    if chunks == 1:
+        _chunk(values, 0, rows, cols, shift, sums[0], extremes[0], row_sums, tile_rows)
+    else:
+        _chunks(values, rows, cols, shift, sums, extremes, row_sums, tile_rows)
+    total = sums[0].copy()
+    for c in range(1, chunks):  # in chunk order: the same bits every run
+        total += sums[c]
+    lo = float(extremes[:, 0].min()) if rows else np.inf
+    hi = float(extremes[:, 1].max()) if rows else -np.inf
+    return total, lo, hi, row_sums
+
+
+def _raw(flat: np.ndarray) -> tuple[np.ndarray, np.dtype]:
+    """What the compiled pass reads (bf16 as int16 codes, fp16 as uint16 codes, fp32/fp64 as they are),
+    and the dtype its decoded values are kept in."""
+    if flat.dtype == BFLOAT16:
+        return flat.view(np.int16), np.dtype(np.float32)
+    if flat.dtype == np.float16:
+        return flat.view(np.uint16), np.dtype(np.float32)
+    if flat.dtype not in (np.float32, np.float64):
+        flat = floats(flat)  # fp8 and friends: small tensors, converted once
+    return flat, flat.dtype
+
+
+def _shift(flat: np.ndarray) -> float:
+    """What the powers are taken around: zero for a tensor centred near zero (every weight matrix: its
+    values then enter the powers exactly), else the mean of its first elements, so that float32 powers
+    of a tensor with mean 1e3 and spread 1e-2 keep the spread's digits."""
+    head = floats(flat[:WIDTH], np.float64)
+    if head.size < 2:
+        return 0.0
+    mean, spread = float(head.mean()), float(head.std())
+    return mean if np.isfinite(mean) and abs(mean) > spread else 0.0
+
+
+def central(count: int, shift: float, s1: float, s2: float, s3: float, s4: float, lo: float, hi: float
+            ) -> tuple[float, ...]:
+    """Power sums of d = x - shift over ``count`` values -> a partial row of central moments."""
+    if count == 0:
+        return Moments().as_partial()
+    a = s1 / count
+    m2 = s2 - a * s1
+    m3 = s3 - 3.0 * a * s2 + 2.0 * a * a * s1
+    m4 = s4 - 4.0 * a * s3 + 6.0 * a * a * s2 - 3.0 * a * a * a * s1
+    return (float(count), shift + a, max(m2, 0.0), m3, max(m4, 0.0), lo, hi, 0.0)
+
+
+def _raw_powers(shifted: np.ndarray, count: np.ndarray | int, shift: float) -> np.ndarray:
+    """Σd^k (d = x - s) -> Σx^k, k = 1..4, by the binomial expansion (exact algebra; s is near zero for
+    weights, where it changes nothing)."""
+    if shift == 0.0:
+        return shifted
+    s1, s2, s3, s4 = shifted
+    s = shift
+    return np.stack([s1 + count * s,
+                     s2 + 2 * s * s1 + count * s**2,
+                     s3 + 3 * s * s2 + 3 * s**2 * s1 + count * s**3,
+                     s4 + 4 * s * s3 + 6 * s**2 * s2 + 4 * s**3 * s1 + count * s**4])
+
+
+def _careful(flat: np.ndarray, cols: int, by_row: bool) -> tuple[tuple[float, ...], np.ndarray]:
+    """Moments of the finite values, non-finite ones counted, and power sums that leave them out: float64,
+    a chunk of rows at a time (a tensor like this is rejected by the scan, so speed does not matter)."""
+    total = Moments()
+    rows = flat.size // cols
+    powers = np.zeros((4, rows if by_row else cols))
+    step = max(1, CAREFUL_CHUNK // cols)
+    for top in range(0, rows, step):
+        block = floats(flat[top * cols : min(rows, top + step) * cols], np.float64).reshape(-1, cols)
+        total = total + Moments.of_array(block)
+        finite = np.where(np.isfinite(block), block, 0.0)
+        for k in range(4):
+            if by_row:
+                powers[k, top : top + block.shape[0]] = (finite ** (k + 1)).sum(axis=1)
+            else:
+                powers[k] += (finite ** (k + 1)).sum(axis=0)
+    return total.as_partial(), powers
+
+
+def _measure(flat: np.ndarray, cols: int, by_row: bool) -> tuple[tuple[float, ...], np.ndarray]:
+    """Moments partial and power sums (per column, or per row) of ``flat`` read as rows of ``cols``."""
+    rows = flat.size // cols
+    values, kept = _raw(flat)
+    shift = kept.type(_shift(flat))
+    sums, lo, hi, row_sums = _matrix_pass(values, rows, cols, shift, kept, by_row)
+    totals = sums.sum(axis=1)
+    if not (np.isfinite(totals).all() and np.isfinite(lo) and np.isfinite(hi)):
+        return _careful(flat, cols, by_row)
+    partial = central(rows * cols, float(shift), *totals, lo, hi)
+    powers = _raw_powers(row_sums, cols, float(shift)) if by_row else _raw_powers(sums, rows, float(shift))
+    return partial, powers
+
+
+def moments_and_columns(matrix, input_axis: int) -> tuple[tuple[float, ...], np.ndarray]:
     """One compiled pass over a 2-D tensor: its moments partial and, per input column (``input_axis`` 1,
     nn.Linear's [out, in]) or input row (0, Conv1D's [in, out]), the sums of x, x², x³, x⁴ over the other
     axis in float64 ([4, inputs]): what folding a norm gain into the matrix needs (see
     lineage_scanner.measure.moments.ColumnSums)."""
-    m = matrix.detach()
-    if not m.is_contiguous():
-        m = m.contiguous()
-    if m.dtype == torch.bfloat16 and m.numel() % 2:
-        m = m.to(torch.float32)  # bf16 is decoded two values per 32-bit word
-    cols = m.shape[1]
-    chunks = max(1, min(-(-m.numel() // BLOCK), 4 * numba.get_num_threads()))
-    values, table = _words(m.reshape(-1))
-    return _tensor_partial_columns(values, table, m.numel(), BLOCK, cols, input_axis == 1, chunks)
+    m = np.ascontiguousarray(as_numpy(matrix))
+    if m.size == 0:
+        return Moments().as_partial(), np.zeros((4, m.shape[1 - input_axis]))
+    return _measure(m.reshape(-1), m.shape[1], input_axis == 0)
 
 
-def column_sums(matrix: torch.Tensor, input_axis: int) -> np.ndarray:
+def column_sums(matrix, input_axis: int) -> np.ndarray:
     """The column power sums of :func:`moments_and_columns` alone (for backends that take moments elsewhere)."""
     return moments_and_columns(matrix, input_axis)[1]
 
 
-def _words(flat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """What the compiled decoders read: bf16 as 32-bit words, fp16 as codes with their table, else floats."""
-    if flat.dtype == torch.bfloat16:
-        return flat.view(torch.int16).numpy().view(np.uint32), _NO_TABLE
-    if flat.dtype == torch.float16:
-        return flat.view(torch.int16).numpy().view(np.uint16), _FP16
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.to(torch.float32)  # fp8 and friends: small tensors, converted once
-    return flat.numpy(), _NO_TABLE
-
-
-def _partial(tensor: torch.Tensor) -> tuple[float, ...]:
-    flat = tensor.detach().reshape(-1)
-    n = flat.numel()
-    if flat.dtype == torch.bfloat16 and n % 2:  # odd length: the even prefix as words, the last value apart
-        head, tail = _partial(flat[:-1]), Moments.of_value(float(flat[-1]))
-        return (Moments.from_partial(head) + tail).as_partial()
-    values, table = _words(flat)
-    return _tensor_partial(values, table, n, BLOCK)
+def _partial(tensor) -> tuple[float, ...]:
+    """Moments of any tensor: its whole rows of ``WIDTH`` through the compiled pass, the rest in float64."""
+    flat = np.ascontiguousarray(as_numpy(tensor)).reshape(-1)
+    whole = flat.size - flat.size % WIDTH
+    total = Moments.from_partial(_measure(flat[:whole], WIDTH, False)[0]) if whole else Moments()
+    if whole < flat.size:
+        total = total + Moments.of_array(floats(flat[whole:], np.float64))
+    return total.as_partial()
 
 
 class CpuBackend:
@@ -228,10 +232,11 @@ class CpuBackend:
     name = "cpu"
     batched = False
 
-    def partials(self, tensors: list[torch.Tensor]) -> list[tuple[float, ...]]:
+    def partials(self, tensors: list) -> list[tuple[float, ...]]:
+        """Tensors are numpy arrays (bf16 and fp8 through ml_dtypes) or CPU torch tensors."""
         return [_partial(t) for t in tensors]
 
-    def partials_with_columns(self, tensors: list[torch.Tensor], input_axis: int
+    def partials_with_columns(self, tensors: list, input_axis: int
                               ) -> list[tuple[tuple[float, ...], np.ndarray]]:
         """Moments and per-input-column power sums of 2-D tensors, both from one read of each."""
         return [moments_and_columns(t, input_axis) for t in tensors]
