@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 
 # The compiled kernels run on numba's OpenMP threads, whose GNU runtime spins while it waits for work. On
 # a machine whose cores other processes also use (Ray workers, a neighbour's job), a spinning thread
-# takes the time slice the working one needs: a scan slowed 15x that way. Sleeping costs microseconds per
-# kernel. Read when OpenMP starts, so set here, before any kernel runs; an explicit setting wins.
+# takes the time slice the working one needs: beside two busy processes, four 1.14 GB models took 1.73 s
+# in-process spinning, 1.25 s sleeping (bench/RESULTS.md). Sleeping costs microseconds per kernel (small
+# tensors skip the threads altogether). Read when OpenMP starts, so set here, before any kernel runs; an
+# explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -57,7 +57,11 @@ def _chunk(values, first, last, cols, shift, sums, extremes, row_sums, tile_rows
     """Rows [first, last) into ``sums`` (float64 [4, cols]: Σd, Σd², Σd³, Σd⁴ per column, d = x - shift,
     ``shift`` typed as the decoded values are) and ``extremes`` ([2, cols]: min, max). With ``row_sums``
     ([4, rows]) each row's own sums are kept too (Conv1D's [in, out] layout, whose input is the row),
-    which needs one-row tiles."""
+    which needs one-row tiles. Whole tiles of TILE_ROWS rows go through :func:`_tiles`."""
+    if tile_rows == TILE_ROWS:
+        whole = first + (last - first) // TILE_ROWS * TILE_ROWS
+        _tiles(values, first, whole, cols, shift, sums, extremes)
+        first = whole
     tile = np.empty((4, cols), extremes.dtype)
     lo = extremes[0]
     hi = extremes[1]
@@ -86,6 +90,38 @@ def _chunk(values, first, last, cols, shift, sums, extremes, row_sums, tile_rows
                 for j in range(cols):
                     row_total += np.float64(t[j])
                 row_sums[k, top] = row_total
+
+
+@numba.njit(nogil=True, fastmath=FASTMATH, cache=True)
+def _tiles(values, first, last, cols, shift, sums, extremes):
+    """Whole tiles of TILE_ROWS rows, [first, last): the same sums as :func:`_chunk`'s loop, with the tile's
+    rows walked inside the column loop. That inner loop has a constant trip count, so it unrolls, and each
+    column's running sums, min and max stay in registers for the whole tile: memory sees one load of each
+    element and one update of each column per tile, instead of six per element."""
+    lo = extremes[0]
+    hi = extremes[1]
+    s = shift
+    zero = s - s
+    for top in range(first, last, TILE_ROWS):
+        base = top * cols
+        for j in range(cols):
+            a1 = a2 = a3 = a4 = zero
+            mn, mx = lo[j], hi[j]
+            for r in range(TILE_ROWS):
+                x = element(values, base + r * cols + j)
+                mn = min(mn, x)
+                mx = max(mx, x)
+                d = x - s
+                d2 = d * d
+                a1 += d
+                a2 += d2
+                a3 += d2 * d
+                a4 += d2 * d2
+            lo[j], hi[j] = mn, mx
+            sums[0, j] += np.float64(a1)
+            sums[1, j] += np.float64(a2)
+            sums[2, j] += np.float64(a3)
+            sums[3, j] += np.float64(a4)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
