@@ -226,13 +226,3 @@ class WorkerDied(ScanError):
     def __init__(self, source: str, attempts: int, exc: Exception):
         super().__init__(source, f"the scanning worker died {attempts} times on this model "
                                  f"({exc.__class__.__name__})")
-
-
-def warm_up() -> None:
-    """Ray's worker-process setup hook: import the scanner and load its compiled kernels while the worker
-    waits for work, so that a batch's first model does not pay for them."""
-    import numpy as np
-
-    from lineage_scanner.measure.kernels.cpu import CpuBackend
-
-    CpuBackend().partials_with_columns([np.zeros((1, 2), np.uint16).view("V2")], 1)

@@ -6,10 +6,13 @@ shift, fp16 by LLVM's exact half-to-float conversion, F16C's vcvtph2ps here, wid
 shifted by one scalar near the tensor's mean, and its powers d, d², d³, d⁴ are added to
 per-column float32 accumulators; min and max are kept per column too. Per-column accumulation is what
 makes the loop vectorize (a scalar min, max or sum would serialise it), and it is what folding a norm
-gain needs anyway, so a Q/K/V matrix's column sums cost nothing extra. Every ``TILE_ROWS`` rows the
-float32 tile is added into float64 column sums, so no float32 sum ever holds more than ``TILE_ROWS``
-terms; the shift keeps a mean of 1e3 from swamping a spread of 1e-2. Rows are split into chunks run in
-parallel and merged in chunk order: results are bit-identical run to run on one machine.
+gain needs anyway, so a Q/K/V matrix's column sums cost nothing extra. Rows go by tiles of ``TILE_ROWS``,
+walked inside the column loop so that each column's float32 sums, min and max stay in registers for the
+tile, then move into float64 column sums: no float32 sum ever holds more than ``TILE_ROWS`` terms. The
+shift keeps a mean of 1e3 from swamping a spread of 1e-2. Rows are split into chunks run in
+parallel and merged in chunk order. No fast-math flags: every loop that vectorizes does so across
+columns, where nothing needs reordering, so the arithmetic is IEEE to the letter and a tensor gives the
+same bits however its array was made (read-only or not, from a file or a Hub body).
 
 A tensor holding NaN or Inf (or values whose fourth power overflows float32) gives non-finite sums; it
 is measured again by :func:`_careful`, which skips and counts those values in float64.
@@ -34,8 +37,6 @@ TILE_ROWS = 8
 SERIAL_BELOW = 1 << 18
 #: Elements the careful path converts to float64 at a time.
 CAREFUL_CHUNK = 1 << 20
-#: Float32 fastmath without nnan/ninf: sums may reassociate (vectorize), non-finite values still propagate.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
 def element(values, i):  # pragma: no cover - replaced by the overload in compiled code
@@ -52,7 +53,7 @@ def _element_impl(values, i):
     return lambda values, i: values[i]
 
 
-@numba.njit(nogil=True, fastmath=FASTMATH, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _chunk(values, first, last, cols, shift, sums, extremes, row_sums, tile_rows):
     """Rows [first, last) into ``sums`` (float64 [4, cols]: Σd, Σd², Σd³, Σd⁴ per column, d = x - shift,
     ``shift`` typed as the decoded values are) and ``extremes`` ([2, cols]: min, max). With ``row_sums``
@@ -92,7 +93,7 @@ def _chunk(values, first, last, cols, shift, sums, extremes, row_sums, tile_rows
                 row_sums[k, top] = row_total
 
 
-@numba.njit(nogil=True, fastmath=FASTMATH, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _tiles(values, first, last, cols, shift, sums, extremes):
     """Whole tiles of TILE_ROWS rows, [first, last): the same sums as :func:`_chunk`'s loop, with the tile's
     rows walked inside the column loop. That inner loop has a constant trip count, so it unrolls, and each
