@@ -153,6 +153,8 @@ def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout) -> RawSketch
         return _stored_rows(part, layout, rows, r)
 
     def take(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        if len(group) == 1:
+            return floats(group[0][r, c])
         segment = np.searchsorted(edges, r if axis == 0 else c, side="right") - 1
         values = np.empty(r.shape, np.float32)
         for k, g in enumerate(group):
@@ -168,7 +170,8 @@ def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout) -> RawSketch
     whole = None
     if part.role in GRAM_ROLES and rows >= SKETCH_RUNS:
         anchor = stored_row(anchor_rows(rows, cols))
-        whole = take(np.repeat(anchor, cols).reshape(-1, cols), np.tile(np.arange(cols), (len(anchor), 1)))
+        whole = (floats(group[0][anchor]) if len(group) == 1 else  # whole rows: a slice each, not a gather
+                 take(np.repeat(anchor, cols).reshape(-1, cols), np.tile(np.arange(cols), (len(anchor), 1))))
     return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat, whole)
 
 
