@@ -50,12 +50,12 @@ def floats(array: np.ndarray, dtype=np.float32) -> np.ndarray:
 
 
 def as_numpy(tensor: Any) -> np.ndarray:
-    """A numpy view of a numpy array or a (CPU) torch tensor, bf16 and fp8 included."""
+    """A numpy view of a numpy array or a CPU torch tensor (a copy of a GPU one), bf16 and fp8 included."""
     if isinstance(tensor, np.ndarray):
         return tensor
     import torch  # only a caller holding a torch tensor gets here, and it has imported torch already
 
-    t = tensor.detach()
+    t = tensor.detach().cpu()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(BFLOAT16)
     for name in FP8.values():
