@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from lineage_scanner.measure.kernels.stats import Moments
+from lineage_scanner.measure.kernels.stats import Moments, central
 from lineage_scanner.readers.arrays import BFLOAT16, as_numpy, floats
 from lineage_scanner.readers.floatbits import as_float32, half_to_float
 
@@ -179,18 +179,6 @@ def _shift(flat: np.ndarray) -> float:
     return mean if np.isfinite(mean) and abs(mean) > spread else 0.0
 
 
-def central(count: int, shift: float, s1: float, s2: float, s3: float, s4: float, lo: float, hi: float
-            ) -> tuple[float, ...]:
-    """Power sums of d = x - shift over ``count`` values -> a partial row of central moments."""
-    if count == 0:
-        return Moments().as_partial()
-    a = s1 / count
-    m2 = s2 - a * s1
-    m3 = s3 - 3.0 * a * s2 + 2.0 * a * a * s1
-    m4 = s4 - 4.0 * a * s3 + 6.0 * a * a * s2 - 3.0 * a * a * a * s1
-    return (float(count), shift + a, max(m2, 0.0), m3, max(m4, 0.0), lo, hi, 0.0)
-
-
 def _raw_powers(shifted: np.ndarray, count: np.ndarray | int, shift: float) -> np.ndarray:
     """Σd^k (d = x - s) -> Σx^k, k = 1..4, by the binomial expansion (exact algebra; s is near zero for
     weights, where it changes nothing)."""
@@ -232,7 +220,8 @@ def _measure(flat: np.ndarray, cols: int, by_row: bool) -> tuple[tuple[float, ..
     totals = sums.sum(axis=1)
     if not (np.isfinite(totals).all() and np.isfinite(lo) and np.isfinite(hi)):
         return _careful(flat, cols, by_row)
-    partial = central(rows * cols, float(shift), *totals, lo, hi)
+    row = central(np.array([[rows * cols, float(shift), *totals, lo, hi]]), np.zeros(1))[0]
+    partial = tuple(float(v) for v in row)
     powers = _raw_powers(row_sums, cols, float(shift)) if by_row else _raw_powers(sums, rows, float(shift))
     return partial, powers
 

@@ -55,6 +55,22 @@ def reduce_partials(rows):
     return acc
 
 
+def central(raw: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Rows of power sums around a shift -> partial rows (``FIELDS``) of central moments, in float64.
+
+    ``raw`` is [k, 8]: count, shift, and S1..S4 (the sums of d, d², d³, d⁴ with d = x - shift), then min
+    and max; ``bad`` the non-finite count of each row. This is how both compiled backends accumulate
+    (power sums vectorize; a shift near the mean keeps their digits) and how they hand over."""
+    n, c, s1, s2, s3, s4, lo, hi = (raw[:, i].astype(np.float64) for i in range(8))
+    a = s1 / np.maximum(n, 1.0)
+    m2 = s2 - s1 * a
+    m3 = s3 - 3.0 * a * s2 + 2.0 * a * a * s1
+    m4 = s4 - 4.0 * a * s3 + 6.0 * a * a * s2 - 3.0 * a * a * a * s1
+    # sums of squares and fourth powers cannot be negative: only rounding makes them so
+    return np.stack([n, c + a, np.maximum(m2, 0.0), m3, np.maximum(m4, 0.0), lo, hi,
+                     np.asarray(bad, dtype=np.float64)], axis=1)
+
+
 @dataclass(frozen=True)
 class Moments:
     """Moments of the finite values of one tensor (or segment); ``nonfinite`` counts NaN/Inf skipped."""

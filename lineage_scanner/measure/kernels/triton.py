@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from lineage_scanner.measure.kernels.cpu import CpuBackend
-from lineage_scanner.measure.kernels.stats import reduce_partials
+from lineage_scanner.measure.kernels.stats import central, reduce_partials
 from lineage_scanner.readers.arrays import to_torch
 
 BLOCK_ROWS = 64
@@ -147,17 +147,6 @@ def tile_table(lengths: np.ndarray, cols: np.ndarray) -> TileTable:
                      strip * BLOCK_COLS, np.where(wanted[seg], colsum_at[seg] + row_program * 4 * cols[seg], -1)],
                     axis=1).astype(np.int64)
     return TileTable(rows.reshape(-1, 6), per_segment, colsum_at, int(sizes.sum()))
-
-
-def central(raw: np.ndarray, bad: np.ndarray) -> np.ndarray:
-    """Shifted power sums of each program (float64 from here on) -> partial rows of central moments."""
-    n, c, s1, s2, s3, s4, lo, hi = (raw[:, i].astype(np.float64) for i in range(8))
-    safe = np.maximum(n, 1.0)
-    a = s1 / safe
-    m2 = s2 - s1 * a
-    m3 = s3 - 3.0 * a * s2 + 2.0 * a * a * s1
-    m4 = s4 - 4.0 * a * s3 + 6.0 * a * a * s2 - 3.0 * a * a * a * s1
-    return np.stack([n, c + a, m2, m3, m4, lo, hi, bad.astype(np.float64)], axis=1)
 
 
 @dataclass
