@@ -140,19 +140,19 @@ def test_cli_scan_with_the_triton_backend(tmp_path, capsys):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", [(96, 130), (7, 5), (1, 1), (33, 2)])
 def test_column_sums_match_float64(dtype, shape):
-    from lineage_scanner.measure.kernels.cpu import column_sums
+    from lineage_scanner.measure.kernels.cpu import moments_and_columns
 
     x = (torch.randn(*shape, generator=torch.Generator().manual_seed(4)) * 0.02 + 0.01).to(dtype)
     ref = x.double().numpy()
     for axis in (0, 1):  # per input column of [out, in], per input row of Conv1D's [in, out]
-        powers = column_sums(x, axis)
+        powers = moments_and_columns(x, axis)[1]
         for k in range(1, 5):
             # each float32 power is within 3 roundings (1.8e-7) of its value, and float32 sums hold at most
             # TILE_ROWS of them: within 2.5e-7 of Σ|x|^k
             scale = (np.abs(ref) ** k).sum(axis=1 - axis)
             assert (np.abs(powers[k - 1] - (ref**k).sum(axis=1 - axis)) <= 2.5e-7 * scale).all()
     segment = x.narrow(1, 1, shape[1] - 1) if shape[1] > 1 else x  # a strided view, as a column split gives
-    np.testing.assert_allclose(column_sums(segment, 0)[0], segment.double().numpy().sum(axis=1), rtol=1e-7,
+    np.testing.assert_allclose(moments_and_columns(segment, 0)[1][0], segment.double().numpy().sum(axis=1), rtol=1e-7,
                                atol=1e-15)
 
 

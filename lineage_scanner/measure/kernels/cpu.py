@@ -237,11 +237,6 @@ def moments_and_columns(matrix, input_axis: int) -> tuple[tuple[float, ...], np.
     return _measure(m.reshape(-1), m.shape[1], input_axis == 0)
 
 
-def column_sums(matrix, input_axis: int) -> np.ndarray:
-    """The column power sums of :func:`moments_and_columns` alone (for backends that take moments elsewhere)."""
-    return moments_and_columns(matrix, input_axis)[1]
-
-
 def _partial(tensor) -> tuple[float, ...]:
     """Moments of any tensor: its whole rows of ``WIDTH`` through the compiled pass, the rest in float64."""
     flat = np.ascontiguousarray(as_numpy(tensor)).reshape(-1)
@@ -259,7 +254,7 @@ class CpuBackend:
     batched = False
 
     def partials(self, tensors: list) -> list[tuple[float, ...]]:
-        """Tensors are numpy arrays (bf16 and fp8 through ml_dtypes) or CPU torch tensors."""
+        """Tensors are numpy arrays (see :mod:`lineage_scanner.readers.arrays`) or torch tensors."""
         return [_partial(t) for t in tensors]
 
     def partials_with_columns(self, tensors: list, input_axis: int
