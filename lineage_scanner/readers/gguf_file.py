@@ -13,7 +13,6 @@ so a quantized matrix is never held whole in float32.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import struct
 
@@ -24,7 +23,7 @@ from lineage_scanner.readers import ggml_quants
 from lineage_scanner.readers.arrays import DTYPES, take_runs
 from lineage_scanner.readers.base import TensorInfo, content_digest
 from lineage_scanner.readers.gguf_header import NeedMore, header_end
-from lineage_scanner.readers.local import close_map, map_file
+from lineage_scanner.readers.local import close_map, drop_pages, map_file
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -35,7 +34,8 @@ MIN_TENSOR_BYTES = 8 + 1 + 4 + 8 + 4 + 8
 NATIVE = {name: DTYPES[name] for name in ("F32", "F16", "BF16")}
 #: Tensors whose stored bytes exceed this are measured by blocks of rows ...
 STREAM_BYTES = 4 << 20
-#: ... of at most this many bytes once decoded to float32 (cache-sized: decoded, then measured while hot).
+#: ... of at most this many bytes once decoded to float32 (smaller, cache-sized blocks measured slower:
+#: the per-block work outweighs the cache; bench/RESULTS.md).
 BLOCK_BYTES = 8 << 20
 
 
@@ -168,11 +168,7 @@ class GgufFile:
         return take_runs(self.read(name), starts, run)
 
     def release(self, name: str) -> None:
-        """Drop the tensor's pages from this process (they are clean: the OS reads them again if needed)."""
-        info = self._tensors[name]
-        start = info.start - info.start % mmap.PAGESIZE
-        if self._mmap is not None and info.end > start:
-            self._mmap.madvise(mmap.MADV_DONTNEED, start, info.end - start)
+        drop_pages(self._mmap, self._tensors[name])
 
     def fingerprint(self) -> bytes:
         h = hashlib.sha256()

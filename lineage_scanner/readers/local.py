@@ -99,11 +99,7 @@ class SafetensorsFile:
         return np.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=info.start).reshape(info.shape)
 
     def release(self, name: str) -> None:
-        info = self._tensors[name]
-        page = mmap.PAGESIZE
-        start = info.start - info.start % page
-        if self._mmap is not None and info.end > start:
-            self._mmap.madvise(mmap.MADV_DONTNEED, start, info.end - start)
+        drop_pages(self._mmap, self._tensors[name])
 
     def fingerprint(self) -> bytes:
         return self.header + content_digest(self.path, 8 + len(self.header), self._size)
@@ -111,6 +107,13 @@ class SafetensorsFile:
     def close(self) -> None:
         close_map(self._mmap)
         self._mmap = None
+
+
+def drop_pages(mapping: mmap.mmap | None, info: TensorInfo) -> None:
+    """Drop a tensor's pages from this process's memory (they are clean: the OS reads them again if needed)."""
+    start = info.start - info.start % mmap.PAGESIZE
+    if mapping is not None and info.end > start:
+        mapping.madvise(mmap.MADV_DONTNEED, start, info.end - start)
 
 
 def close_map(mapping: mmap.mmap | None) -> None:
