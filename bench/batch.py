@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import process_cost  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTENTION = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
@@ -77,25 +80,15 @@ def generate(data: Path) -> tuple[list[Path], Path]:
     return four, big
 
 
-def whole(argv: list[str], cwd: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one process."""
-    started = time.perf_counter()
-    pid = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).pid
-    _, status, usage = os.wait4(pid, 0)
-    if status != 0:
-        raise SystemExit(f"{argv} exited with {status}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
-
-
 def compare(commands: dict[str, list[str]], runs: int) -> dict[str, tuple[float, float]]:
     """Median wall time and peak RSS of each command, runs alternating, after one warm-up run each."""
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     with tempfile.TemporaryDirectory() as cwd:
         for argv in commands.values():
-            whole(argv, cwd)
+            process_cost(argv, cwd)
         for _ in range(runs):
             for name, argv in commands.items():
-                results[name].append(whole(argv, cwd))
+                results[name].append(process_cost(argv, cwd))
                 subprocess.run(["rm", "-rf", os.path.join(cwd, "db")], check=True)
     return {name: (statistics.median(w for w, _ in r), statistics.median(m for _, m in r))
             for name, r in results.items()}
@@ -195,7 +188,7 @@ def measure_all(args, four: list[Path], big: Path) -> None:
         zoo = [e.path for e in build_zoo(Path(tmp) / "zoo")]
         executors(four, zoo)
     with tempfile.TemporaryDirectory() as cwd:
-        wall, rss = whole(lineage("demo", "--out", "zoo", "--db", "db"), cwd)
+        wall, rss = process_cost(lineage("demo", "--out", "zoo", "--db", "db"), cwd)
     print(f"\n`lineage demo` end to end (generate the zoo, scan it on a local Ray, judge): {wall:.1f} s, "
           f"peak RSS {rss:.0f} MB")
 

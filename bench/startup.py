@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from timing import process_cost
 
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
@@ -22,17 +21,6 @@ COMMANDS = {
     # the floor under any SQL command: importing DuckDB and opening its first connection
     "duckdb floor": [sys.executable, "-c", "import duckdb; duckdb.connect().execute('select 1').fetchall()"],
 }
-
-
-def measure(argv: list[str], cwd: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process."""
-    started = time.perf_counter()
-    pid = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
-    _, status, usage = os.wait4(pid, 0)
-    wall = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"{argv} exited with {status}")
-    return wall, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -44,7 +32,7 @@ def main() -> None:
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in COMMANDS}
         for _ in range(args.runs):
             for name, argv in COMMANDS.items():
-                results[name].append(measure(argv, cwd))
+                results[name].append(process_cost(argv, cwd))
     base_wall = statistics.median(w for w, _ in results["python -c pass"])
     print(f"| command | wall s (median of {args.runs}) | over `python -c pass` | peak RSS MB |")
     print("| --- | ---: | ---: | ---: |")
