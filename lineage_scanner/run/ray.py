@@ -92,7 +92,9 @@ def connect(address: str | None = None, num_cpus: int | None = None):
         # Ray starts workers at nice 15: on a machine whose cores anything else uses, the scan would starve
         # (30x slower beside two busy processes here). A Ray started by ``ray start`` takes the same from
         # RAY_worker_niceness=0 (see cluster.yaml).
-        kwargs = {"address": address} if address else {"num_cpus": num_cpus or os.cpu_count(),
+        # "local": a Ray of our own, never one that another program happens to run on this machine (Ray's
+        # default for no address is to join the newest one it finds).
+        kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus or os.cpu_count(),
                                                       "include_dashboard": False, "_node_ip_address": "127.0.0.1",
                                                       "_system_config": {"worker_niceness": 0}}
         ray.init(**kwargs, log_to_driver=False, logging_level="ERROR")
