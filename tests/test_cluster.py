@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lineage_scanner.run.batch import UNKNOWN_BYTES, plan_units, run_batch
-from lineage_scanner.run.ray import CRASH_HOOK, RayExecutor
+from lineage_scanner.run.base import UNKNOWN_BYTES
+from lineage_scanner.run.batch import plan_units, run_batch
+from lineage_scanner.run.ray import RayExecutor
 from lineage_scanner.store.store import Store
 from tests.conftest import raw_safetensors
+from tests.helpers import crashing_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,12 +57,12 @@ def test_units_are_balanced_by_bytes(tmp_path):
     assert next(plan_units(["hf://org/x"])).nbytes == UNKNOWN_BYTES
 
 
-def test_faults_lose_nothing_and_duplicate_nothing(ray_local, zoo, tmp_path, monkeypatch):
+def test_faults_lose_nothing_and_duplicate_nothing(ray_local, zoo, tmp_path):
     bad = raw_safetensors(tmp_path / "bad.safetensors", [1])
     sources = [e.path for e in zoo] + [str(bad)]
-    monkeypatch.setenv(CRASH_HOOK, f"{tmp_path / 'crashed-once'}:llama-b-ft,always:gpt2-a-ct")
+    worker = crashing_worker(f"{tmp_path / 'crashed-once'}:llama-b-ft,always:gpt2-a-ct")
     store = Store(tmp_path / "db")
-    summary = run_batch(sources, store, RayExecutor(2), progress=False, unit_bytes=20 << 20)
+    summary = run_batch(sources, store, RayExecutor(2, worker=worker), progress=False, unit_bytes=20 << 20)
     assert (tmp_path / "crashed-once").exists() and summary.retried_units >= 2
     counts = count_scans(store)
     assert set(counts.values()) == {1}, "a model was written twice"

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from lineage_scanner.demo.writers import decoder_tensors, hf_config
 from lineage_scanner.lineage.generator import ToyModel
-from lineage_scanner.readers.quantized import AWQ_ORDER, BNB_STATE
+from lineage_scanner.readers.packed import AWQ_ORDER
+from lineage_scanner.readers.quantized import BNB_STATE
 
 #: The 16 NormalFloat levels of QLoRA's NF4 (bitsandbytes stores them beside each weight as quant_map).
 NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

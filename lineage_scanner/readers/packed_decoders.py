@@ -1,4 +1,4 @@
-"""Decoders of the packed quantized formats of :mod:`lineage_scanner.readers.quantized`, in torch.
+"""Decoders of the packed quantized formats (:mod:`lineage_scanner.readers.packed`), in torch.
 
 Kept apart so that only a checkpoint in one of these formats imports torch: each decoder takes the
 stored tensors of one module (torch views of the reader's arrays) and returns its float32 weight
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lineage_scanner.readers.quantized import AWQ_ORDER, Packed
+from lineage_scanner.readers.packed import AWQ_ORDER, Packed
 
 
 def unpack(words: torch.Tensor, bits: int, axis: int) -> torch.Tensor:

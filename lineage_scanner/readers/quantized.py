@@ -32,31 +32,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from lineage_scanner.errors import HeaderError, UnsupportedError
 from lineage_scanner.readers.arrays import as_numpy, take_runs, to_torch
 from lineage_scanner.readers.base import Reader, TensorInfo
+from lineage_scanner.readers.packed import Packed
 
-#: Column order of AWQ's packing: nibble i of a word holds column AWQ_ORDER[i] of its 8.
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 FP8_BLOCK = (128, 128)
 BNB_STATE = ".quant_state.bitsandbytes__"
-
-
-@dataclass(frozen=True)
-class Packed:
-    """One quantized linear weight: its scheme, its stored tensors by role, its float shape [out, in]."""
-
-    scheme: str  # a key of packed_decoders.DECODERS
-    parts: dict[str, str]
-    shape: tuple[int, int]
-    label: str
-    bits: int = 4
-    group: int = 0
-    state: dict | None = None
 
 
 class Dequantized:

@@ -3,10 +3,10 @@
 The work list streams through (a generator: a million-line list costs no memory) and is packed into units
 balanced by bytes, not count: small models share a unit up to ``unit_bytes``, a large model is a unit of
 its own. An executor (:mod:`lineage_scanner.run.local`, :mod:`lineage_scanner.run.ray`) only dispatches
-units to :class:`Scanner` instances and yields their results; everything else happens here, in one place:
-signatures are written as they come (every ``flush_every`` models or ``flush_seconds``, and at the end),
-one bad model is an error row and the batch goes on, and a re-run skips every (model, revision) already
-stored, so an interrupted batch neither redoes nor duplicates finished work.
+units to :class:`lineage_scanner.run.base.Scanner` instances and yields their results; everything else
+happens here, in one place: signatures are written as they come (every ``flush_every`` models or
+``flush_seconds``, and at the end), one bad model is an error row and the batch goes on, and a re-run skips
+every (model, revision) already stored, so an interrupted batch neither redoes nor duplicates finished work.
 """
 
 from __future__ import annotations
@@ -14,135 +14,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
-from typing import Protocol
 
 from lineage_scanner.errors import DeferredError, SourceError
-from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.shared import CopyIndex, Shared, use_budget
+from lineage_scanner.run.base import Executor, Key, Known, ScanConfig, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
 from lineage_scanner.store.store import Store
 
 #: Target bytes per unit: about a few seconds of scanning on one worker.
 UNIT_BYTES = 2 << 30
-#: Bytes assumed for a model whose size is unknown before it is opened (a Hub repo, say).
-UNKNOWN_BYTES = 1 << 30
 #: Failures a job keeps in memory to report (all of them are rows in the store's ``errors`` view).
 KEPT_FAILURES = 1000
 FLUSH_EVERY = 32
 FLUSH_SECONDS = 30.0
-
-Key = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    sources: tuple[str, ...]
-    nbytes: int
-    attempt: int = 1
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    """What every scanning process needs to know about the batch (picklable: Ray ships it to workers)."""
-
-    backend: str = "auto"
-    force: bool = False
-    sample: SamplePlan | None = None
-    #: the job's shared Hub rate budget and copy index (on Ray, handles to their actors); None: each
-    #: process its own budget, and an index seeded with :attr:`Known.digests`
-    budget: Shared | None = None
-    copies: Shared | None = None
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the store already holds, as every scanning process needs it (picklable, shipped once): the
-    (model, revision) pairs scanned, and the weights digest of each original signature (a Hub commit whose
-    weight files all match one is a copy: none of its bytes are read)."""
-
-    done: frozenset[Key] = frozenset()
-    digests: dict[str, Key] = field(default_factory=dict)
-
-
-@dataclass
-class UnitResult:
-    scanned: list[Signature] = field(default_factory=list)
-    skipped: list[Key] = field(default_factory=list)
-
-
-class OneAtATime:
-    """A moments backend shared by threads that each scan a model: its kernels run one at a time (numba's
-    parallel kernels must not be entered from two threads at once), while the threads' requests overlap."""
-
-    def __init__(self, backend):
-        self._backend, self._lock = backend, threading.Lock()
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._backend, name)
-        if not callable(attr):
-            return attr
-
-        def serialised(*args, **kwargs):
-            with self._lock:
-                return attr(*args, **kwargs)
-        return serialised
-
-
-class Scanner:
-    """One scanning process's state (a moments backend, what the store holds) and the per-unit scan. With
-    ``in_flight`` > 1 several units are scanned at once from as many threads (a Hub scan mostly waits on
-    round trips), their kernels one at a time."""
-
-    def __init__(self, config: ScanConfig, known: Known, in_flight: int = 1):
-        from lineage_scanner.measure.kernels import get_backend
-
-        use_budget(config.budget)
-        backend = get_backend(config.backend)
-        self.backend = OneAtATime(backend) if in_flight > 1 else backend
-        self.config = config
-        self.done = set(known.done)
-        self.copies = config.copies or Shared(CopyIndex(known.digests))
-
-    def scan(self, unit: WorkUnit) -> UnitResult:
-        from lineage_scanner.run.scan import scan_one
-
-        result = UnitResult()
-        for source in unit.sources:
-            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample, self.copies)
-            if sig is None:
-                result.skipped.append(key)
-            else:
-                result.scanned.append(sig)
-        return result
-
-
-class Executor(Protocol):
-    """Runs units through Scanners somewhere and yields their results, in any order."""
-
-    #: units run again after their worker was lost
-    retried_units: int
-
-    def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]: ...
-
-
-def source_bytes(source: str) -> int:
-    """Size on disk of a local checkpoint's weights; UNKNOWN_BYTES for remote or unreadable ones."""
-    path = Path(source)
-    try:
-        if path.is_file():
-            return path.stat().st_size
-        if path.is_dir():
-            return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".gguf"))
-    except OSError:
-        pass
-    return UNKNOWN_BYTES
 
 
 def plan_units(sources: Iterable[str], unit_bytes: int = UNIT_BYTES) -> Iterator[WorkUnit]:
@@ -235,11 +123,12 @@ def choose_executor(workers: int | None, address: str | None) -> Executor:
 
 
 def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = None, *,
-              config: ScanConfig = ScanConfig(), unit_bytes: int = UNIT_BYTES, progress: bool = True,
+              config: ScanConfig | None = None, unit_bytes: int = UNIT_BYTES, progress: bool = True,
               max_units: int | None = None, keep_records: bool = True, flush_every: int = FLUSH_EVERY,
               flush_seconds: float = FLUSH_SECONDS) -> BatchSummary:
     """Scan ``sources`` into ``store`` through ``executor`` (in this process by default).
     ``max_units`` stops after that many units (to test resuming)."""
+    config = config or ScanConfig()
     if executor is None:
         from lineage_scanner.run.local import InProcess
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lineage_scanner.run.batch import Known, ScanConfig, Scanner, UnitResult, WorkUnit
+from lineage_scanner.run.base import Known, ScanConfig, Scanner, UnitResult, WorkUnit
 
 
 class InProcess:

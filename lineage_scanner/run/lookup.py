@@ -15,10 +15,9 @@ def signature_for(text: str, store: Store, backend: str = "auto") -> Signature:
     if not is_hub(text) and not Path(text).expanduser().exists():
         model, _, revision = text.partition("@")
         return store.load(model, revision or None)
-    from lineage_scanner.measure.kernels import get_backend
-    from lineage_scanner.run.scan import scan_strict
+    from lineage_scanner.run.base import Known, ScanConfig, Scanner
 
-    key, sig = scan_strict(text, get_backend(backend), store.done())
+    key, sig = Scanner(ScanConfig(backend), Known(frozenset(store.done()))).strict(text)
     if sig is None:
         return store.load(*key)
     store.write([sig])

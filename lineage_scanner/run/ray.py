@@ -8,7 +8,8 @@ dispatches.
 Faults: an actor that dies is restarted by Ray (``max_restarts``); the executor re-queues its unit, split
 into single models so one bad model cannot sink its neighbours, and gives a model ``max_attempts``
 before yielding it as an error row (``worker_died``). Errors of the application (bad files, gated repos)
-are error rows from the worker itself and are not retried.
+are error rows from the worker itself and are not retried. The worker class is a parameter
+(``RayExecutor(worker=...)``): the fault-injection tests hand it a subclass that dies on cue.
 """
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ import dataclasses
 import os
 from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
 
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
-from lineage_scanner.run.batch import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
+from lineage_scanner.run.base import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
 
 MAX_ATTEMPTS = 3
-#: Test hook for the fault-injection tests: "MARKER_FILE:SUBSTRING" makes a worker exit abruptly on a
-#: unit holding a source containing SUBSTRING, once (it creates MARKER_FILE); "always:SUBSTRING" every time.
-CRASH_HOOK = "LINEAGE_TEST_CRASH"
 #: Variables the workers need from the driver's environment. Never a secret: Ray logs runtime_env in
 #: clear text. Workers read HF_TOKEN from their own environment or the Hub client's token file.
-WORKER_ENV = (CRASH_HOOK, "HF_ENDPOINT", "TRITON_INTERPRET")
+WORKER_ENV = ("HF_ENDPOINT", "TRITON_INTERPRET")
 
 
 class JobState(RateBudget, CopyIndex):
@@ -69,18 +66,7 @@ class ScanWorker:
         import numba
 
         numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))  # per calling thread
-        for source in unit.sources:
-            _crash_hook(source)
         return self.scanner.scan(unit)
-
-
-def _crash_hook(source: str) -> None:
-    for rule in filter(None, os.environ.get(CRASH_HOOK, "").split(",")):
-        marker, _, needle = rule.partition(":")
-        if needle in source and (marker == "always" or not os.path.exists(marker)):
-            if marker != "always":
-                Path(marker).touch()
-            os._exit(13)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None):
@@ -103,7 +89,8 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
 class RayExecutor:
     """``workers`` actors (default: one per GPU, else one per CPU) on the Ray at ``address``, each scanning
-    ``in_flight`` units at once (Hub scans: their round trips overlap; see :class:`Scanner`).
+    ``in_flight`` units at once (Hub scans: their round trips overlap; see :class:`Scanner`). ``worker`` is
+    the actor class: :class:`ScanWorker` or a subclass of it.
 
     Starting a worker (a process, its imports, its compiled kernels) takes about 0.6 s on the development
     machine; a batch pays it once, at its start. With ``keep_workers`` the workers outlive a batch and
@@ -111,8 +98,9 @@ class RayExecutor:
     :meth:`close`."""
 
     def __init__(self, workers: int | None = None, address: str | None = None, in_flight: int = 1,
-                 keep_workers: bool = False):
+                 keep_workers: bool = False, worker: type[ScanWorker] = ScanWorker):
         self.workers = workers
+        self.worker = worker
         self.address = address
         self.in_flight = in_flight
         self.keep_workers = keep_workers
@@ -140,9 +128,7 @@ class RayExecutor:
         # a runtime env of its own makes Ray start new processes: only when there is something to pass
         runtime = {"runtime_env": {"env_vars": env}} if env else {}
         remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=self.in_flight,
-                            **runtime)(ScanWorker)
-        if gpus and config.backend == "auto":
-            config = dataclasses.replace(config, backend="triton")
+                            **runtime)(self.worker)
         state = None
         if config.budget is None or config.copies is None:  # one budget and one copy index for all the workers
             if self._state is not None:
