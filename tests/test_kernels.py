@@ -10,7 +10,7 @@ import torch
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.measure.kernels.stats import Moments
 from lineage_scanner.measure.kernels.triton import BLOCK_COLS, BLOCK_ROWS, TILES, launch, tile_table
-from lineage_scanner.measure.moments import head_views
+from lineage_scanner.measure.parts import head_views
 from lineage_scanner.run.scan import scan_strict
 
 CPU = get_backend("cpu")

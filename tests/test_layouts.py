@@ -11,7 +11,7 @@ from lineage_scanner.layouts.families import family, gguf_family
 from lineage_scanner.layouts.resolve import Shape, resolve
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.measure.kernels.stats import Moments
-from lineage_scanner.measure.moments import segments
+from lineage_scanner.measure.parts import segments
 from lineage_scanner.readers.base import TensorInfo
 
 NAMES = {

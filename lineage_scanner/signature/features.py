@@ -37,7 +37,7 @@ def curves_from(stats: Iterable, n_layers: int) -> dict[str, list[float]]:
 
 
 def invariants(stats: Iterable, n_layers: int) -> dict[str, list[float]]:
-    """Feature curves from per-layer statistics (:class:`lineage_scanner.measure.moments.LayerStat`)."""
+    """Feature curves from per-layer statistics (:class:`lineage_scanner.measure.records.LayerStat`)."""
     by = {(s.layer, s.role): s for s in stats}
 
     def log_std(layer: int, role: str, folded: bool) -> float:

@@ -230,7 +230,7 @@ def moments_and_columns(matrix, input_axis: int) -> tuple[tuple[float, ...], np.
     """One compiled pass over a 2-D tensor: its moments partial and, per input column (``input_axis`` 1,
     nn.Linear's [out, in]) or input row (0, Conv1D's [in, out]), the sums of x, x², x³, x⁴ over the other
     axis in float64 ([4, inputs]): what folding a norm gain into the matrix needs (see
-    lineage_scanner.measure.moments.ColumnSums)."""
+    lineage_scanner.measure.records.ColumnSums)."""
     m = np.ascontiguousarray(as_numpy(matrix))
     if m.size == 0:
         return Moments().as_partial(), np.zeros((4, m.shape[1 - input_axis]))

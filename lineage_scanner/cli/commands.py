@@ -1,0 +1,303 @@
+"""One function per ``lineage`` command: parse what argparse gave, call the library, print.
+
+Commands import what they use when they run: ``--help``, ``sql`` and lookups of stored models never load
+torch, numba, ray or matplotlib.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+
+from lineage_scanner.cli.output import fmt, print_json, print_table
+from lineage_scanner.errors import UsageError
+
+
+def cmd_scan(args) -> int:
+    from lineage_scanner.measure.sampling import SamplePlan
+    from lineage_scanner.run.batch import ScanConfig, choose_executor, run_batch
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    sources = list(args.sources) + (store.todo(args.limit) if args.catalog else [])
+    if not sources:
+        raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
+    sample = None
+    if args.sample is not None or args.sample_error is not None:
+        sample = SamplePlan(args.sample, args.sample_error)
+    summary = run_batch(sources, store, choose_executor(args.workers, args.address),
+                        config=ScanConfig(args.backend, args.force, sample), progress=not args.quiet)
+    for record in summary.failed:
+        print(f"Error: {record.error}", file=sys.stderr)
+    for record in summary.records:
+        if record.layout_source == "name-patterns":
+            print(f"note: {record.model}: unknown architecture; attention found by name patterns", file=sys.stderr)
+    if args.json:
+        print_json({"scanned": [r.__dict__ for r in summary.records],
+                     "skipped": [{"model": m, "revision": r} for m, r in summary.skipped],
+                     "bytes_read": summary.bytes_read, "retried_units": summary.retried_units})
+    else:
+        ok = [r for r in summary.records if r.status == "ok"]
+        if ok:
+            print_table(["model", "revision", "layers", "MB read"],
+                         [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
+        print(f"scanned {len(ok)} ({summary.n_copies} exact copies, no weights read), skipped "
+              f"{len(summary.skipped)} already stored, failed {len(summary.failed)}, deferred {summary.n_deferred} "
+              "(Hub budget spent: the next scan --catalog takes them first)", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_catalog(args) -> int:
+    from lineage_scanner.sources.catalog import list_catalog
+    from lineage_scanner.store.store import Store
+
+    entries = list_catalog(author=args.author, search=args.search, filter=args.filter, sort=args.sort,
+                           limit=args.limit)
+    store = Store(args.db)
+    store.write_catalog(entries)
+    todo = set(store.todo())
+    if args.json:
+        print_json([{"model": e.model, "sha": e.sha, "params": e.params, "declared_base": e.declared_base,
+                      "gated": e.gated, "scanned": e.source not in todo and not e.gated} for e in entries])
+        return 0
+    print_table(["model", "sha", "params", "gated", "declared base", "to scan"],
+                 [(e.model, e.sha[:12], e.params, "yes" if e.gated else "", ", ".join(e.declared_base),
+                   "yes" if e.source in todo else "") for e in entries])
+    print(f"listed {len(entries)}; {len(todo)} commits in the store's work list (lineage scan --catalog)",
+          file=sys.stderr)
+    return 0
+
+
+def verdict_json(v) -> dict:
+    """A verdict with both kinds of evidence: which one decided, and what each said."""
+    sketch = v.sketch
+    return {
+        "a": v.a, "b": v.b, "verdict": v.verdict, "kind": v.kind, "reason": v.reason, "decided_by": v.decided_by,
+        "p_value": v.p_value, "log10_p": v.log10_p, "paper_score": v.paper.score, "score": v.evidence.score,
+        "sketch": None if sketch is None else {
+            "score": sketch.score, "p_value": sketch.p_value, "log10_p": sketch.log10_p,
+            "channels": list(sketch.roles), "per_channel": sketch.per_channel, "spread": sketch.spread,
+            "gram_log10_p": sketch.gram_log10_p,
+            "pairing": [{"a": i, "b": j, "r": r} for (i, j), r in zip(sketch.pairing, sketch.r)],
+        },
+        "curves": {
+            "score": v.evidence.score, "p_value": v.p_curves, "p_null": v.p_null, "p_surrogate": v.evidence.surrogate_p,
+            "per_feature": v.evidence.per_feature, "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment],
+            "null": {"source": v.null.source, "size": v.null_size, "excluded": v.null.excluded} if v.null else None,
+        },
+        "per_role": v.paper.per_role,
+    }
+
+
+def cmd_compare(args) -> int:
+    from lineage_scanner.lineage.null import null_for
+    from lineage_scanner.lineage.verdict import decide
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
+    v = decide(a, b, null_for(store, a, b))
+    out = verdict_json(v)
+    if args.plot:
+        from lineage_scanner.report.plot import plot_evidence
+
+        plot_evidence(a, b, v, args.plot, title=f"{a.model} vs {b.model}: {v.verdict}"
+                      f"{f' ({v.kind})' if v.kind else ''}, decided by {v.decided_by or 'nothing'}")
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
+    print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
+    print(f"decided by   {v.decided_by or 'nothing: no evidence applies'}")
+    if v.sketch is not None:
+        s = v.sketch
+        print(f"sketch       |r| = {fmt(s.score)}   p = 1e{s.log10_p:.1f}  (exact null; roles {', '.join(s.roles)}; "
+              f"{len(s.pairing)} layer pairs)")
+        moved = [(i, j) for i, j in s.pairing if i != j]
+        if moved:
+            print(f"  layers paired out of order (a, b): {moved}")
+    else:
+        print("sketch       does not apply: no attention matrix has the same shape in both")
+    print(f"curves       score {fmt(v.evidence.score)}   p = {fmt(v.p_curves)}  (reference: {v.null_size} unrelated "
+          f"pairs from the {v.null.source}, p = {fmt(v.p_null)}; surrogates p = {fmt(v.evidence.surrogate_p)})")
+    for name, r in v.evidence.per_feature.items():
+        print(f"  {name}  r = {fmt(r)}")
+    gaps_a = sorted(set(range(a.n_layers or 0)) - {i for i, _ in v.evidence.alignment})
+    gaps_b = sorted(set(range(b.n_layers or 0)) - {j for _, j in v.evidence.alignment})
+    if gaps_a or gaps_b:
+        print(f"  unaligned layers: {a.model} {gaps_a}, {b.model} {gaps_b}")
+    print(f"paper_score  {fmt(v.paper.score)}  (the seed method, for reference)")
+    for role, r in v.paper.per_role.items():
+        print(f"  {role}  r = {fmt(r)}")
+    if args.plot:
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from lineage_scanner.lineage.null import null_for
+    from lineage_scanner.lineage.verdict import decide
+    from lineage_scanner.report.pair import pair_report
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
+    v = decide(a, b, null_for(store, a, b))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(pair_report(a, b, v), encoding="utf-8")
+    if args.json:
+        print_json({"report": str(out), **verdict_json(v)})
+    else:
+        print(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
+    return 0
+
+
+def cmd_match(args) -> int:
+    from lineage_scanner.lineage.null import null_for
+    from lineage_scanner.lineage.verdict import decide, q_values
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.signature.record import EMBED_DIM
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    query = signature_for(args.source, store, args.backend)
+    candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
+    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates), key=_strength)
+    qs = q_values([v.p_value for v in verdicts])
+    rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,
+             "sketch_score": v.sketch.score if v.sketch else None, "decided_by": v.decided_by,
+             "p_value": v.p_value, "log10_p": v.log10_p, "q_value": q, "verdict": v.verdict, "kind": v.kind,
+             "paper_score": v.paper.score} for v, q in zip(verdicts, qs)][: args.top]
+    if args.json:
+        print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
+    else:
+        print(f"nearest to {query.model}@{query.revision}:")
+        print_table(["model", "sketch", "score", "log10 p", "q", "verdict", "kind", "paper_score"],
+                     [(r["model"], r["sketch_score"], r["score"], r["log10_p"], r["q_value"], r["verdict"],
+                       r["kind"] or "", r["paper_score"]) for r in rows])
+    return 0
+
+
+def _strength(v) -> tuple[float, float]:
+    """Strongest evidence first: the deciding p-value (in logs), then the curve score."""
+    return v.log10_p, -v.evidence.score if math.isfinite(v.evidence.score) else math.inf
+
+
+def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
+    """``-p VALUE`` binds ``?`` in order; ``-p NAME VALUE`` binds ``$NAME``; the two do not mix."""
+    given = given or []
+    if any(len(p) > 2 for p in given):
+        raise UsageError("-p takes VALUE (for ?) or NAME VALUE (for $NAME)")
+    named = [p for p in given if len(p) == 2]
+    if named and len(named) != len(given):
+        raise UsageError("use -p VALUE for every ? or -p NAME VALUE for every $NAME, not both")
+    return {name: value for name, value in named} if named else [p[0] for p in given]
+
+
+def cmd_sql(args) -> int:
+    from lineage_scanner.store.sql import run_sql
+    from lineage_scanner.store.store import Store
+
+    query = args.query if args.query not in (None, "-") else sys.stdin.read()
+    columns, rows = run_sql(Store(args.db), query, sql_params(args.param))
+    if args.json:
+        print_json([dict(zip(columns, r)) for r in rows])
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        print_table(columns, rows)
+    return 0
+
+
+def cmd_store(args) -> int:
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    if store.remote:
+        raise UsageError("store check and repair work on a local store directory")
+    found = store.check() if args.action == "check" else store.repair()
+    if args.json:
+        key = "problem" if args.action == "check" else "moved_to"
+        print_json([{"file": f, key: other} for f, other in found])
+    elif args.action == "check":
+        for f, problem in found:
+            print(f"{f}: {problem}")
+        print(f"{len(found)} damaged or foreign file(s) in {args.db}", file=sys.stderr)
+    else:
+        for f, target in found:
+            print(f"moved {f} -> {target}")
+        print(f"{len(found)} file(s) moved aside", file=sys.stderr)
+    return 1 if found and args.action == "check" else 0
+
+
+def cmd_plot(args) -> int:
+    from lineage_scanner.report.plot import plot_curves
+    from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    sigs = [signature_for(s, store, args.backend) for s in args.sources]
+    plot_curves(sigs, args.out, title="per-layer std of attention projections")
+    print(f"plot written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from lineage_scanner.lineage.graph import detect, export
+    from lineage_scanner.store.store import Store
+
+    store = Store(args.db)
+    edges = detect(store, args.min_confidence)
+    store.write_edges(edges)
+    graph = export(store, edges, args.out)
+    if args.html:
+        from pathlib import Path
+
+        from lineage_scanner.report.lineage_map import lineage_map
+
+        Path(args.html).write_text(lineage_map(graph, f"Lineage map of {Path(args.db).resolve().name}"),
+                                   encoding="utf-8")
+    with store.connect() as con:
+        disagreements = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
+    if args.json:
+        print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
+        return 0
+    print(f"{len(edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}"
+          + (f", map to {args.html}" if args.html else ""))
+    for family in graph["families"]:
+        if len(family) > 1:
+            print("  " + ", ".join(family))
+    if disagreements:
+        print("cards and weights disagree:")
+        print_table(["model", "other", "problem"], disagreements)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from lineage_scanner.demo.run import run_demo
+    from lineage_scanner.store.store import Store
+
+    report = run_demo(args.out, Store(args.db), backend=args.backend, progress=not args.quiet)
+    if args.json:
+        print_json({"rows": [row.__dict__ for row in report.rows], "plot": str(report.plot),
+                     "stranger_paper_score": report.stranger_paper, "stranger_score": report.stranger_score,
+                     "stranger_verdicts": report.stranger_verdicts})
+        return 0
+    rows = report.rows
+    print_table(["model", "relation", "true parent", "paper_score", "score", "verdict", "kind", "family right"],
+                 [(r.model, r.relation, r.parent, r.paper_score, r.score, r.verdict, r.kind or "",
+                   "yes" if r.family_hit else "NO") for r in rows])
+    print(f"\nderived models judged 'derived' from their parent: {sum(r.verdict == 'derived' for r in rows)}"
+          f"/{len(rows)}; best match in the right family: {sum(r.family_hit for r in rows)}/{len(rows)}")
+    print(f"pairs of unrelated models: verdicts {report.stranger_verdicts}; highest score "
+          f"{report.stranger_score:.3f} (paper_score: {report.stranger_paper:.3f})")
+    print(f"store: {args.db}   plot: {report.plot}")
+    return 0
