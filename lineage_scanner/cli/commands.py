@@ -7,27 +7,31 @@ torch, numba, ray or matplotlib.
 from __future__ import annotations
 
 import csv
-import math
+import dataclasses
 import sys
+from pathlib import Path
 
 from lineage_scanner.cli.output import fmt, print_json, print_table
 from lineage_scanner.errors import UsageError
 
 
-def cmd_scan(args) -> int:
-    from lineage_scanner.measure.sampling import SamplePlan
-    from lineage_scanner.run.batch import ScanConfig, choose_executor, run_batch
+def _store(args):
     from lineage_scanner.store.store import Store
 
-    store = Store(args.db)
-    sources = list(args.sources) + (store.todo(args.limit) if args.catalog else [])
-    if not sources:
-        raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
+    return Store(args.db)
+
+
+def cmd_scan(args) -> int:
+    from lineage_scanner import api
+    from lineage_scanner.measure.sampling import SamplePlan
+    from lineage_scanner.run.base import ScanConfig
+
     sample = None
     if args.sample is not None or args.sample_error is not None:
         sample = SamplePlan(args.sample, args.sample_error)
-    summary = run_batch(sources, store, choose_executor(args.workers, args.address),
-                        config=ScanConfig(args.backend, args.force, sample), progress=not args.quiet)
+    summary = api.scan(args.sources, _store(args), ScanConfig(args.backend, args.force, sample),
+                       from_catalog=args.catalog, limit=args.limit, workers=args.workers, address=args.address,
+                       progress=not args.quiet)
     for record in summary.failed:
         print(f"Error: {record.error}", file=sys.stderr)
     for record in summary.records:
@@ -35,13 +39,13 @@ def cmd_scan(args) -> int:
             print(f"note: {record.model}: unknown architecture; attention found by name patterns", file=sys.stderr)
     if args.json:
         print_json({"scanned": [r.__dict__ for r in summary.records],
-                     "skipped": [{"model": m, "revision": r} for m, r in summary.skipped],
-                     "bytes_read": summary.bytes_read, "retried_units": summary.retried_units})
+                    "skipped": [{"model": m, "revision": r} for m, r in summary.skipped],
+                    "bytes_read": summary.bytes_read, "retried_units": summary.retried_units})
     else:
         ok = [r for r in summary.records if r.status == "ok"]
         if ok:
             print_table(["model", "revision", "layers", "MB read"],
-                         [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
+                        [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
         print(f"scanned {len(ok)} ({summary.n_copies} exact copies, no weights read), skipped "
               f"{len(summary.skipped)} already stored, failed {len(summary.failed)}, deferred {summary.n_deferred} "
               "(Hub budget spent: the next scan --catalog takes them first)", file=sys.stderr)
@@ -49,64 +53,30 @@ def cmd_scan(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from lineage_scanner.sources.catalog import list_catalog
-    from lineage_scanner.store.store import Store
+    from lineage_scanner import api
 
-    entries = list_catalog(author=args.author, search=args.search, filter=args.filter, sort=args.sort,
-                           limit=args.limit)
-    store = Store(args.db)
-    store.write_catalog(entries)
-    todo = set(store.todo())
+    listing = api.catalog(_store(args), author=args.author, search=args.search, filter=args.filter, sort=args.sort,
+                          limit=args.limit)
+    entries, todo = listing.entries, listing.todo
     if args.json:
         print_json([{"model": e.model, "sha": e.sha, "params": e.params, "declared_base": e.declared_base,
-                      "gated": e.gated, "scanned": e.source not in todo and not e.gated} for e in entries])
+                     "gated": e.gated, "scanned": e.source not in todo and not e.gated} for e in entries])
         return 0
     print_table(["model", "sha", "params", "gated", "declared base", "to scan"],
-                 [(e.model, e.sha[:12], e.params, "yes" if e.gated else "", ", ".join(e.declared_base),
-                   "yes" if e.source in todo else "") for e in entries])
+                [(e.model, e.sha[:12], e.params, "yes" if e.gated else "", ", ".join(e.declared_base),
+                  "yes" if e.source in todo else "") for e in entries])
     print(f"listed {len(entries)}; {len(todo)} commits in the store's work list (lineage scan --catalog)",
           file=sys.stderr)
     return 0
 
 
-def verdict_json(v) -> dict:
-    """A verdict with both kinds of evidence: which one decided, and what each said."""
-    sketch = v.sketch
-    return {
-        "a": v.a, "b": v.b, "verdict": v.verdict, "kind": v.kind, "reason": v.reason, "decided_by": v.decided_by,
-        "p_value": v.p_value, "log10_p": v.log10_p, "paper_score": v.paper.score, "score": v.evidence.score,
-        "sketch": None if sketch is None else {
-            "score": sketch.score, "p_value": sketch.p_value, "log10_p": sketch.log10_p,
-            "channels": list(sketch.roles), "per_channel": sketch.per_channel, "spread": sketch.spread,
-            "gram_log10_p": sketch.gram_log10_p,
-            "pairing": [{"a": i, "b": j, "r": r} for (i, j), r in zip(sketch.pairing, sketch.r)],
-        },
-        "curves": {
-            "score": v.evidence.score, "p_value": v.p_curves, "p_null": v.p_null, "p_surrogate": v.evidence.surrogate_p,
-            "per_feature": v.evidence.per_feature, "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment],
-            "null": {"source": v.null.source, "size": v.null_size, "excluded": v.null.excluded} if v.null else None,
-        },
-        "per_role": v.paper.per_role,
-    }
-
-
 def cmd_compare(args) -> int:
-    from lineage_scanner.lineage.null import null_for
-    from lineage_scanner.lineage.verdict import decide
-    from lineage_scanner.run.lookup import signature_for
-    from lineage_scanner.store.store import Store
+    from lineage_scanner import api
 
-    store = Store(args.db)
-    a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
-    v = decide(a, b, null_for(store, a, b))
-    out = verdict_json(v)
-    if args.plot:
-        from lineage_scanner.report.plot import plot_evidence
-
-        plot_evidence(a, b, v, args.plot, title=f"{a.model} vs {b.model}: {v.verdict}"
-                      f"{f' ({v.kind})' if v.kind else ''}, decided by {v.decided_by or 'nothing'}")
+    pair = api.compare(args.a, args.b, _store(args), args.backend, plot=args.plot)
+    a, b, v = pair.a, pair.b, pair.verdict
     if args.json:
-        print_json(out)
+        print_json(v.to_dict())
         return 0
     print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
     print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
@@ -137,56 +107,30 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
+    from lineage_scanner import api
 
-    from lineage_scanner.lineage.null import null_for
-    from lineage_scanner.lineage.verdict import decide
-    from lineage_scanner.report.pair import pair_report
-    from lineage_scanner.run.lookup import signature_for
-    from lineage_scanner.store.store import Store
-
-    store = Store(args.db)
-    a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
-    v = decide(a, b, null_for(store, a, b))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(pair_report(a, b, v), encoding="utf-8")
+    v = api.report(args.a, args.b, _store(args), out, args.backend).verdict
     if args.json:
-        print_json({"report": str(out), **verdict_json(v)})
+        print_json({"report": str(out), **v.to_dict()})
     else:
         print(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
     return 0
 
 
 def cmd_match(args) -> int:
-    from lineage_scanner.lineage.null import null_for
-    from lineage_scanner.lineage.verdict import decide, q_values
-    from lineage_scanner.run.lookup import signature_for
-    from lineage_scanner.signature.record import EMBED_DIM
-    from lineage_scanner.store.store import Store
+    from lineage_scanner import api
 
-    store = Store(args.db)
-    query = signature_for(args.source, store, args.backend)
-    candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
-    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates), key=_strength)
-    qs = q_values([v.p_value for v in verdicts])
-    rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,
-             "sketch_score": v.sketch.score if v.sketch else None, "decided_by": v.decided_by,
-             "p_value": v.p_value, "log10_p": v.log10_p, "q_value": q, "verdict": v.verdict, "kind": v.kind,
-             "paper_score": v.paper.score} for v, q in zip(verdicts, qs)][: args.top]
+    found = api.match(args.source, _store(args), args.top, args.prefilter, args.backend)
+    query = f"{found.query.model}@{found.query.revision}"
     if args.json:
-        print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
+        print_json({"query": query, "matches": [dataclasses.asdict(m) for m in found.matches]})
     else:
-        print(f"nearest to {query.model}@{query.revision}:")
+        print(f"nearest to {query}:")
         print_table(["model", "sketch", "score", "log10 p", "q", "verdict", "kind", "paper_score"],
-                     [(r["model"], r["sketch_score"], r["score"], r["log10_p"], r["q_value"], r["verdict"],
-                       r["kind"] or "", r["paper_score"]) for r in rows])
+                    [(m.model, m.sketch_score, m.score, m.log10_p, m.q_value, m.verdict, m.kind or "",
+                      m.paper_score) for m in found.matches])
     return 0
-
-
-def _strength(v) -> tuple[float, float]:
-    """Strongest evidence first: the deciding p-value (in logs), then the curve score."""
-    return v.log10_p, -v.evidence.score if math.isfinite(v.evidence.score) else math.inf
 
 
 def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
@@ -202,10 +146,9 @@ def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
 
 def cmd_sql(args) -> int:
     from lineage_scanner.store.sql import run_sql
-    from lineage_scanner.store.store import Store
 
     query = args.query if args.query not in (None, "-") else sys.stdin.read()
-    columns, rows = run_sql(Store(args.db), query, sql_params(args.param))
+    columns, rows = run_sql(_store(args), query, sql_params(args.param))
     if args.json:
         print_json([dict(zip(columns, r)) for r in rows])
     elif args.csv:
@@ -218,12 +161,9 @@ def cmd_sql(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from lineage_scanner.store.store import Store
+    from lineage_scanner import api
 
-    store = Store(args.db)
-    if store.remote:
-        raise UsageError("store check and repair work on a local store directory")
-    found = store.check() if args.action == "check" else store.repair()
+    found = api.store_health(_store(args), repair=args.action == "repair")
     if args.json:
         key = "problem" if args.action == "check" else "moved_to"
         print_json([{"file": f, key: other} for f, other in found])
@@ -239,38 +179,23 @@ def cmd_store(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from lineage_scanner.report.plot import plot_curves
-    from lineage_scanner.run.lookup import signature_for
-    from lineage_scanner.store.store import Store
+    from lineage_scanner import api
 
-    store = Store(args.db)
-    sigs = [signature_for(s, store, args.backend) for s in args.sources]
-    plot_curves(sigs, args.out, title="per-layer std of attention projections")
+    api.plot(args.sources, _store(args), args.out, args.backend)
     print(f"plot written to {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_graph(args) -> int:
-    from lineage_scanner.lineage.graph import detect, export
-    from lineage_scanner.store.store import Store
+    from lineage_scanner import api
 
-    store = Store(args.db)
-    edges = detect(store, args.min_confidence)
-    store.write_edges(edges)
-    graph = export(store, edges, args.out)
-    if args.html:
-        from pathlib import Path
-
-        from lineage_scanner.report.lineage_map import lineage_map
-
-        Path(args.html).write_text(lineage_map(graph, f"Lineage map of {Path(args.db).resolve().name}"),
-                                   encoding="utf-8")
-    with store.connect() as con:
-        disagreements = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
+    found = api.graph(_store(args), args.out, args.min_confidence, args.html,
+                      title=f"Lineage map of {Path(args.db).resolve().name}")
+    graph, disagreements = found.graph, found.disagreements
     if args.json:
         print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
         return 0
-    print(f"{len(edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}"
+    print(f"{len(found.edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}"
           + (f", map to {args.html}" if args.html else ""))
     for family in graph["families"]:
         if len(family) > 1:
@@ -283,9 +208,8 @@ def cmd_graph(args) -> int:
 
 def cmd_demo(args) -> int:
     from lineage_scanner.demo.run import run_demo
-    from lineage_scanner.store.store import Store
 
-    report = run_demo(args.out, Store(args.db), backend=args.backend, progress=not args.quiet)
+    report = run_demo(args.out, _store(args), backend=args.backend, progress=not args.quiet)
     if args.json:
         print_json({"rows": [row.__dict__ for row in report.rows], "plot": str(report.plot),
                      "stranger_paper_score": report.stranger_paper, "stranger_score": report.stranger_score,

@@ -40,16 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
                         help="signature store directory (default ./lineage-db, env LINEAGE_DB)")
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    common.add_argument("--backend", choices=BACKENDS, default="auto", help="moments backend")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("--debug", action="store_true", help="a traceback for an unexpected error")
+    # for the commands that may scan a model (a path or hf:// reference is scanned into the store first)
+    scanning = argparse.ArgumentParser(add_help=False, parents=[common])
+    scanning.add_argument("--backend", choices=BACKENDS, default="auto", help="moments backend")
 
     parser = argparse.ArgumentParser(prog="lineage", description="Tell which open-weight language models were "
                                      "derived from which, from their weights alone.")
     parser.add_argument("--version", action="version", version=f"lineage-scanner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("scan", parents=[common], help="scan checkpoints into signatures in the store")
+    p = sub.add_parser("scan", parents=[scanning], help="scan checkpoints into signatures in the store")
     p.add_argument("sources", nargs="*", help="model directory, .safetensors, index.json, .gguf, or "
                    "hf://org/name[@revision]")
     p.add_argument("--force", action="store_true", help="re-scan models already in the store")
@@ -73,20 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.set_defaults(func=cmd_catalog)
 
-    p = sub.add_parser("compare", parents=[common], help="score two models (paths or stored ids)")
+    p = sub.add_parser("compare", parents=[scanning], help="score two models (paths or stored ids)")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--plot", metavar="FILE.png", help="draw the evidence that decided (the sketch's layer pairs, or "
                    "the aligned feature curves) and the seed method's curves")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", parents=[common], help="a self-contained HTML report of two models' lineage")
+    p = sub.add_parser("report", parents=[scanning], help="a self-contained HTML report of two models' lineage")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--out", default="lineage-report.html", metavar="FILE.html")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("match", parents=[common], help="nearest relatives of a model in the store")
+    p = sub.add_parser("match", parents=[scanning], help="nearest relatives of a model in the store")
     p.add_argument("source")
     p.add_argument("--top", type=_positive, default=10)
     p.add_argument("--prefilter", type=_positive, default=100, help="candidates kept by the SQL embedding pre-filter")
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "if any); repair: move them to DB/quarantine/")
     p.set_defaults(func=cmd_store)
 
-    p = sub.add_parser("plot", parents=[common], help="per-layer curves of one or more models")
+    p = sub.add_parser("plot", parents=[scanning], help="per-layer curves of one or more models")
     p.add_argument("sources", nargs="+")
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=cmd_plot)
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE.html", help="also a self-contained page of the families, for a browser")
     p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("demo", parents=[common], help="build the demo zoo, scan it, print the lineage table")
+    p = sub.add_parser("demo", parents=[scanning], help="build the demo zoo, scan it, print the lineage table")
     p.add_argument("--out", default="./lineage-demo", help="where the zoo is written")
     p.set_defaults(func=cmd_demo)
     return parser

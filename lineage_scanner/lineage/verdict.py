@@ -94,6 +94,30 @@ class Verdict:
             return self.sketch.best_log10_p
         return math.log10(self.p_value) if self.p_value else (0.0 if self.p_value is None else -math.inf)
 
+    def to_dict(self) -> dict:
+        """The verdict with both kinds of evidence, as ``compare --json`` prints it: which one decided, and
+        what each said."""
+        sketch = self.sketch
+        return {
+            "a": self.a, "b": self.b, "verdict": self.verdict, "kind": self.kind, "reason": self.reason,
+            "decided_by": self.decided_by, "p_value": self.p_value, "log10_p": self.log10_p,
+            "paper_score": self.paper.score, "score": self.evidence.score,
+            "sketch": None if sketch is None else {
+                "score": sketch.score, "p_value": sketch.p_value, "log10_p": sketch.log10_p,
+                "channels": list(sketch.roles), "per_channel": sketch.per_channel, "spread": sketch.spread,
+                "gram_log10_p": sketch.gram_log10_p,
+                "pairing": [{"a": i, "b": j, "r": r} for (i, j), r in zip(sketch.pairing, sketch.r)],
+            },
+            "curves": {
+                "score": self.evidence.score, "p_value": self.p_curves, "p_null": self.p_null,
+                "p_surrogate": self.evidence.surrogate_p, "per_feature": self.evidence.per_feature,
+                "alignment": [{"a": i, "b": j} for i, j in self.evidence.alignment],
+                "null": {"source": self.null.source, "size": self.null_size, "excluded": self.null.excluded}
+                if self.null else None,
+            },
+            "per_role": self.paper.per_role,
+        }
+
 
 def decide(a, b, null: Null) -> Verdict:
     """Judge two signatures (with ``sketch``, ``curves``, ``invariants``, ``invariant_se``, ``family``,

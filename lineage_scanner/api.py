@@ -1,0 +1,184 @@
+"""What the ``lineage`` commands do, as library functions: the CLI, jobs and tests call these, and the CLI only
+parses their arguments and prints what they return.
+
+Each function takes a :class:`~lineage_scanner.store.store.Store` and names models as the CLI does (a stored
+``model[@revision]``, a path, or ``hf://org/name[@revision]``: paths and Hub references are scanned into the
+store first, see :func:`lineage_scanner.run.lookup.signature_for`). Heavy imports (the scanning stack,
+matplotlib, the Hub client) happen inside the functions that need them, so that a lookup of stored models
+never pays for them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lineage_scanner.errors import UsageError
+from lineage_scanner.lineage.null import null_for
+from lineage_scanner.lineage.verdict import Verdict, decide, q_values
+from lineage_scanner.run.lookup import signature_for
+from lineage_scanner.signature.record import EMBED_DIM, Signature
+from lineage_scanner.sources.catalog import CatalogEntry, list_catalog
+from lineage_scanner.store.store import Store
+
+if TYPE_CHECKING:  # the scanning stack is imported by scan() alone
+    from lineage_scanner.lineage.graph import Edge
+    from lineage_scanner.run.base import ScanConfig
+    from lineage_scanner.run.batch import BatchSummary
+
+#: Where ``graph`` finds where cards and weights disagree (the ``disagreements`` view), in a stable order.
+DISAGREEMENTS = "SELECT model, other, problem FROM disagreements ORDER BY ALL"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two models and the verdict on them."""
+
+    a: Signature
+    b: Signature
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class Match:
+    """One relative of a ``match`` query, as ``match --json`` prints it."""
+
+    model: str
+    revision: str
+    score: float
+    sketch_score: float | None
+    decided_by: str | None
+    p_value: float | None
+    log10_p: float
+    q_value: float | None
+    verdict: str
+    kind: str | None
+    paper_score: float
+
+    @classmethod
+    def of(cls, v: Verdict, q: float | None) -> Match:
+        model, _, revision = v.b.rpartition("@")
+        return cls(model, revision, v.evidence.score, v.sketch.score if v.sketch else None, v.decided_by, v.p_value,
+                   v.log10_p, q, v.verdict, v.kind, v.paper.score)
+
+
+@dataclass(frozen=True)
+class Matches:
+    query: Signature
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
+class LineageGraph:
+    """The detected edges (also written to the store), the exported graph, and where cards and weights
+    disagree, as (model, other, problem) rows."""
+
+    edges: list[Edge]
+    graph: dict
+    disagreements: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A Hub listing, and the sources of the store's work list (listed commits not yet scanned) after it."""
+
+    entries: list[CatalogEntry]
+    todo: set[str]
+
+
+def scan(sources: list[str], store: Store, config: ScanConfig | None = None, *, from_catalog: bool = False,
+         limit: int | None = None, workers: int | None = None, address: str | None = None,
+         progress: bool = True) -> BatchSummary:
+    """Scan ``sources`` (and with ``from_catalog``, up to ``limit`` listed commits not yet scanned) into the store,
+    in this process or on Ray (see :func:`lineage_scanner.run.batch.choose_executor`); a
+    :class:`~lineage_scanner.run.batch.BatchSummary`."""
+    from lineage_scanner.run.batch import choose_executor, run_batch
+
+    sources = list(sources) + (store.todo(limit) if from_catalog else [])
+    if not sources:
+        raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
+    return run_batch(sources, store, choose_executor(workers, address), config=config, progress=progress)
+
+
+def catalog(store: Store, author: str | None = None, search: str | None = None, filter: str | None = None,
+            sort: str | None = None, limit: int | None = None) -> Catalog:
+    """List Hub models into the store's work list (one paginated call; see :mod:`lineage_scanner.sources.catalog`)."""
+    entries = list_catalog(author=author, search=search, filter=filter, sort=sort, limit=limit)
+    store.write_catalog(entries)
+    return Catalog(entries, set(store.todo()))
+
+
+def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Path | None = None) -> Comparison:
+    """The verdict on two models, against the store's null; with ``plot``, the evidence that decided drawn
+    above the seed method's curves."""
+    sig_a, sig_b = signature_for(a, store, backend), signature_for(b, store, backend)
+    v = decide(sig_a, sig_b, null_for(store, sig_a, sig_b))
+    if plot:
+        from lineage_scanner.report.plot import plot_evidence
+
+        plot_evidence(sig_a, sig_b, v, plot, title=f"{sig_a.model} vs {sig_b.model}: {v.verdict}"
+                      f"{f' ({v.kind})' if v.kind else ''}, decided by {v.decided_by or 'nothing'}")
+    return Comparison(sig_a, sig_b, v)
+
+
+def report(a: str, b: str, store: Store, out: str | Path, backend: str = "auto") -> Comparison:
+    """:func:`compare`, written to ``out`` as one self-contained HTML page."""
+    from lineage_scanner.report.pair import pair_report
+
+    pair = compare(a, b, store, backend)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(pair_report(pair.a, pair.b, pair.verdict), encoding="utf-8")
+    return pair
+
+
+def match(source: str, store: Store, top: int = 10, prefilter: int = 100, backend: str = "auto") -> Matches:
+    """The ``top`` nearest relatives of a model in the store, strongest evidence first: the SQL pre-filter's
+    ``prefilter`` candidates, each judged exactly, with Benjamini-Hochberg q-values over all of them."""
+    query = signature_for(source, store, backend)
+    candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), prefilter)
+    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates), key=_strength)
+    qs = q_values([v.p_value for v in verdicts])
+    return Matches(query, [Match.of(v, q) for v, q in zip(verdicts, qs)][:top])
+
+
+def _strength(v: Verdict) -> tuple[float, float]:
+    """Strongest evidence first: the deciding p-value (in logs), then the curve score."""
+    return v.log10_p, -v.evidence.score if math.isfinite(v.evidence.score) else math.inf
+
+
+def graph(store: Store, out: str | Path, min_confidence: float = 0.99, html: str | Path | None = None,
+          title: str | None = None) -> LineageGraph:
+    """Detect lineage edges between the stored models, write them to the store (which fills the ``edges``
+    and ``disagreements`` views) and the graph to ``out`` (GraphML or JSON); with ``html``, a lineage map
+    for a browser."""
+    from lineage_scanner.lineage.graph import detect, export
+
+    edges = detect(store, min_confidence)
+    store.write_edges(edges)
+    exported = export(store, edges, out)
+    if html:
+        from lineage_scanner.report.lineage_map import lineage_map
+
+        Path(html).write_text(lineage_map(exported, title or "Lineage map"), encoding="utf-8")
+    with store.connect() as con:
+        disagreements = con.execute(DISAGREEMENTS).fetchall()
+    return LineageGraph(edges, exported, disagreements)
+
+
+def plot(sources: list[str], store: Store, out: str | Path, backend: str = "auto") -> Path:
+    """Per-layer z-scored std curves of several models, one panel per role, as the seed paper drew them."""
+    from lineage_scanner.report.plot import plot_curves
+
+    return plot_curves([signature_for(s, store, backend) for s in sources], out,
+                       title="per-layer std of attention projections")
+
+
+def store_health(store: Store, repair: bool = False) -> list[tuple[str, str]]:
+    """The store's damaged or foreign files and their problems; with ``repair``, each moved aside to
+    ``DB/quarantine/`` and where it went."""
+    if store.remote:
+        raise UsageError("store check and repair work on a local store directory")
+    return store.repair() if repair else store.check()
