@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.nightly_scan import run_night  # noqa: E402
 from lineage_scanner.demo.derive import drift  # noqa: E402
-from lineage_scanner.demo.writers import _bf16, decoder_tensors, hf_config, write_gguf  # noqa: E402
+from lineage_scanner.demo.writers import bf16_tensors, decoder_tensors, hf_config, write_gguf  # noqa: E402
 from lineage_scanner.lineage.generator import base_model  # noqa: E402
 from lineage_scanner.run.ray import connect  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
@@ -66,7 +66,7 @@ def make(key) -> dict[str, bytes]:
         with tempfile.TemporaryDirectory() as d:
             path = write_gguf(model, Path(d) / "model.gguf", "Q8_0")
             return {"model.Q8_0.gguf": path.read_bytes()}
-    tensors = _bf16(decoder_tensors(model, "llama"))
+    tensors = bf16_tensors(decoder_tensors(model, "llama"))
     if layout == "one":
         return {"config.json": config, "model.safetensors": save(tensors)}
     names = sorted(tensors)

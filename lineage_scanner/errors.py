@@ -1,7 +1,9 @@
 """Typed errors. Every failure a user can cause names the file and the problem in one line.
 
 The CLI prints ``Error: <str(exc)>`` and exits 1; a batch scan records ``str(exc)`` in the error row and
-goes on with the next model. ``status`` is what the error row's ``status`` column says.
+goes on with the next model. ``status`` is what the error row's ``status`` column says, and ``reason`` (where
+a class has one) its ``reason`` column: which kind of that failure, so that tests and users tell kinds apart
+without matching text. Every error class of the package is here.
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ class StoreError(LineageError):
         super().__init__(f"{path}: {problem}")
 
 
+class BackendUnavailable(LineageError):
+    """The moments backend asked for cannot run here (no GPU, or Triton not installed)."""
+
+
 class ScanError(LineageError):
     """Base class: a model could not be scanned. ``path`` is the file (or source) at fault."""
 
     status = "error"
+    #: the kind of failure within its status, where the class names one (the error row's ``reason``)
+    reason: str | None = None
 
     def __init__(self, path: object, problem: str):
         self.path = str(path)
@@ -35,9 +43,66 @@ class ScanError(LineageError):
 
 
 class HeaderError(ScanError):
-    """A checkpoint header is malformed or lies about its data (safetensors or GGUF)."""
+    """A checkpoint header is malformed or lies about its data (safetensors or GGUF). The safetensors
+    header's failures each have a kind of their own below, named as the safetensors library names them
+    (``SafeTensorError`` in its ``tensor.rs``)."""
 
     status = "bad_header"
+
+
+class HeaderTooSmall(HeaderError):
+    """The file is shorter than the 8-byte length prefix."""
+
+    reason = "header_too_small"
+
+
+class HeaderTooLarge(HeaderError):
+    """The length prefix announces a header over the cap."""
+
+    reason = "header_too_large"
+
+
+class InvalidHeaderLength(HeaderError):
+    """The length prefix announces a header that runs past the end of the file."""
+
+    reason = "invalid_header_length"
+
+
+class InvalidHeader(HeaderError):
+    """The header's bytes are not UTF-8."""
+
+    reason = "invalid_header"
+
+
+class InvalidHeaderDeserialization(HeaderError):
+    """The header is not the JSON a safetensors header is: not JSON, not an object, or an entry whose
+    metadata, dtype or shape has the wrong form."""
+
+    reason = "invalid_header_deserialization"
+
+
+class InvalidOffset(HeaderError):
+    """A tensor's ``data_offsets`` are not [begin, end], or leave a gap or overlap the previous tensor."""
+
+    reason = "invalid_offset"
+
+
+class TensorInvalidInfo(HeaderError):
+    """A tensor's dtype and shape need another number of bytes than its offsets span."""
+
+    reason = "tensor_invalid_info"
+
+
+class ValidationOverflow(HeaderError):
+    """A shape or offset too large to be real (past 2^62)."""
+
+    reason = "validation_overflow"
+
+
+class MetadataIncompleteBuffer(HeaderError):
+    """The tensors do not end where the file does: it is truncated, or has trailing bytes."""
+
+    reason = "metadata_incomplete_buffer"
 
 
 class UnsafeFormatError(ScanError):
@@ -87,6 +152,16 @@ class DeferredError(ScanError):
     failed (the next ``scan --catalog`` takes it first)."""
 
     status = "deferred"
+
+
+class WorkerDied(ScanError):
+    """The process scanning this model was lost (a crash, the OOM killer, preemption) on every attempt."""
+
+    status = "worker_died"
+
+    def __init__(self, source: str, attempts: int, exc: Exception):
+        super().__init__(source, f"the scanning worker died {attempts} times on this model "
+                                 f"({exc.__class__.__name__})")
 
 
 class InternalError(ScanError):

@@ -201,7 +201,7 @@ def test_truncated_gguf(tmp_path, capsys):
     ("---\nbase_model: acme/a\n" + "x" * (1 << 17), []),  # never closed within the bytes read
 ])
 def test_model_card_front_matter(tmp_path, text, declared):
-    from lineage_scanner.readers.open import _card
+    from lineage_scanner.readers.open import declared_bases
 
     (tmp_path / "README.md").write_text(text)
-    assert _card(tmp_path) == declared
+    assert declared_bases(tmp_path) == declared

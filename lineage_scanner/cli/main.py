@@ -13,7 +13,6 @@ import sys
 
 from lineage_scanner.cli.parser import build_parser
 from lineage_scanner.errors import InternalError, LineageError
-from lineage_scanner.measure.kernels import BackendUnavailable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        expected = isinstance(exc, (LineageError, BackendUnavailable)) or _is_duckdb_error(exc)
+        expected = isinstance(exc, LineageError) or _is_duckdb_error(exc)
         if args.debug and not expected:
             raise
         message = str(exc) if expected else str(InternalError.of("lineage " + args.command, exc))

@@ -68,11 +68,11 @@ def open_local(text: str | Path) -> OpenedModel:
     if name.endswith(".index.json"):
         config = _config_beside(path)
         reader = dequantizing(ShardedSafetensors.from_index(path), config)
-        return _opened(path.parent.name, path, config, reader, _card(path.parent))
+        return _opened(path.parent.name, path, config, reader, declared_bases(path.parent))
     if name.endswith(".safetensors"):
         config = _config_beside(path)
         reader = dequantizing(ShardedSafetensors([path]), config)
-        return _opened(path.stem, path, config, reader, _card(path.parent))
+        return _opened(path.stem, path, config, reader, declared_bases(path.parent))
     raise SourceError(path, "not a checkpoint (expected a directory, .safetensors, "
                             f"{INDEX_NAME} or .gguf)")
 
@@ -97,11 +97,11 @@ def _open_directory(path: Path) -> OpenedModel:
         if len(ggufs) > 1:
             raise SourceError(path, f"{len(ggufs)} .gguf files; name the one to scan")
         reader = GgufFile(ggufs[0])
-        return _opened(path.name, path, reader.metadata, reader, _card(path))
+        return _opened(path.name, path, reader.metadata, reader, declared_bases(path))
     config = _read_config(path / "config.json")
     reader = dequantizing(ShardedSafetensors.from_index(index) if index.is_file() else ShardedSafetensors(shards),
                           config)
-    return _opened(path.name, path, config, reader, _card(path))
+    return _opened(path.name, path, config, reader, declared_bases(path))
 
 
 def _opened(model: str, path: Path, config: dict, reader: Reader, base: list[str]) -> OpenedModel:
@@ -133,7 +133,7 @@ FRONT_MATTER = re.compile(rb"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", r
 CARD_BYTES = 64 << 10
 
 
-def _card(directory: Path) -> list[str]:
+def declared_bases(directory: Path) -> list[str]:
     """``base_model`` declared in the model card's YAML front matter (README.md), as a list. Parsed here
     (a regex and ``yaml.safe_load``) rather than by huggingface_hub's card module, whose import alone
     costs a scan 0.17 s."""

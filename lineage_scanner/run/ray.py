@@ -19,7 +19,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 
-from lineage_scanner.errors import InternalError, ScanError
+from lineage_scanner.errors import InternalError, WorkerDied
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.run.base import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
@@ -206,11 +206,3 @@ def _requeue(unit: WorkUnit, exc: Exception, retry: deque) -> Signature | None:
         source = unit.sources[0]
         return Signature.failed(source, WorkerDied(source, unit.attempt, exc))
     return None
-
-
-class WorkerDied(ScanError):
-    status = "worker_died"
-
-    def __init__(self, source: str, attempts: int, exc: Exception):
-        super().__init__(source, f"the scanning worker died {attempts} times on this model "
-                                 f"({exc.__class__.__name__})")

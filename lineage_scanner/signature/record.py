@@ -45,6 +45,9 @@ class Signature:
     source: str
     status: str = "ok"
     error: str | None = None
+    #: the kind of failure within ``status``, where its error names one (a safetensors header's
+    #: ``invalid_offset``, ``header_too_large``, ...: see :mod:`lineage_scanner.errors`)
+    reason: str | None = None
     format: str | None = None
     family: str | None = None
     architecture: str | None = None
@@ -95,4 +98,4 @@ class Signature:
     @classmethod
     def failed(cls, source: str, exc: ScanError) -> Signature:
         """The error row of a source that could not be scanned, named as far as the source text tells."""
-        return cls(*name_of(source), source, status=exc.status, error=str(exc))
+        return cls(*name_of(source), source, status=exc.status, error=str(exc), reason=exc.reason)

@@ -43,7 +43,7 @@ VIEWS = {
     "latest": "SELECT * FROM scans "
               "QUALIFY row_number() OVER (PARTITION BY model, revision ORDER BY scanned_at DESC, scan_id) = 1",
     "signatures": "SELECT * EXCLUDE (error) FROM latest WHERE status = 'ok'",
-    "errors": "SELECT model, revision, source, status, error, scanned_at FROM latest WHERE status <> 'ok'",
+    "errors": "SELECT model, revision, source, status, reason, error, scanned_at FROM latest WHERE status <> 'ok'",
     "layers": "SELECT l.* FROM layers_files l SEMI JOIN signatures s ON l.scan_id = s.scan_id",
     # newest listing per model: the commit a nightly scan should have
     "catalog": "SELECT * FROM catalog_files QUALIFY row_number() OVER (PARTITION BY model ORDER BY listed_at DESC) = 1",

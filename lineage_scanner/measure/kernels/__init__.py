@@ -12,6 +12,8 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Protocol
 
+from lineage_scanner.errors import BackendUnavailable
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -34,10 +36,6 @@ class MomentsBackend(Protocol):
 
 
 BACKENDS = ("auto", "cpu", "triton")
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend asked for cannot run here (no GPU, or Triton not installed)."""
 
 
 def get_backend(name: str = "auto") -> MomentsBackend:
