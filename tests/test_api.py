@@ -14,7 +14,7 @@ from lineage_scanner.cli.main import main
 from lineage_scanner.cli.output import clean
 from lineage_scanner.errors import UsageError
 from lineage_scanner.store.store import Store
-from tests.conftest import write_llama
+from tests.helpers import write_llama
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from lineage_scanner.cli.main import main
 from lineage_scanner.store.store import Store
-from tests.conftest import llama_config, raw_safetensors, write_llama
+from tests.helpers import llama_config, raw_safetensors, write_llama
 
 
 def run_cli(capsys, *argv):

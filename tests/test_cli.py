@@ -10,7 +10,7 @@ import pytest
 
 from lineage_scanner.cli.main import build_parser, main
 from lineage_scanner.demo.zoo import read_truth
-from tests.conftest import write_llama
+from tests.helpers import write_llama
 
 
 @pytest.fixture(scope="module")

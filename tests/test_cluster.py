@@ -17,8 +17,7 @@ from lineage_scanner.run.base import UNKNOWN_BYTES
 from lineage_scanner.run.batch import plan_units, run_batch
 from lineage_scanner.run.ray import RayExecutor
 from lineage_scanner.store.store import Store
-from tests.conftest import raw_safetensors
-from tests.helpers import crashing_worker
+from tests.helpers import crashing_worker, raw_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 

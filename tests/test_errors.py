@@ -15,7 +15,7 @@ from lineage_scanner.cli.main import main
 from lineage_scanner.readers.local import SafetensorsFile
 from lineage_scanner.run.batch import run_batch
 from lineage_scanner.store.store import Store
-from tests.conftest import raw_safetensors
+from tests.helpers import raw_safetensors
 
 F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 

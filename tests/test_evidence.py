@@ -15,7 +15,7 @@ from lineage_scanner.lineage.score import align, evidence
 from lineage_scanner.lineage.verdict import decide, q_values
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.run.scan import scan_strict
-from tests.conftest import judge
+from tests.helpers import judge
 
 CPU = get_backend("cpu")
 
@@ -136,7 +136,7 @@ def test_zoo_verdicts(zoo):
 
 
 def test_flat_curves_are_inconclusive(tmp_path):
-    from tests.conftest import write_llama
+    from tests.helpers import write_llama
 
     gen = torch.Generator().manual_seed(0)
     d = write_llama(tmp_path / "flat", n_layers=6)

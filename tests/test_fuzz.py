@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from lineage_scanner.errors import ScanError
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.run.scan import scan_strict
-from tests.conftest import write_llama
+from tests.helpers import write_llama
 from tests.test_gguf import write_gguf
 
 BACKEND = get_backend("cpu")

@@ -19,7 +19,7 @@ from lineage_scanner.run.batch import run_batch
 from lineage_scanner.sources.hub import HubRef
 from lineage_scanner.store.store import Store
 from lineage_scanner.testing.hub_server import HubStandIn, Repo
-from tests.conftest import write_llama
+from tests.helpers import write_llama
 
 
 def scan(tmp_path, *sources):

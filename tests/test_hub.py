@@ -223,7 +223,7 @@ def check_remote_gguf(hub, path):
 def test_nightly_job_lists_scans_and_compacts(hub, tmp_path):
     import importlib.util
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     spec = importlib.util.spec_from_file_location("nightly_scan", ROOT / "jobs" / "nightly_scan.py")
     nightly = importlib.util.module_from_spec(spec)
@@ -242,7 +242,7 @@ def test_mdgbench_job_against_the_stand_in(zoo_by_name, tmp_path, capsys):
     """A few demo models served under MDGBench names; the rest of the 137 are missing on the stand-in."""
     import importlib.util
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     bench = ROOT.parent / "shared" / "benchmarks" / "mdgbench"
     if not bench.is_dir():

@@ -112,7 +112,7 @@ def test_auto_picks_cpu_without_cuda():
 
 def test_triton_without_a_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     from lineage_scanner.cli.main import main
-    from tests.conftest import write_llama
+    from tests.helpers import write_llama
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -125,7 +125,7 @@ def test_triton_without_a_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch)
 def test_cli_scan_with_the_triton_backend(tmp_path, capsys):
     from lineage_scanner.cli.main import main
     from lineage_scanner.store.store import Store
-    from tests.conftest import write_llama
+    from tests.helpers import write_llama
 
     model = write_llama(tmp_path / "m", n_layers=2)
     assert main(["scan", str(model), "--backend", "triton", "--db", str(tmp_path / "t"), "-q"]) == 0

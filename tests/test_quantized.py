@@ -18,7 +18,7 @@ from lineage_scanner.readers.open import open_local
 from lineage_scanner.readers.packed_decoders import unpack
 from lineage_scanner.readers.quantized import Dequantized
 from lineage_scanner.run.scan import scan_strict
-from tests.conftest import judge, llama_config
+from tests.helpers import judge, llama_config
 
 BACKEND = get_backend("cpu")
 WORD = 0x76543210  # nibble k holds the value k

@@ -18,7 +18,7 @@ from lineage_scanner.cli.main import main
 from lineage_scanner.demo.writers import write_card
 from lineage_scanner.report.figures import evidence_figure
 from lineage_scanner.report.lineage_map import ALL_LIMIT, lineage_map
-from tests.conftest import write_llama
+from tests.helpers import write_llama
 
 MODELS = ("llama-a", "llama-a-ft", "llama-a-pruned", "llama-a-ct", "llama-a-q8_0", "llama-b", "llama-b-ft", "qwen2-a")
 HOSTILE = "evil<img src=x onerror=alert(1)>"

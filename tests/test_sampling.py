@@ -91,7 +91,7 @@ def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
             s = paper_score(sampled[a].curves, sampled[b].curves).score
             worst = max(worst, abs(e - s))
     assert worst <= 0.02, worst
-    from tests.conftest import judge
+    from tests.helpers import judge
 
     for e in larger_zoo:  # no verdict changes: every derived model is still judged derived from its parent
         if e.parent and e.relation != "quantized":
@@ -117,7 +117,7 @@ def test_sampled_scan_scores_like_its_exact_scan(larger_zoo, fraction):
     """Each feature carries its standard error, and the curve score leaves out the ones a sample leaves too
     noisy: a sampled scan scores >= 0.98 against its own exact scan and gets the same verdict and kind."""
     from lineage_scanner.lineage.score import evidence
-    from tests.conftest import judge
+    from tests.helpers import judge
 
     plan = SamplePlan(fraction=fraction)
     by_name = {e.model: e for e in larger_zoo}

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.measure.kernels.stats import Moments
-from tests.conftest import BACKEND_NAMES
+from tests.helpers import BACKEND_NAMES
 
 BACKEND = get_backend("cpu")
 

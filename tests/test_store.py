@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from lineage_scanner.run.batch import ScanConfig, run_batch
 from lineage_scanner.store.schema import arrow_schema
 from lineage_scanner.store.store import Store
-from tests.conftest import write_llama
+from tests.helpers import write_llama
 
 
 def test_scan_skip_force_and_views(tmp_path):
@@ -101,7 +101,7 @@ def test_old_schema_files_stay_readable(tmp_path):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from tests.conftest import judge
+    from tests.helpers import judge
 
     store = Store(tmp_path / "db")
     run_batch([str(write_llama(tmp_path / "old", n_layers=4, seed=1))], store, progress=False)
