@@ -3,9 +3,13 @@ test session's environment."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import torch
@@ -85,3 +89,43 @@ def crashing_worker(rules: str) -> type:
             return super().scan(unit)
 
     return CrashingWorker
+
+
+def zoo_key() -> str:
+    """A digest of everything the demo zoo's bytes depend on: the source of every module of the package that
+    :func:`lineage_scanner.demo.zoo.build_zoo` imports (with its packages' ``__init__``), and the versions of
+    the libraries that write the files."""
+    import grimp
+
+    graph = grimp.build_graph("lineage_scanner", cache_dir=None)
+    modules = {"lineage_scanner.demo.zoo", *graph.find_upstream_modules("lineage_scanner.demo.zoo")}
+    modules |= {m.rsplit(".", k)[0] for m in modules for k in range(1, m.count(".") + 1)}
+    digest = hashlib.sha256()
+    for module in sorted(modules):
+        path = ROOT / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        digest.update(module.encode() + b"\0" + path.read_bytes())
+    for dist in ("numpy", "torch", "safetensors", "gguf", "ml_dtypes"):
+        digest.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_zoo(target: Path, cache: Path) -> list:
+    """The demo zoo, copied to ``target`` from a build kept under ``cache`` for this :func:`zoo_key` (built
+    there first when missing: into a temporary directory, renamed into place, so two sessions building
+    at once both end with a whole zoo). Tests get a copy, so none can change the cached one."""
+    from lineage_scanner.demo.zoo import build_zoo, read_truth
+
+    built = cache / f"zoo-{zoo_key()}"
+    if not (built / "lineage.csv").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
+        build_zoo(fresh / "zoo")
+        try:
+            (fresh / "zoo").rename(built)
+        except OSError:  # another session put its zoo in place first: the same bytes
+            pass
+        shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(built, target, dirs_exist_ok=True)
+    return read_truth(target / "lineage.csv")
+

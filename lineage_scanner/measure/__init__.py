@@ -1,1 +1,2 @@
-"""Measure: moments of every attention part of a checkpoint, exact or sampled, through a kernel backend."""
+"""Measure: moments of every attention part of a checkpoint, exact, streamed or sampled, through a kernel
+backend."""

@@ -1,1 +1,2 @@
-"""Run: the batch loop (``batch``), written once, and executors that only dispatch (``local``, ``ray``)."""
+"""Run: the records, the Scanner and the executor protocol (``base``); executors that only dispatch
+(``local``, ``ray``); the batch loop over them, written once (``batch``)."""
