@@ -1,5 +1,6 @@
 """Fixtures every module may use: the demo zoo (built once, cached across sessions) and the session's
-environment; a Ray one module starts is shut down when the module ends. Helpers live in tests/helpers.py."""
+environment; a Ray one module starts is shut down when the module ends; what each marker implies. Helpers
+live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -47,3 +48,17 @@ def ray_per_module():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+#: Markers that imply others: starting Ray or Chromium costs seconds, so such a test is slow too, and a
+#: cluster test starts Ray (and stops every Ray on the machine: never part of the fast loop).
+IMPLIED = {"ray": ("slow",), "browser": ("slow",), "cluster": ("ray", "slow")}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for marker, implied in IMPLIED.items():
+            if item.get_closest_marker(marker):
+                for name in implied:
+                    item.add_marker(name)
+

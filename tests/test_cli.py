@@ -123,6 +123,7 @@ def test_scan_json_and_skip(capsys, tmp_path):
     assert again["skipped"] == [{"model": "tiny", "revision": data["scanned"][0]["revision"]}]
 
 
+@pytest.mark.ray
 def test_demo(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "zoo"), "--db", str(tmp_path / "db"), "-q", "--json")
     data = json.loads(out)

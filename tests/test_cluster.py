@@ -19,6 +19,8 @@ from lineage_scanner.run.ray import RayExecutor
 from lineage_scanner.store.store import Store
 from tests.helpers import crashing_worker, raw_safetensors
 
+pytestmark = [pytest.mark.cluster, pytest.mark.ray]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -122,6 +124,7 @@ def test_ray_job_submit_batch_scan(ray_head, zoo, tmp_path):
     assert time.time() - started < 600
 
 
+@pytest.mark.hub
 def test_two_workers_share_one_hub_budget(ray_local, zoo_by_name, tmp_path, monkeypatch):
     """The job's rate budget is one actor: after a window's first 429 (API) or its last allowed request
     (resolve, whose answers say what remains), every worker waits for the window to reset."""
@@ -141,6 +144,7 @@ def test_two_workers_share_one_hub_budget(ray_local, zoo_by_name, tmp_path, monk
     assert hub.rejected["api"] <= windows and hub.rejected["resolve"] <= windows  # at most the first of a window
 
 
+@pytest.mark.hub
 def test_workers_scan_several_hub_models_at_once(ray_local, zoo_by_name, tmp_path, monkeypatch):
     """With three models in flight per worker (their kernels one at a time), every signature is what a
     scan in this process gives."""

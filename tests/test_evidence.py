@@ -114,6 +114,7 @@ def test_pruned_layers_align_to_their_originals(zoo_by_name):
     assert v.verdict == "derived" and v.kind == "pruned or depth up-scaled"
 
 
+@pytest.mark.slow
 def test_zoo_verdicts(zoo):
     sigs = {e.model: scan(e.path) for e in zoo}
     root = {e.model: e.parent or e.model for e in zoo}
@@ -174,6 +175,7 @@ def test_benjamini_hochberg():
     assert q[3] == pytest.approx(0.04 * 4 / 3)  # monotone: never below the q of a larger p
 
 
+@pytest.mark.slow
 def test_compare_and_match_json(zoo, tmp_path, capsys):
     from lineage_scanner.cli.main import main
 
@@ -196,6 +198,7 @@ def test_compare_and_match_json(zoo, tmp_path, capsys):
     assert not math.isnan(matches[0]["score"])
 
 
+@pytest.mark.slow
 def test_graph_families_and_disagreements(zoo, tmp_path, capsys):
     import networkx as nx
 

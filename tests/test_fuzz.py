@@ -18,6 +18,8 @@ from lineage_scanner.run.scan import scan_strict
 from tests.helpers import write_llama
 from tests.test_gguf import write_gguf
 
+pytestmark = pytest.mark.slow  # ten thousand inputs of each kind
+
 BACKEND = get_backend("cpu")
 SETTINGS = settings(
     max_examples=10_000,

@@ -142,6 +142,7 @@ def hostile_hub(zoo_by_name, tmp_path, monkeypatch):
         yield server
 
 
+@pytest.mark.hub
 def test_a_hub_index_cannot_reach_another_repo(hostile_hub, tmp_path):
     rows = scan(tmp_path, "hf://acme/evil", "hf://acme/good")
     assert rows["acme/good"][0] == "ok"
@@ -149,6 +150,7 @@ def test_a_hub_index_cannot_reach_another_repo(hostile_hub, tmp_path):
     assert not any("victim" in f for f in hostile_hub.requests)
 
 
+@pytest.mark.hub
 def test_retry_after_is_bounded_and_deferred_is_its_own_status(hostile_hub, tmp_path, monkeypatch):
     monkeypatch.setattr("lineage_scanner.readers.hub.MAX_RETRY_AFTER_S", 0.2)
     monkeypatch.setattr("lineage_scanner.readers.hub.MAX_WAIT_S", 0.5)
@@ -160,6 +162,7 @@ def test_retry_after_is_bounded_and_deferred_is_its_own_status(hostile_hub, tmp_
     assert status == "deferred" and "left for the next run" in error
 
 
+@pytest.mark.hub
 def test_a_server_that_ignores_range_is_an_error_not_a_download(hostile_hub, tmp_path):
     hostile_hub.inject("model.safetensors", "no-range")
     rows = scan(tmp_path, "hf://acme/good")
@@ -234,6 +237,7 @@ def test_an_unwritable_store_is_a_one_line_error(tmp_path, capsys):
     assert code == 1 and err.startswith("Error: ") and "Traceback" not in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.hub
 def test_a_huge_config_on_the_hub_is_refused_unread(hostile_hub, tmp_path):
     path = Path(hostile_hub.repos["acme/good"].path) / "config.json"
     path.write_bytes(b" " * (40 << 20) + path.read_bytes())  # valid JSON, 40 MB of it

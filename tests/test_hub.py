@@ -15,6 +15,8 @@ from lineage_scanner.run.scan import scan_strict
 from lineage_scanner.store.store import Store
 from lineage_scanner.testing.hub_server import HubStandIn, Repo
 
+pytestmark = pytest.mark.hub
+
 BACKEND = get_backend("cpu")
 
 
@@ -220,6 +222,7 @@ def check_remote_gguf(hub, path):
     assert named.curves == local.curves
 
 
+@pytest.mark.ray
 def test_nightly_job_lists_scans_and_compacts(hub, tmp_path):
     import importlib.util
 

@@ -20,6 +20,8 @@ from lineage_scanner.run.scan import scan_strict
 from lineage_scanner.store.store import Store
 from lineage_scanner.testing.hub_server import HubStandIn, Limits, Repo
 
+pytestmark = pytest.mark.hub
+
 BACKEND = get_backend("cpu")
 
 
@@ -106,6 +108,7 @@ def test_rate_limited_window_is_waited_out(hub):
     assert first.ok and second.ok and server.by_class["api"] == 2 and server.rejected["api"] == 0
 
 
+@pytest.mark.slow
 def test_exact_reupload_is_found_by_hash_without_reading_weights(hub, tmp_path):
     server = hub()
     store = Store(tmp_path / "db")
@@ -178,6 +181,7 @@ print(json.dumps({"std": {s.role: [s.moments.mean, s.moments.std] for s in sig.l
 """
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_bytes_whatever_the_tensor_size(hub, repos, tmp_path):
     """A layer of four 1 GB projections streams through the moments: the scanning process's peak memory
     stays within the read-ahead budget above a small model's scan (measured: +127 MiB; 4.2 GB without

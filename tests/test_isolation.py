@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 
 KILLS_ITS_RAYLET = """
 import os, signal, time

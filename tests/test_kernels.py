@@ -95,6 +95,7 @@ def test_per_head_statistics_agree_between_backends(triton_backend):
     assert merged.std == pytest.approx(q.to(torch.float64).std().item(), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_scan_parity_cpu_vs_triton(zoo_by_name, triton_backend):
     source = zoo_by_name["qwen2-a-pruned"].path  # biases, norms and weights: several segment sizes
     _, cpu = scan_strict(source, CPU, set())

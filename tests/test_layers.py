@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "numba", "ray", "matplotlib", "pyarrow")
 
@@ -36,6 +38,7 @@ def test_help_and_sql_import_no_scanning_stack(tmp_path):
     assert not _modules_after(["sql", "select 1", "--db", str(tmp_path / "db")], tmp_path) & {*HEAVY, "numpy"}
 
 
+@pytest.mark.slow
 def test_compare_of_stored_ids_imports_no_scanning_stack(zoo, tmp_path):
     from lineage_scanner.run.batch import run_batch
     from lineage_scanner.store.store import Store
@@ -52,8 +55,6 @@ def test_a_cpu_scan_imports_no_torch(zoo, tmp_path):
     """Safetensors (bf16) and GGUF are read as numpy views and measured by the numba kernels: without a GPU
     a scan never pays torch's import (2.5 s here); only packed quantized formats (GPTQ, AWQ, ...) do."""
     if Path("/dev/nvidiactl").exists():
-        import pytest
-
         pytest.skip("a GPU machine picks the Triton backend, which runs on torch")
     plain = [e for e in zoo if e.relation == "base"][0]
     gguf = [e for e in zoo if e.relation == "quantized" and any(Path(e.path).glob("*.gguf"))][0]

@@ -90,6 +90,7 @@ def store(zoo_by_name, tmp_path_factory):
     return db
 
 
+@pytest.mark.browser
 def test_pair_report_reads_top_to_bottom(browser, store, tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", "llama-a", "llama-a-pruned", "--db", str(store), "--out", str(out), "--json"]) == 0
@@ -110,6 +111,7 @@ def test_pair_report_reads_top_to_bottom(browser, store, tmp_path, capsys):
     visit.screenshot(tmp_path, "report.png")
 
 
+@pytest.mark.browser
 def test_report_of_hostile_names_runs_nothing(browser, store, tmp_path):
     out = tmp_path / "hostile.html"
     assert main(["report", HOSTILE, "llama-a", "--db", str(store), "--out", str(out), "-q"]) == 0
@@ -147,6 +149,7 @@ def lineage_page(store, tmp_path_factory):
     return out, json.loads(graph.read_text())
 
 
+@pytest.mark.browser
 def test_lineage_map_in_the_browser(browser, lineage_page, tmp_path):
     out, graph = lineage_page
     valid_html(out)
@@ -176,6 +179,7 @@ def test_lineage_map_in_the_browser(browser, lineage_page, tmp_path):
     visit.screenshot(tmp_path, "map.png")
 
 
+@pytest.mark.browser
 def test_lineage_map_of_thousands_draws_a_family_at_a_time(browser, tmp_path):
     nodes, edges = [], []
     for f in range(40):  # 40 families of 80: 3,200 models, past the all-at-once limit

@@ -70,6 +70,7 @@ def larger_zoo(tmp_path_factory):
     return build_zoo(tmp_path_factory.mktemp("zoo384"), hidden=384, families=FAMILIES[:2])
 
 
+@pytest.mark.slow
 def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
     exact_store, sampled_store = Store(tmp_path / "exact"), Store(tmp_path / "sampled")
     sources = [e.path for e in larger_zoo if e.relation != "quantized"]
@@ -112,6 +113,7 @@ def test_sample_flag_validation(tmp_path, capsys):
     assert "not a fraction" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [0.02, 0.05])
 def test_sampled_scan_scores_like_its_exact_scan(larger_zoo, fraction):
     """Each feature carries its standard error, and the curve score leaves out the ones a sample leaves too

@@ -75,6 +75,7 @@ def test_sql_select_explain_and_bound_parameters(capsys, db, zoo):
     assert code == 1 and "not both" in err
 
 
+@pytest.mark.slow
 def test_commands_work_on_a_store_path_with_quotes(capsys, db, zoo):
     a, b = zoo[0].model, zoo[1].model
     code, out, _ = run(capsys, "compare", a, b, "--db", db, "--json")
@@ -105,6 +106,8 @@ def test_an_unexpected_exception_is_an_internal_error_row(tmp_path, monkeypatch)
     assert [r.model for r in summary.records if r.status == "ok"] == ["good"]
 
 
+@pytest.mark.ray
+@pytest.mark.hub
 def test_no_secret_in_anything_ray_writes(zoo_by_name, tmp_path):
     """A canary token scans a gated repo through a local Ray; no file Ray's session holds contains it."""
     canary = "hf_canary_" + os.urandom(8).hex()

@@ -97,6 +97,7 @@ def test_sampled_scans_read_the_same_sketch(tmp_path):
         assert np.allclose(a[key], b[key], rtol=1e-6, atol=1e-9), key
 
 
+@pytest.mark.slow
 def test_exact_null_is_calibrated_for_independent_models():
     models = [toy_sketch(base_model("x", "llama", 7000 + s, 10, hidden=128, mlp=False)) for s in range(24)]
     p = np.array([sketch_evidence(models[i], models[j]).p_value for i in range(0, 24, 2) for j in range(1, 24, 2)])

@@ -44,7 +44,7 @@ def reference(values: np.ndarray) -> dict:
     }
 
 
-CASES = [((1823, 781), 0.0, 0.02), ((4097,), 3.0, 5e-2), ((3, 5, 7), -2.0, 3.0)]
+CASES = [pytest.param((1823, 781), 0.0, 0.02, marks=pytest.mark.slow), ((4097,), 3.0, 5e-2), ((3, 5, 7), -2.0, 3.0)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
