@@ -1,95 +1,93 @@
-"""GGUF files of a Hub commit, read by HTTP range requests: the header, then the needed tensors."""
+"""GGUF files of a Hub commit, read by HTTP range requests: the header's needed bytes, then the needed
+tensors in bounded blocks.
+
+The header is parsed as a local file's is (:func:`lineage_scanner.readers.gguf_header.parse_header`), its
+windows fetched by range as the walk reaches them: the first HEADER_PROBE bytes, then each window sized by
+what the walk expects (an array of strings by the bytes its strings have taken so far), so arrays of
+fixed-size items (scores, token types) are skipped unfetched and little past a string array is fetched.
+The file's size is the one the Hub's Content-Range states, and the tensor table is checked against it
+before any tensor is read: a tensor claiming more bytes than the file holds is an error with nothing
+allocated. Tensor bytes are then fetched in blocks of at most FETCH_BYTES (one fetched ahead while the
+previous is decoded), so memory grows with bytes that arrive, never with a length a header claims.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from lineage_scanner.errors import HeaderError
+from lineage_scanner.errors import RemoteError
 from lineage_scanner.readers.base import TensorInfo
+from lineage_scanner.readers.gguf_file import GgufTensors
+from lineage_scanner.readers.gguf_header import parse_header
 from lineage_scanner.readers.hub import HEADER_PROBE, HubClient, file_size, file_url
 
+#: The most one request of tensor bytes asks for (one unit larger than this is fetched in such pieces).
+FETCH_BYTES = 16 << 20
+#: The most one request of header bytes asks for.
+HEADER_WINDOW = 16 << 20
 
-class HubGguf:
-    """A ``.gguf`` file of a Hub commit. The header is fetched (walked to its end), then written with each
-    needed tensor's bytes into a sparse local file that :class:`GgufFile` parses and dequantizes: the
-    disk holds only what was fetched."""
 
-    format = "gguf"
+class HubGguf(GgufTensors):
+    """A ``.gguf`` file of a Hub commit."""
 
     def __init__(self, client: HubClient, repo_id: str, sha: str, filename: str):
-        import tempfile
-
-        from lineage_scanner.readers.gguf_file import GgufFile, check_prefix
-        from lineage_scanner.readers.gguf_header import NeedMore, header_end
-
         self.path = f"{client.source}/{filename}"
         self.client = client
         self._url = file_url(repo_id, sha, filename)
-        data, headers = client.get(self._url, 0, HEADER_PROBE - 1)
-        size = file_size(self.path, headers, data)
-        check_prefix(data[:24], size, self.path)
-        while True:
-            try:
-                end = header_end(data, size)
-                break
-            except NeedMore as more:
-                if more.at_least > size:
-                    raise HeaderError(self.path, "header runs past the end of the file") from None
-                data += client.get(self._url, len(data), min(size, more.at_least) - 1)[0]
-            except (ValueError, KeyError) as exc:
-                raise HeaderError(self.path, f"malformed GGUF header ({exc})") from None
-        self._dir = tempfile.TemporaryDirectory(prefix="lineage-gguf-")
-        self._local = f"{self._dir.name}/{filename.rpartition('/')[2]}"
-        with open(self._local, "wb") as f:
-            f.write(data[:end])
-            f.truncate(size)  # sparse: unfetched ranges take no disk
-        try:
-            self._gguf = GgufFile(self._local)
-        except HeaderError as exc:
-            raise HeaderError(self.path, exc.problem) from None
-        self.metadata = self._gguf.metadata
+        probe, headers = client.get(self._url, 0, HEADER_PROBE - 1)
+        size = file_size(self.path, headers, probe)
 
-    def tensors(self) -> dict[str, TensorInfo]:
-        return self._gguf.tensors()
+        def window(pos: int, n: int, hint: int) -> tuple[bytes, int]:
+            return self._get(pos, min(size - pos, max(n, min(hint, HEADER_WINDOW)))), pos
+
+        self.header = parse_header(size, self.path, (probe, 0), window)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gguf-range")
 
     def prefetch(self, names: list[str]) -> None:
-        """Tensors are fetched as they are read."""
+        """Tensors are fetched as they are read, a block ahead."""
 
-    def _fetch(self, name: str) -> None:
-        info = self._gguf.tensors()[name]
-        body, _ = self.client.get(self._url, info.start, info.end - 1)
-        with open(self._local, "r+b") as f:
-            f.seek(info.start)
-            f.write(body)
+    def _get(self, start: int, n: int) -> bytearray:
+        """Bytes [start, start + n) of the file, in requests of at most FETCH_BYTES; a body shorter than the
+        file's stated size promises is an error."""
+        body = bytearray()
+        for at in range(start, start + n, FETCH_BYTES):
+            chunk, _ = self.client.get(self._url, at, min(start + n, at + FETCH_BYTES) - 1)
+            if len(chunk) != min(FETCH_BYTES, start + n - at):
+                raise RemoteError(self.path, f"bytes {at}-{at + len(chunk)} of a range asked to {start + n}: "
+                                             "the file is shorter than its size said")
+            if n <= FETCH_BYTES:
+                return chunk
+            body += chunk
+        return body
 
-    def read(self, name: str) -> np.ndarray:
-        self._fetch(name)
-        return self._gguf.read(name)
+    def _spans(self, info: TensorInfo, unit_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Blocks of whole units of at most FETCH_BYTES (or one unit), the next fetched while this one is
+        decoded and measured."""
+        step = max(1, FETCH_BYTES // unit_bytes) * unit_bytes
+        starts = list(range(info.start, info.end, step))
 
-    @property
-    def stream_over(self) -> int:
-        return self._gguf.stream_over
+        def fetch(k: int):
+            return self._pool.submit(self._get, starts[k], min(step, info.end - starts[k]))
 
-    def read_blocks(self, name: str):
-        """The tensor fetched whole into the sparse file, then decoded by blocks of rows from there."""
-        self._fetch(name)
-        return self._gguf.read_blocks(name)
-
-    def read_runs(self, name: str, starts, run: int) -> np.ndarray:
-        """Quantized blocks decode whole: a GGUF sample costs a full read of the tensor."""
-        self._fetch(name)
-        return self._gguf.read_runs(name, starts, run)
+        ahead = fetch(0)
+        for k, start in enumerate(starts):
+            body = ahead.result()
+            ahead = fetch(k + 1) if k + 1 < len(starts) else None
+            yield (start - info.start) // unit_bytes, np.frombuffer(body, np.uint8)
+            del body
 
     def release(self, name: str) -> None:
-        """Nothing held: the sparse file's pages are clean page cache."""
+        """Nothing held: blocks are dropped as they are measured."""
 
     def fingerprint(self) -> bytes:
-        return self._gguf.fingerprint()
+        return self.header_digest().digest()
 
     @property
     def bytes_read(self) -> int:
         return self.client.bytes_read
 
     def close(self) -> None:
-        self._gguf.close()
-        self._dir.cleanup()
+        self._pool.shutdown(wait=True, cancel_futures=True)
