@@ -71,7 +71,13 @@ BLOCKS = {name: (block, size) for name, block, size in GGML_TYPES.values()}
 Fetch = Callable[[int, int, int], tuple[object, int]]
 _U32, _U64, _TYPE_OFFSET = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<IQ")
 #: What a window is asked to hold beyond the value read, where the walk cannot tell (metadata pairs).
-AHEAD = 64 << 10
+AHEAD = 4 << 10
+#: A string array's windows until STRINGS_MEASURED of its strings show the bytes a string takes ...
+FIRST_STRINGS_WINDOW = 256 << 10
+STRINGS_MEASURED = 2000
+#: ... and the share of what the rest should take by that measure that later windows ask for: a window that
+#: falls short costs one more request, one that overshoots fetches bytes a skip would have spared.
+STRINGS_SHARE = 0.99
 
 
 class NeedMore(Exception):
@@ -183,12 +189,14 @@ class _Cursor:
 
     def skip_strings(self, count: int) -> None:
         """An array's strings, walked by their length prefixes (compiled), their bytes neither kept nor
-        decoded; the next window is sized by the bytes per string seen so far."""
+        decoded; a window is sized by the bytes the array's strings have taken so far."""
         start, total = self.pos, count
         while count:
             seen = total - count
-            per = -(-(self.pos - start) // seen) if seen else 16  # bytes a string has taken so far
-            off = self.need(8, f"an array of {count} strings", hint=count * per + 4096)
+            hint = FIRST_STRINGS_WINDOW
+            if seen >= STRINGS_MEASURED:
+                hint = int(count * (self.pos - start) / seen * STRINGS_SHARE) + AHEAD
+            off = self.need(8, f"an array of {count} strings", hint=hint)
             off, count, bad = _walk_strings(self.codes, off, count, self.size - self.base)
             self.pos = self.base + int(off)
             if bad:
@@ -227,8 +235,10 @@ def parse_header(size: int, path: str, window: tuple[object, int], fetch: Fetch 
     off = cur.need(min(24, size))
     version, n_tensors, n_kv = check_prefix(bytes(cur.buf[off : off + 24]), size, path)
     cur.pos = 24
-    metadata: dict[str, object] = {}
-    seen: set[str] = set()
+    # the counts under the names GGUFReader gives them: a local file's revision hashes the metadata, and
+    # stays what it was when GGUFReader parsed the header
+    metadata: dict[str, object] = {"GGUF.version": version, "GGUF.tensor_count": n_tensors, "GGUF.kv_count": n_kv}
+    seen = set(metadata)
     alignment = DEFAULT_ALIGNMENT
     for _ in range(n_kv):
         key = cur.text("a metadata key")
