@@ -62,15 +62,10 @@ def random_blocks(qtype: str, rows: int, cols: int, rng: np.random.Generator | N
     return rng.integers(0, 0x3C, (rows, cols // block * type_size), dtype=np.uint8)
 
 
-def write_checkpoint(path: Path, shape: GgufShape = QWEN25_1_5B, *, layers: int | None = None,
-                     everything: bool = False, scores: bool = False, seed: int = 0) -> Path:
-    """A GGUF with ``shape``'s tokenizer and attention (``layers`` of them, default all); with
-    ``everything``, also its embeddings and MLP (zeros) at their real sizes; with ``scores``, a float
-    score per token too."""
-    from gguf import GGMLQuantizationType, GGUFWriter
+def _writer(path: Path, shape: GgufShape, layers: int):
+    """A GGUFWriter with ``shape``'s architecture keys written."""
+    from gguf import GGUFWriter
 
-    rng = np.random.default_rng(seed)
-    layers = shape.layers if layers is None else layers
     writer = GGUFWriter(str(path), shape.arch)
     writer.add_name(f"real-shaped {shape.arch}")
     writer.add_block_count(layers)
@@ -81,6 +76,19 @@ def write_checkpoint(path: Path, shape: GgufShape = QWEN25_1_5B, *, layers: int 
     writer.add_head_count_kv(shape.kv_heads)
     writer.add_rope_freq_base(1e6)
     writer.add_layer_norm_rms_eps(1e-6)
+    return writer
+
+
+def write_checkpoint(path: Path, shape: GgufShape = QWEN25_1_5B, *, layers: int | None = None,
+                     everything: bool = False, scores: bool = False, seed: int = 0) -> Path:
+    """A GGUF with ``shape``'s tokenizer and attention (``layers`` of them, default all); with
+    ``everything``, also its embeddings and MLP (zeros) at their real sizes; with ``scores``, a float
+    score per token too."""
+    from gguf import GGMLQuantizationType
+
+    rng = np.random.default_rng(seed)
+    layers = shape.layers if layers is None else layers
+    writer = _writer(path, shape, layers)
     writer.add_file_type(15)  # MOSTLY_Q4_K_M
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(shape.arch)
@@ -126,4 +134,39 @@ def write_checkpoint(path: Path, shape: GgufShape = QWEN25_1_5B, *, layers: int 
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def write_claims(path: Path, shape: GgufShape, tensors: list[tuple[str, str, tuple[int, ...]]], *,
+                 holes: bool, nan_last: tuple[str, ...] = ()) -> Path:
+    """A GGUF whose table claims ``tensors`` (name, type, numpy shape) for a one-layer ``shape``, with no
+    vocabulary. With ``holes`` the file holds their bytes as zeros that take no disk (a sparse file), the
+    last weight of each F32 tensor in ``nan_last`` a NaN; without, the file ends with its header, so every
+    claim is a lie."""
+    import os
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+    writer = _writer(path, shape, 1)
+    sizes = {}
+    for name, qtype, dims in tensors:
+        kind = GGMLQuantizationType[qtype]
+        block, type_size = GGML_QUANT_SIZES[kind]
+        sizes[name] = int(np.prod(dims)) // block * type_size
+        writer.add_tensor_info(name, dims, np.dtype(np.float32), sizes[name], raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    if holes:
+        at = GGUFWriter.ggml_pad(path.stat().st_size, writer.data_alignment)
+        ends = {}
+        for name, size in sizes.items():
+            ends[name] = at + size
+            at += GGUFWriter.ggml_pad(size, writer.data_alignment)
+        os.truncate(path, at)
+        with open(path, "r+b") as f:
+            for name in nan_last:
+                f.seek(ends[name] - 4)
+                f.write(np.array([np.nan], np.float32).tobytes())
     return path
