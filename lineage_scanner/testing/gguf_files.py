@@ -138,35 +138,26 @@ def write_checkpoint(path: Path, shape: GgufShape = QWEN25_1_5B, *, layers: int 
 
 
 def write_claims(path: Path, shape: GgufShape, tensors: list[tuple[str, str, tuple[int, ...]]], *,
-                 holes: bool, nan_last: tuple[str, ...] = ()) -> Path:
+                 holes: bool) -> Path:
     """A GGUF whose table claims ``tensors`` (name, type, numpy shape) for a one-layer ``shape``, with no
-    vocabulary. With ``holes`` the file holds their bytes as zeros that take no disk (a sparse file), the
-    last weight of each F32 tensor in ``nan_last`` a NaN; without, the file ends with its header, so every
-    claim is a lie."""
+    vocabulary. With ``holes`` the file holds their bytes as zeros that take no disk (a sparse file);
+    without, the file ends with its header, so every claim is a lie."""
     import os
 
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 
     writer = _writer(path, shape, 1)
-    sizes = {}
+    total = 0
     for name, qtype, dims in tensors:
         kind = GGMLQuantizationType[qtype]
         block, type_size = GGML_QUANT_SIZES[kind]
-        sizes[name] = int(np.prod(dims)) // block * type_size
-        writer.add_tensor_info(name, dims, np.dtype(np.float32), sizes[name], raw_dtype=kind)
+        nbytes = int(np.prod(dims)) // block * type_size
+        writer.add_tensor_info(name, dims, np.dtype(np.float32), nbytes, raw_dtype=kind)
+        total += GGUFWriter.ggml_pad(nbytes, writer.data_alignment)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     writer.close()
     if holes:
-        at = GGUFWriter.ggml_pad(path.stat().st_size, writer.data_alignment)
-        ends = {}
-        for name, size in sizes.items():
-            ends[name] = at + size
-            at += GGUFWriter.ggml_pad(size, writer.data_alignment)
-        os.truncate(path, at)
-        with open(path, "r+b") as f:
-            for name in nan_last:
-                f.seek(ends[name] - 4)
-                f.write(np.array([np.nan], np.float32).tobytes())
+        os.truncate(path, GGUFWriter.ggml_pad(path.stat().st_size, writer.data_alignment) + total)
     return path
