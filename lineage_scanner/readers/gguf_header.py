@@ -92,8 +92,6 @@ class GgufHeader:
     """What a scan takes from a GGUF header: scalar and string metadata, the tensor table (absolute byte
     offsets, numpy shape order), and where tensor data starts."""
 
-    version: int
-    alignment: int
     data_start: int
     metadata: dict[str, object]
     tensors: dict[str, TensorInfo]
@@ -264,7 +262,7 @@ def parse_header(size: int, path: str, window: tuple[object, int], fetch: Fetch 
     cur.ahead = 96 * n_tensors  # a name, 2-4 dims, type and offset each
     table = [_tensor_record(cur) for _ in range(n_tensors)]
     data_start = -(-cur.pos // alignment) * alignment
-    return GgufHeader(version, alignment, data_start, metadata, _tensors(cur, table, data_start, alignment))
+    return GgufHeader(data_start, metadata, _tensors(cur, table, data_start, alignment))
 
 
 def _alignment(cur: _Cursor, kind: int) -> int:
