@@ -102,3 +102,16 @@ def test_the_hub_reader_skips_fixed_arrays_unfetched(real, monkeypatch):
         reader.close()
     skipped = QWEN25_1_5B.vocab * (4 + 4)  # token types (int32) and scores (float32)
     assert header_bytes <= header_end(path.read_bytes()) - skipped + 64 * 1024
+
+
+def test_a_hub_scan_fetches_a_layers_attention_in_one_request(real, monkeypatch):
+    """Over the Hub a scan equals the local one, and its small tensors are fetched ahead, a layer's norm, Q,
+    K, V, O and biases (neighbours in the file) in one range request."""
+    path, _ = real
+    with HubStandIn([Repo("acme/qwen-gguf", path.parent)]) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        _, remote = scan_strict("hf://acme/qwen-gguf", get_backend("cpu"), set())
+        requests = hub.requests[path.name]
+    _, local = scan_strict(str(path), get_backend("cpu"), set())
+    assert remote.curves == local.curves and remote.sketch and len(remote.sketch) == len(local.sketch)
+    assert requests <= 10 + LAYERS  # the header's windows, then one range per layer

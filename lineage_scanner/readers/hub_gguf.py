@@ -7,8 +7,10 @@ what the walk expects (an array of strings by the bytes its strings have taken s
 fixed-size items (scores, token types) are skipped unfetched and little past a string array is fetched.
 The file's size is the one the Hub's Content-Range states, and the tensor table is checked against it
 before any tensor is read: a tensor claiming more bytes than the file holds is an error with nothing
-allocated. Tensor bytes are then fetched in blocks of at most FETCH_BYTES (one fetched ahead while the
-previous is decoded), so memory grows with bytes that arrive, never with a length a header claims.
+allocated. Small tensors are fetched ahead of the measurement, neighbours in one request
+(:class:`lineage_scanner.readers.read_ahead.ReadAhead`, READ_AHEAD_BYTES at most); a larger one in blocks of
+at most FETCH_BYTES (one fetched ahead while the previous is decoded), so memory grows with bytes that
+arrive, never with a length a header claims.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from lineage_scanner.readers.base import TensorInfo
 from lineage_scanner.readers.gguf_file import GgufTensors
 from lineage_scanner.readers.gguf_header import parse_header
 from lineage_scanner.readers.hub import HEADER_PROBE, HubClient, file_size, file_url
+from lineage_scanner.readers.read_ahead import ReadAhead
 
 #: The most one request of tensor bytes asks for (one unit larger than this is fetched in such pieces).
 FETCH_BYTES = 16 << 20
 #: The most one request of header bytes asks for.
 HEADER_WINDOW = 16 << 20
+#: Tensor bytes fetched ahead of the reader (and not yet released) at most.
+READ_AHEAD_BYTES = 64 << 20
 
 
 class HubGguf(GgufTensors):
@@ -45,9 +50,12 @@ class HubGguf(GgufTensors):
 
         self.header = parse_header(size, self.path, (probe, 0), window)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="gguf-range")
+        self._ahead = ReadAhead(lambda start, end: self._get(start, end - start), READ_AHEAD_BYTES, FETCH_BYTES)
 
     def prefetch(self, names: list[str]) -> None:
-        """Tensors are fetched as they are read, a block ahead."""
+        """Start fetching ``names``, neighbours in one request, while earlier ones are measured."""
+        infos = self.header.tensors
+        self._ahead.plan([(n, infos[n].start, infos[n].end) for n in names if infos[n].nbytes <= self.stream_over])
 
     def _get(self, start: int, n: int) -> bytearray:
         """Bytes [start, start + n) of the file, in requests of at most FETCH_BYTES; a body shorter than the
@@ -64,8 +72,13 @@ class HubGguf(GgufTensors):
         return body
 
     def _spans(self, info: TensorInfo, unit_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Blocks of whole units of at most FETCH_BYTES (or one unit), the next fetched while this one is
-        decoded and measured."""
+        """The tensor from its prefetched range, or else in blocks of whole units of at most FETCH_BYTES (or
+        one unit), the next fetched while this one is decoded and measured."""
+        fetched = self._ahead.take(info.name, info.start)
+        if fetched is not None:
+            body, offset = fetched
+            yield 0, np.frombuffer(body, np.uint8, info.nbytes, offset)
+            return
         step = max(1, FETCH_BYTES // unit_bytes) * unit_bytes
         starts = list(range(info.start, info.end, step))
 
@@ -80,7 +93,8 @@ class HubGguf(GgufTensors):
             del body
 
     def release(self, name: str) -> None:
-        """Nothing held: blocks are dropped as they are measured."""
+        """A prefetched range is dropped once all its tensors are measured (blocks go as they are)."""
+        self._ahead.release(name)
 
     def fingerprint(self) -> bytes:
         return self.header_digest().digest()
@@ -90,4 +104,5 @@ class HubGguf(GgufTensors):
         return self.client.bytes_read
 
     def close(self) -> None:
+        self._ahead.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
