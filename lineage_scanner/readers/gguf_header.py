@@ -53,6 +53,8 @@ MAX_DEPTH = 2
 MAX_HEADER_BYTES = 256 << 20
 #: String values longer than this are not kept (a chat template is tens of KB): skipped like arrays.
 MAX_KEPT_STRING = 1 << 20
+#: Keys and tensor names are short (llama.cpp refuses tensor names of 64 bytes or more).
+MAX_NAME_BYTES = 64 << 10
 #: GGML tensor types: id -> (name, weights per block, bytes per block), as ggml.h numbers them (the tests
 #: hold this table to the ``gguf`` package's, which the scan does not import: 0.2 s a process).
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -172,14 +174,15 @@ class _Cursor:
         self.fits(n, what)
         self.pos += n
 
-    def string(self, what: str = "a string") -> bytes:
+    def text(self, what: str, cap: int = MAX_NAME_BYTES) -> str:
+        """A string of at most ``cap`` bytes, as UTF-8 text."""
         (n,) = self.unpack(_U64)
+        self.fits(n, f"{what} of {n} bytes")
+        if n > cap:
+            raise self.fail(f"{what} of {n} bytes is over the {cap}-byte cap")
         off = self.need(n, f"{what} of {n} bytes")
         self.pos += n
-        return bytes(self.buf[off : off + n])
-
-    def text(self, what: str) -> str:
-        raw = self.string(what)
+        raw = bytes(self.buf[off : off + n])
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -252,7 +255,7 @@ def parse_header(size: int, path: str, window: tuple[object, int], fetch: Fetch 
         elif kind == STRING:
             (n,) = _U64.unpack_from(cur.buf, cur.need(8))
             if n <= MAX_KEPT_STRING:
-                metadata[key] = cur.text(f"the value of {key}")
+                metadata[key] = cur.text(f"the value of {key}", MAX_KEPT_STRING)
             else:
                 cur.skip_value(kind)
         elif kind == ARRAY:
