@@ -1,6 +1,6 @@
 """GGUF at decode speed: a real-shaped checkpoint's header and whole scan, against the gguf package's path.
 
-    python bench/gguf_scan.py [--runs 3] [--data bench/data] [--types]
+    python bench/gguf_scan.py [--runs 3] [--data bench/data] [--latency 0.02] [--types]
 
 The checkpoint is :func:`lineage_scanner.testing.gguf_files.write_checkpoint` at Qwen2.5-1.5B's shapes
 (28 layers, hidden 1536, 12 heads, 2 KV heads, MLP 8960): 151,936 tokens with their token types and
@@ -13,7 +13,9 @@ attention random blocks and the rest zeros; ~1 GB, generated once into ``--data`
 2. The header: ``GgufFile`` (the scan's one-pass parse) in a fresh process, its first parse and the best
    of 5 more, after numba's start (timed apart: the first compiled call of any process pays it, and a
    scan makes one anyway), against the ``gguf`` package's ``GGUFReader``, once, in this process.
-3. The same header over the Hub stand-in (``HubGguf``): bytes and requests it costs, against its size.
+3. The same header over the Hub stand-in (``HubGguf``): bytes and requests it costs, against its size;
+   then whole scans over the stand-in with ``--latency`` per answer, best of 2: the read-ahead (a layer's
+   small tensors in one request, several in flight) against one request per tensor in turn.
 4. With ``--types``: per quantization type, one 4096 x 4096 tensor of random blocks, in this process, best
    of 3: ``gguf.quants.dequantize`` then the CPU backend's moments against ``GgufFile.read_blocks``
    (the compiled decoders) measured the same way; millions of weights per second.
@@ -120,6 +122,29 @@ def hub_header(path: Path) -> None:
         reader.close()
 
 
+def hub_scan(path: Path, latency: float) -> None:
+    """The whole file scanned over the stand-in, each answer delayed by ``latency``: with read-ahead (the
+    scan's way) and one request per tensor in turn (``prefetch`` off), best of 2, in this process."""
+    from lineage_scanner.measure.kernels import get_backend
+    from lineage_scanner.readers.hub_gguf import HubGguf
+    from lineage_scanner.run.scan import scan_strict
+    from lineage_scanner.testing.hub_server import HubStandIn, Repo
+
+    with tempfile.TemporaryDirectory() as repo, HubStandIn([Repo("bench/gguf", Path(repo))], latency_s=latency) as hub:
+        os.symlink(path, Path(repo) / path.name)
+        os.environ["HF_ENDPOINT"] = hub.endpoint
+        backend = get_backend("cpu")
+        scan_strict("hf://bench/gguf", backend, set())  # the stand-in hashes the file once; kernels load
+        print(f"\n| over the stand-in, {latency * 1e3:.0f} ms per answer | requests | seconds |\n| --- | ---: | ---: |")
+        prefetch = HubGguf.prefetch
+        for name in ("read-ahead", "one request per tensor"):
+            HubGguf.prefetch = prefetch if name == "read-ahead" else lambda self, names: None
+            hub.reset_counts()
+            seconds = best_seconds(lambda: scan_strict("hf://bench/gguf", backend, set()), 2)
+            print(f"| {name} | {hub.requests[path.name] // 2} | {seconds:.2f} |")
+        HubGguf.prefetch = prefetch
+
+
 def per_type(tmp: Path) -> None:
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter
@@ -162,6 +187,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent / "data")
     parser.add_argument("--types", action="store_true", help="also the per-type decoder table")
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds the stand-in delays each answer")
     args = parser.parse_args()
     path = checkpoint(args.data)
     # whole processes first, while this one is small (see checkpoint)
@@ -171,6 +197,7 @@ def main() -> None:
           "gguf package (GGUFReader + dequantize + std)")
     header(path)
     hub_header(path)
+    hub_scan(path, args.latency)
     if args.types:
         with tempfile.TemporaryDirectory() as tmp:
             per_type(Path(tmp))
