@@ -327,3 +327,17 @@ def test_hub_gguf_tensors_are_read_in_bounded_blocks(gguf_hub, tmp_path):
     assert gguf_hub.bytes_served["big.gguf"] >= 256 << 20  # the whole tensor did pass
     rows = Store(db).connect().execute("SELECT model, status FROM scans ORDER BY model").fetchall()
     assert rows == [("acme/big", "ok"), ("acme/good", "ok")]
+
+
+def test_a_hub_gguf_shorter_than_its_stated_size_is_an_error(gguf_hub, monkeypatch):
+    """A server whose file ends before the size it stated (here: cut after the header was read) gives a
+    one-line error for the tensor read, never a short tensor."""
+    from lineage_scanner.errors import RemoteError
+    from lineage_scanner.readers.hub import HubClient
+    from lineage_scanner.readers.hub_gguf import HubGguf
+
+    reader = HubGguf(HubClient("hf://acme/big"), "acme/big", "main", "big.gguf")
+    os.truncate(Path(gguf_hub.repos["acme/big"].path) / "big.gguf", reader.tensors()["blk.0.attn_k.weight"].end - 8)
+    with pytest.raises(RemoteError, match="the file ends at byte .*, before byte .* that its stated size includes"):
+        reader.read("blk.0.attn_k.weight")
+    reader.close()

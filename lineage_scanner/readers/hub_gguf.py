@@ -62,10 +62,11 @@ class HubGguf(GgufTensors):
         file's stated size promises is an error."""
         body = bytearray()
         for at in range(start, start + n, FETCH_BYTES):
-            chunk, _ = self.client.get(self._url, at, min(start + n, at + FETCH_BYTES) - 1)
-            if len(chunk) != min(FETCH_BYTES, start + n - at):
-                raise RemoteError(self.path, f"bytes {at}-{at + len(chunk)} of a range asked to {start + n}: "
-                                             "the file is shorter than its size said")
+            end = min(start + n, at + FETCH_BYTES)
+            chunk, _ = self.client.get(self._url, at, end - 1)
+            if len(chunk) != end - at:
+                raise RemoteError(self.path, f"the file ends at byte {at + len(chunk)}, before byte {end} that its "
+                                             "stated size includes")
             if n <= FETCH_BYTES:
                 return chunk
             body += chunk
