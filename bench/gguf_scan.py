@@ -1,23 +1,29 @@
-"""GGUF at speed: the compiled block decoders against the ``gguf`` package's numpy path, and a whole scan.
+"""GGUF at decode speed: a real-shaped checkpoint's header and whole scan, against the gguf package's path.
 
-    python bench/gguf_scan.py [--rows 4096] [--cols 4096] [--layers 16]
+    python bench/gguf_scan.py [--runs 3] [--data bench/data] [--latency 0.02] [--types]
 
-1. Per type, one [rows, cols] tensor of random blocks (fp16 scales kept finite), in this process, best
-   of 3: the numpy path (``gguf.quants.dequantize`` of the whole tensor, then the CPU backend's fused
-   moments and column sums, which is what the reader did before) against the compiled path the scan
-   takes now (``GgufFile.read_blocks``: blocks of rows decoded by ``readers.ggml_quants`` and measured
-   while cache-hot). Weights per second and the ratio.
-2. A Q4_K_M-like llama checkpoint (``--layers`` layers of hidden 2048, GQA 512, attn_v in Q6_K, the rest
-   Q4_K, F32 norms) scanned by ``lineage scan`` as a whole process, next to the same model cut to one
-   layer: wall time and peak RSS of each; the difference in peak RSS is the memory the weights cost
-   (the rest, imports and compiled kernels, is the same for any model), set against the largest
-   attention tensor in float32.
+The checkpoint is :func:`lineage_scanner.testing.gguf_files.write_checkpoint` at Qwen2.5-1.5B's shapes
+(28 layers, hidden 1536, 12 heads, 2 KV heads, MLP 8960): 151,936 tokens with their token types and
+151,387 merges in the header (Qwen's GGUFs carry no scores), every tensor in llama.cpp's Q4_K_M mix, the
+attention random blocks and the rest zeros; ~1 GB, generated once into ``--data``.
+
+1. Whole processes, page cache warm (each command runs once first), median of ``--runs`` alternating runs,
+   wall time and peak RSS from wait4: ``lineage scan FILE`` against the gguf package's path on the same
+   file (``GGUFReader``, then ``gguf.quants.dequantize`` and a float64 std of every attention tensor).
+2. The header: ``GgufFile`` (the scan's one-pass parse) in a fresh process, its first parse and the best
+   of 5 more, after numba's start (timed apart: the first compiled call of any process pays it, and a
+   scan makes one anyway), against the ``gguf`` package's ``GGUFReader``, once, in this process.
+3. The same header over the Hub stand-in (``HubGguf``): bytes and requests it costs, against its size;
+   then whole scans over the stand-in with ``--latency`` per answer, best of 2: the read-ahead (a layer's
+   small tensors in one request, several in flight) against one request per tensor in turn.
+4. With ``--types``: per quantization type, one 4096 x 4096 tensor of random blocks, in this process, best
+   of 3: ``gguf.quants.dequantize`` then the CPU backend's moments against ``GgufFile.read_blocks``
+   (the compiled decoders) measured the same way; millions of weights per second.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,35 +31,135 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from batch import compare, lineage, table  # noqa: E402
 from timing import best_seconds  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
+GGUF_PACKAGE = """
+import sys
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+reader = GGUFReader(sys.argv[1])
+stds = [dequantize(t.data, t.tensor_type).std(ddof=1, dtype=np.float64) for t in reader.tensors if ".attn_" in t.name]
+"""
 
-def random_blocks(qtype_name: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """[rows, bytes per row] of random blocks; every byte below 0x3C, so each fp16 scale is finite."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype_name]]
-    return np.random.default_rng(seed).integers(0, 0x3C, (rows, cols // block * type_size), dtype=np.uint8)
+def checkpoint(data: Path) -> Path:
+    """The checkpoint, written by a process of its own: this one stays small, since a child's peak RSS as
+    wait4 reports it starts from its parent's at the fork."""
+    path = data / "qwen2.5-1.5b-shaped-Q4_K_M.gguf"
+    if not path.is_file():
+        data.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from lineage_scanner.testing."
+                        "gguf_files import write_checkpoint; write_checkpoint(Path(sys.argv[1]), everything=True)",
+                        str(path.with_suffix(".tmp"))], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        path.with_suffix(".tmp").rename(path)
+        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s")
+    return path
 
 
-def per_type(rows: int, cols: int, tmp: Path) -> list[tuple[str, float, float]]:
+FRESH_PARSE = """
+import json, sys, time
+import numpy as np
+from lineage_scanner.readers.gguf_file import GgufFile
+from lineage_scanner.readers.gguf_header import _walk_strings
+started = time.perf_counter()
+_walk_strings(np.zeros(8, np.uint8), 0, 0, 8)  # numba's start: what the first compiled call of a process pays
+numba_start = time.perf_counter() - started
+times = []
+for _ in range(6):
+    started = time.perf_counter()
+    GgufFile(sys.argv[1]).close()
+    times.append(time.perf_counter() - started)
+print(json.dumps({"numba": numba_start, "first": times[0], "best": min(times[1:])}))
+"""
+
+
+def header(path: Path) -> None:
+    """The header parse in a fresh process (numba's start apart), against GGUFReader in this one."""
+    import json
+
+    from gguf import GGUFReader
+
+    from lineage_scanner.readers.gguf_file import GgufFile
+
+    out = subprocess.run([sys.executable, "-c", FRESH_PARSE, str(path)], check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    fresh = json.loads(out.strip().splitlines()[-1])
+    started = time.perf_counter()
+    GGUFReader(path)
+    theirs = time.perf_counter() - started
+    reader = GgufFile(path)
+    print(f"\n| header ({reader.header.data_start / 1e6:.1f} MB, {len(reader.tensors())} tensors) | seconds |\n"
+          f"| --- | ---: |\n| GgufFile, first parse of a fresh process | {fresh['first']:.3f} |\n"
+          f"| GgufFile, best of the next 5 | {fresh['best']:.3f} |\n"
+          f"| (numba's start, before: paid once by the first compiled call of any scan) | {fresh['numba']:.2f} |\n"
+          f"| GGUFReader | {theirs:.2f} |\nGGUFReader / first parse: {theirs / fresh['first']:.0f}x")
+    reader.close()
+
+
+def hub_header(path: Path) -> None:
+    from lineage_scanner.readers.hub import HubClient
+    from lineage_scanner.readers.hub_gguf import HubGguf
+    from lineage_scanner.testing.gguf_files import QWEN25_1_5B
+    from lineage_scanner.testing.hub_server import HubStandIn, Repo
+
+    with HubStandIn([Repo("bench/gguf", path.parent)]) as hub:
+        os.environ["HF_ENDPOINT"] = hub.endpoint
+        reader = HubGguf(HubClient("hf://bench/gguf"), "bench/gguf", "main", path.name)
+        size, types = reader.header.data_start, 4 * QWEN25_1_5B.vocab
+        print(f"\nover the Hub stand-in: the {size / 1e6:.2f} MB header ({types / 1e6:.2f} MB of it token types, "
+              f"skipped unfetched) cost {hub.bytes_served[path.name] / 1e6:.2f} MB in {hub.requests[path.name]} "
+              "range requests")
+        reader.close()
+
+
+def hub_scan(path: Path, latency: float) -> None:
+    """The whole file scanned over the stand-in, each answer delayed by ``latency``: with read-ahead (the
+    scan's way) and one request per tensor in turn (``prefetch`` off), best of 2, in this process."""
+    from lineage_scanner.measure.kernels import get_backend
+    from lineage_scanner.readers.hub_gguf import HubGguf
+    from lineage_scanner.run.scan import scan_strict
+    from lineage_scanner.testing.hub_server import HubStandIn, Repo
+
+    with tempfile.TemporaryDirectory() as repo, HubStandIn([Repo("bench/gguf", Path(repo))], latency_s=latency) as hub:
+        os.symlink(path, Path(repo) / path.name)
+        os.environ["HF_ENDPOINT"] = hub.endpoint
+        backend = get_backend("cpu")
+        scan_strict("hf://bench/gguf", backend, set())  # the stand-in hashes the file once; kernels load
+        print(f"\n| over the stand-in, {latency * 1e3:.0f} ms per answer | requests | seconds |\n| --- | ---: | ---: |")
+        prefetch = HubGguf.prefetch
+        for name in ("read-ahead", "one request per tensor"):
+            HubGguf.prefetch = prefetch if name == "read-ahead" else lambda self, names: None
+            hub.reset_counts()
+            seconds = best_seconds(lambda: scan_strict("hf://bench/gguf", backend, set()), 2)
+            print(f"| {name} | {hub.requests[path.name] // 2} | {seconds:.2f} |")
+        HubGguf.prefetch = prefetch
+
+
+def per_type(tmp: Path) -> None:
+    import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import dequantize
 
     from lineage_scanner.measure.kernels.cpu import moments_and_columns
     from lineage_scanner.readers.gguf_file import GgufFile
+    from lineage_scanner.testing.gguf_files import random_blocks
 
-    out = []
+    rows = cols = 4096
+    print(f"\n| type | gguf numpy path M weights/s | compiled M weights/s | ratio |  ({rows}x{cols})")
+    print("| --- | ---: | ---: | ---: |")
     for name in TYPES:
         qtype = GGMLQuantizationType[name]
-        data = random_blocks(name, rows, cols)
+        data = random_blocks(name, rows, cols, np.random.default_rng(0))
         path = tmp / f"{name}.gguf"
         writer = GGUFWriter(str(path), "llama")
         writer.add_tensor("blk.0.attn_q.weight", data, raw_dtype=qtype)
@@ -71,88 +177,31 @@ def per_type(rows: int, cols: int, tmp: Path) -> list[tuple[str, float, float]]:
                 moments_and_columns(block, 1)
 
         compiled_path()  # compile (or load the cached kernels) before timing
-        out.append((name, best_seconds(numpy_path, 3), best_seconds(compiled_path, 3)))
+        slow, fast = best_seconds(numpy_path, 3), best_seconds(compiled_path, 3)
+        print(f"| {name} | {rows * cols / slow / 1e6:.1f} | {rows * cols / fast / 1e6:.0f} | {slow / fast:.1f}x |")
         reader.close()
-    return out
-
-
-def write_model(path: Path, layers: int) -> int:
-    """A Q4_K_M-like llama GGUF; returns the bytes of its largest attention tensor in float32."""
-    from gguf import GGMLQuantizationType, GGUFWriter
-
-    hidden, heads, kv_heads = 2048, 16, 4
-    kv = hidden // heads * kv_heads
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_block_count(layers)
-    writer.add_embedding_length(hidden)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    for i in range(layers):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
-        for name, rows, qtype in (("attn_q", hidden, "Q4_K"), ("attn_k", kv, "Q4_K"), ("attn_v", kv, "Q6_K"),
-                                  ("attn_output", hidden, "Q4_K")):
-            writer.add_tensor(f"blk.{i}.{name}.weight", random_blocks(qtype, rows, hidden, seed=i),
-                              raw_dtype=GGMLQuantizationType[qtype])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return hidden * hidden * 4
-
-
-SCAN = """
-import json, time
-def vm(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-from lineage_scanner.cli.main import main
-import numba  # what every scan imports; the added RSS is the scan's own
-base = vm("VmRSS")
-t = time.perf_counter()
-code = main(["scan", PATH, "--db", DB, "--quiet"])
-print(json.dumps({"code": code, "seconds": time.perf_counter() - t, "peak": vm("VmHWM"), "base": base}))
-"""
-
-
-def whole_scan(model: Path, db: Path) -> dict:
-    started = time.perf_counter()
-    code = SCAN.replace("PATH", repr(str(model))).replace("DB", repr(str(db)))
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    result["process_seconds"] = time.perf_counter() - started
-    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=4096)
-    parser.add_argument("--cols", type=int, default=4096)
-    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent / "data")
+    parser.add_argument("--types", action="store_true", help="also the per-type decoder table")
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds the stand-in delays each answer")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        results = per_type(args.rows, args.cols, tmp)
-        weights = args.rows * args.cols
-        print(f"| type | gguf numpy path M weights/s | compiled M weights/s | ratio |  ({args.rows}x{args.cols})")
-        print("| --- | ---: | ---: | ---: |")
-        for name, slow, fast in results:
-            print(f"| {name} | {weights / slow / 1e6:.1f} | {weights / fast / 1e6:.0f} | {slow / fast:.0f}x |")
-        model, small = tmp / "model-Q4_K_M.gguf", tmp / "one-layer.gguf"
-        largest = write_model(model, args.layers)
-        write_model(small, 1)
-        whole_scan(model, tmp / "warm-db")  # page cache and compiled kernels, as a nightly worker has them
-        big, one = whole_scan(model, tmp / "db"), whole_scan(small, tmp / "db-1")
-        added = big["peak"] - one["peak"]
-        print(f"\nwhole `lineage scan`, {model.stat().st_size / 1e6:.0f} MB Q4_K_M-like GGUF ({args.layers} layers): "
-              f"{big['process_seconds']:.2f} s process ({big['seconds']:.2f} s in main()), "
-              f"peak RSS {big['peak']:.0f} MB; one layer: {one['process_seconds']:.2f} s ({one['seconds']:.2f} s), "
-              f"{one['peak']:.0f} MB")
-        rate = (args.layers - 1) / args.layers * model.stat().st_size / max(big["seconds"] - one["seconds"], 1e-9)
-        print(f"memory the weights cost: {added:.0f} MB = {added * 2**20 / largest:.2f}x the largest attention tensor "
-              f"in float32 ({largest / 2**20:.0f} MB); the extra layers scan at {rate / 1e6:.0f} MB/s of quantized "
-              f"attention")
+    path = checkpoint(args.data)
+    # whole processes first, while this one is small (see checkpoint)
+    rows = compare({"gguf package (GGUFReader + dequantize + std)": [sys.executable, "-c", GGUF_PACKAGE, str(path)],
+                    "`lineage scan`": lineage("scan", str(path), "--db", "db", "-q")}, args.runs)
+    table(f"whole processes, {path.name} ({path.stat().st_size / 1e9:.2f} GB), median of {args.runs}", rows,
+          "gguf package (GGUFReader + dequantize + std)")
+    header(path)
+    hub_header(path)
+    hub_scan(path, args.latency)
+    if args.types:
+        with tempfile.TemporaryDirectory() as tmp:
+            per_type(Path(tmp))
+
 
 if __name__ == "__main__":
     main()

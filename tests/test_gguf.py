@@ -3,6 +3,9 @@ compiled decoders give the reference's exact bits."""
 
 from __future__ import annotations
 
+import re
+import struct
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
@@ -152,3 +155,87 @@ def test_types_without_a_compiled_decoder_use_the_gguf_package(tmp_path):
     got = {(s.layer, s.role): s.moments for s in sig.layers}
     for key, values in expected.items():
         assert got[key].std == pytest.approx(values.std(ddof=1), rel=1e-6)
+
+
+def _s(text: str | bytes) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _kv(key: str, kind: int, value: bytes) -> bytes:
+    return _s(key) + struct.pack("<I", kind) + value
+
+
+def _tensor(name: str, dims: list[int], kind: int, offset: int) -> bytes:
+    return _s(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, kind, offset)
+
+
+def _file(kvs: list[bytes], tensors: list[bytes], data: bytes = bytes(4096)) -> bytes:
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) + b"".join(tensors)
+    return head + bytes(-len(head) % 32) + data
+
+
+ARCH = _kv("general.architecture", 8, _s("llama"))
+F32_16 = _tensor("blk.0.attn_q.weight", [4, 4], 0, 0)  # 64 bytes at offset 0
+
+
+@pytest.mark.parametrize("kvs, tensors, problem", [
+    ([ARCH, ARCH], [F32_16], "metadata key 'general.architecture' appears twice"),
+    ([ARCH], [F32_16, F32_16], "appears twice in the tensor table"),
+    ([ARCH], [_tensor("t", [4], 33, 0)], "unknown GGML type 33"),
+    ([ARCH], [_tensor("t", [48, 2], 8, 0)], "not whole Q8_0 blocks of 32"),
+    ([ARCH], [F32_16, _tensor("t", [4], 0, 96)], "has data offset 96, expected 64"),
+    ([ARCH], [_tensor("t", [1 << 40, 1 << 40], 0, 0)], "impossible dimensions"),
+    ([ARCH], [_tensor("t", [1 << 20], 0, 0)], "claims 4194304 bytes"),
+    ([ARCH], [_tensor("t", [4] * 9, 0, 0)], "has 9 dimensions"),
+    ([_kv("general.alignment", 4, struct.pack("<I", 48))], [], "general.alignment 48 is not a power of two"),
+    ([_kv("general.alignment", 5, struct.pack("<i", 64))], [], "general.alignment has metadata type 5"),
+    ([_kv("k", 9, struct.pack("<IQ", 8, 3) + _s("a") + _s("b") + struct.pack("<Q", 1 << 40))], [],
+     "a string of 1099511627776 bytes needs"),
+    ([_kv("k", 9, struct.pack("<IQ", 13, 1))], [], "array of metadata type 13 not allowed"),
+    ([_kv("k", 14, b"")], [], "unknown metadata type 14"),
+    ([_s("x" * 70_000) + struct.pack("<I", 4) + bytes(4)], [], "over the 65536-byte cap"),
+    ([ARCH], [_s(b"\xff\xfe") + struct.pack("<IQIQ", 1, 4, 0, 0)], "is not UTF-8"),
+])
+def test_header_rules(tmp_path, kvs, tensors, problem):
+    """Each rule of the tensor table and metadata (llama.cpp's loader's, and the bounds): a one-line error."""
+    from lineage_scanner.errors import HeaderError
+    from lineage_scanner.readers.gguf_file import GgufFile
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(_file(kvs, tensors, bytes(70_000)))
+    with pytest.raises(HeaderError, match=re.escape(problem)) as error:
+        GgufFile(path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_header_cap(tmp_path, monkeypatch):
+    from lineage_scanner.errors import HeaderError
+    from lineage_scanner.readers import gguf_header
+    from lineage_scanner.readers.gguf_file import GgufFile
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(_file([ARCH, _kv("k", 9, struct.pack("<IQ", 5, 5000) + bytes(20_000))], [F32_16]))
+    assert GgufFile(path).metadata["general.architecture"] == "llama"
+    monkeypatch.setattr(gguf_header, "MAX_HEADER_BYTES", 10_000)
+    with pytest.raises(HeaderError, match="the header runs past 0 MiB, the cap"):
+        GgufFile(path)
+
+
+def test_string_arrays_are_walked_across_windows():
+    """A string array read through windows of a few bytes each (as over HTTP) ends where the whole file's
+    walk ends, and a string cut by a window's edge is skipped by its length, not fetched."""
+    from lineage_scanner.readers.gguf_header import parse_header
+
+    strings = [b"x" * n for n in (1, 0, 700, 3, 9000, 2)] * 50
+    data = _file([ARCH, _kv("tokens", 9, struct.pack("<IQ", 8, len(strings)) + b"".join(map(_s, strings)))], [F32_16])
+    whole = parse_header(len(data), "m", (data, 0))
+    asked = []
+
+    def window(pos: int, n: int, hint: int):
+        asked.append((pos, n))
+        return data[pos : pos + max(n, 64)], pos
+
+    assert parse_header(len(data), "m", (data[:100], 0), window) == whole
+    fetched = sum(max(n, 64) for _, n in asked)
+    assert fetched < len(data) - 50 * 9000  # the 9000-byte strings were stepped over

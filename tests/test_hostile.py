@@ -18,6 +18,7 @@ from lineage_scanner.errors import SourceError
 from lineage_scanner.run.batch import run_batch
 from lineage_scanner.sources.hub import HubRef
 from lineage_scanner.store.store import Store
+from lineage_scanner.testing.gguf_files import GgufShape, write_claims
 from lineage_scanner.testing.hub_server import HubStandIn, Repo
 from tests.helpers import write_llama
 
@@ -243,3 +244,104 @@ def test_a_huge_config_on_the_hub_is_refused_unread(hostile_hub, tmp_path):
     path.write_bytes(b" " * (40 << 20) + path.read_bytes())  # valid JSON, 40 MB of it
     status, error = scan(tmp_path, "hf://acme/good")["acme/good"]
     assert status == "network" and "over the 16 MiB cap" in error
+
+
+#: One llama layer of hidden 8192 (64 heads of 128, one KV head), as a GGUF's tensor table claims it.
+BIG = GgufShape("llama", layers=1, hidden=8192, heads=64, kv_heads=1, ffn=0, vocab=0, merges=0)
+
+
+def big_layer(q_rows: int) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Layer 0's attention, Q first in the table (the first claim a reader meets), in F32 but O in Q4_0."""
+    return [("blk.0.attn_q.weight", "F32", (q_rows, BIG.hidden)), ("blk.0.attn_norm.weight", "F32", (BIG.hidden,)),
+            ("blk.0.attn_k.weight", "F32", (128, BIG.hidden)), ("blk.0.attn_v.weight", "F32", (128, BIG.hidden)),
+            ("blk.0.attn_output.weight", "Q4_0", (BIG.hidden, BIG.hidden))]
+
+
+@pytest.fixture
+def gguf_hub(tmp_path, monkeypatch):
+    """A stand-in Hub with a good safetensors model, a GGUF whose header claims a 4 GiB layer-0 Q that the
+    file does not hold, and a GGUF whose 256 MiB layer-0 Q is real (zeros in a sparse file)."""
+    root = tmp_path / "repos"
+    (root / "liar").mkdir(parents=True)
+    (root / "big").mkdir()
+    write_claims(root / "liar" / "liar.gguf", BIG, big_layer(32768 * 4), holes=False)
+    write_claims(root / "big" / "big.gguf", BIG, big_layer(BIG.hidden), holes=True)
+    repos = [Repo("acme/good", write_llama(root / "good")), Repo("acme/liar", root / "liar"),
+             Repo("acme/big", root / "big")]
+    with HubStandIn(repos) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        yield server
+
+
+CHILD = """
+import json, sys
+from lineage_scanner.cli.main import main
+def vm(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) >> 10
+main(sys.argv[1:4] + ["-q"])  # a warm-up scan: imports, compiled kernels, the Hub client, the store
+open("/proc/self/clear_refs", "w").write("5")  # the peak starts again from here
+base = vm("VmRSS")
+code = main(sys.argv[4:])
+print(json.dumps({"code": code, "base": base, "peak": vm("VmHWM")}))
+"""
+
+
+def scan_in_child(tmp_path, *argv: str) -> tuple[dict, list[str]]:
+    """``lineage scan ARGV`` in a process of its own, after a warm-up scan of the stand-in's good model: (exit
+    code, RSS before and peak RSS during it in MB), and its error lines."""
+    import subprocess
+    import sys
+
+    warm = ["scan", "hf://acme/good", f"--db={tmp_path / 'warm-db'}"]
+    child = subprocess.run([sys.executable, "-c", CHILD, *warm, "scan", *argv, "-q"], capture_output=True,
+                           text=True, timeout=240, env=dict(os.environ))
+    assert "Traceback" not in child.stderr, child.stderr
+    return json.loads(child.stdout.strip().splitlines()[-1]), [line for line in child.stderr.splitlines()
+                                                               if line.startswith("Error:")]
+
+
+def test_gguf_tensor_claims_past_the_file_are_refused_before_allocation(gguf_hub, tmp_path):
+    """Locally and on the Hub, a tensor table claiming a 4 GiB layer-0 Q in a 1 KB file is a one-line
+    error before anything is sized by the claim; the batch goes on."""
+    local = Path(gguf_hub.repos["acme/liar"].path) / "liar.gguf"
+    started = time.monotonic()
+    result, lines = scan_in_child(tmp_path, str(local), "hf://acme/liar", "hf://acme/good", "--db",
+                                  str(tmp_path / "db"))
+    assert time.monotonic() - started < 60
+    assert result["code"] == 1 and result["peak"] - result["base"] < 64, result  # MB, against a 4 GiB claim
+    claim = f"tensor 'blk.0.attn_q.weight' claims {4 << 30} bytes"
+    assert len(lines) == 2 and all(claim in line and "past the end of the" in line for line in lines)
+    assert any(line.startswith(f"Error: {local}:") for line in lines)
+    assert any(line.startswith("Error: hf://acme/liar@") and "/liar.gguf:" in line for line in lines)
+    rows = Store(tmp_path / "db").connect().execute("SELECT model, status FROM scans ORDER BY model").fetchall()
+    assert rows == [("acme/good", "ok"), ("acme/liar", "bad_header"), ("liar.gguf", "bad_header")]
+    assert gguf_hub.bytes_served["liar.gguf"] < 4096  # the header only
+
+
+def test_hub_gguf_tensors_are_read_in_bounded_blocks(gguf_hub, tmp_path):
+    """A real 256 MiB layer-0 Q on the Hub streams through a scan in blocks: the scanning process grows by
+    a fraction of it (a reader that sized memory by the tensor grew by more than all of it: 379 MB)."""
+    db = tmp_path / "db"
+    result, lines = scan_in_child(tmp_path, "hf://acme/big", "hf://acme/good", "--db", str(db))
+    assert result["code"] == 0 and not lines
+    assert result["peak"] - result["base"] < 128, result  # MB, against a 256 MiB tensor (50 MB measured)
+    assert gguf_hub.bytes_served["big.gguf"] >= 256 << 20  # the whole tensor did pass
+    rows = Store(db).connect().execute("SELECT model, status FROM scans ORDER BY model").fetchall()
+    assert rows == [("acme/big", "ok"), ("acme/good", "ok")]
+
+
+def test_a_hub_gguf_shorter_than_its_stated_size_is_an_error(gguf_hub, monkeypatch):
+    """A server whose file ends before the size it stated (here: cut after the header was read) gives a
+    one-line error for the tensor read, never a short tensor."""
+    from lineage_scanner.errors import RemoteError
+    from lineage_scanner.readers.hub import HubClient
+    from lineage_scanner.readers.hub_gguf import HubGguf
+
+    reader = HubGguf(HubClient("hf://acme/big"), "acme/big", "main", "big.gguf")
+    os.truncate(Path(gguf_hub.repos["acme/big"].path) / "big.gguf", reader.tensors()["blk.0.attn_k.weight"].end - 8)
+    with pytest.raises(RemoteError, match="the file ends at byte .*, before byte .* that its stated size includes"):
+        reader.read("blk.0.attn_k.weight")
+    reader.close()

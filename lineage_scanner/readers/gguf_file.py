@@ -1,20 +1,21 @@
-"""GGUF files (llama.cpp): header checked, tensors memory-mapped and dequantized a block of rows at a time.
+"""GGUF files (llama.cpp): the header parsed in one pass, tensors dequantized a block of rows at a time.
 
-The ``gguf`` package parses the header. Before handing the file to it, the fixed part of the header is
-checked here (magic, version, counts bounded by the file size), so a lying count cannot make the parser
-loop or allocate without bound; anything the parser still rejects becomes a :class:`HeaderError` naming
-the file. Tensor data is read from this reader's own memory map: F32, F16 and BF16 as views in their
-stored dtype (the moments kernels read them natively), the common quantizations through the compiled
-decoders of :mod:`lineage_scanner.readers.ggml_quants`, the rest through the ``gguf`` package's numpy
-dequantizer. Large tensors are handed to the measurement as blocks of rows (:meth:`GgufFile.read_blocks`),
-so a quantized matrix is never held whole in float32.
+The header is this package's own one-pass parse (:mod:`lineage_scanner.readers.gguf_header`): the ``gguf``
+package's ``GGUFReader`` builds numpy views of every metadata item (millions for a real vocabulary), which
+cost a real checkpoint's scan seconds and hundreds of MB. Tensor bytes are read from the tensor table
+found there: F32, F16 and BF16 as views in their stored dtype (the moments kernels read them natively),
+the common quantizations through the compiled decoders of :mod:`lineage_scanner.readers.ggml_quants`, the
+rest through the ``gguf`` package's numpy dequantizer on just those bytes. :class:`GgufTensors` does that
+for any source of bytes: a local file's memory map here, range reads for the Hub
+(:class:`lineage_scanner.readers.hub_gguf.HubGguf`). Large tensors are handed to the measurement as
+blocks of rows (:meth:`GgufTensors.read_blocks`), so a quantized matrix is never held whole in float32.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import struct
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -22,14 +23,9 @@ from lineage_scanner.errors import HeaderError
 from lineage_scanner.readers import ggml_quants
 from lineage_scanner.readers.arrays import DTYPES, take_runs
 from lineage_scanner.readers.base import TensorInfo, content_digest
-from lineage_scanner.readers.gguf_header import NeedMore, header_end
+from lineage_scanner.readers.gguf_header import BLOCKS, GgufHeader, parse_header
 from lineage_scanner.readers.local import close_map, drop_pages, map_file
 
-MAGIC = b"GGUF"
-VERSIONS = (2, 3)
-#: Smallest possible encoding of one metadata pair / tensor record; bounds counts by the file size.
-MIN_KV_BYTES = 8 + 1 + 4 + 1
-MIN_TENSOR_BYTES = 8 + 1 + 4 + 8 + 4 + 8
 #: Stored types read as views, in the dtype the moments kernels decode natively.
 NATIVE = {name: DTYPES[name] for name in ("F32", "F16", "BF16")}
 #: Tensors whose stored bytes exceed this are measured by blocks of rows ...
@@ -39,162 +35,146 @@ STREAM_BYTES = 4 << 20
 BLOCK_BYTES = 8 << 20
 
 
-def check_prefix(prefix: bytes, file_size: int, path: str) -> tuple[int, int]:
-    """Validate magic, version and the tensor / metadata counts; returns (n_tensors, n_kv)."""
-    if len(prefix) < 24:
-        raise HeaderError(path, f"truncated: {file_size} bytes, too short for a GGUF header")
-    if prefix[:4] != MAGIC:
-        raise HeaderError(path, f"bad magic {prefix[:4]!r}, not a GGUF file")
-    (version,) = struct.unpack("<I", prefix[4:8])
-    if version not in VERSIONS:
-        raise HeaderError(path, f"GGUF version {version} is not supported (expected 2 or 3)")
-    n_tensors, n_kv = struct.unpack("<QQ", prefix[8:24])
-    if n_tensors * MIN_TENSOR_BYTES + n_kv * MIN_KV_BYTES > file_size:
-        raise HeaderError(path, f"header claims {n_tensors} tensors and {n_kv} metadata keys, "
-                                f"more than a {file_size}-byte file can hold")
-    return n_tensors, n_kv
+def units(info: TensorInfo) -> tuple[int, int]:
+    """(units, weights per unit) a tensor is read by: rows of its leading dimension, or, for a vector, its
+    quantization blocks (a row is always whole blocks in GGUF; part of a block cannot be decoded)."""
+    if info.numel == 0:
+        return 0, 0
+    if len(info.shape) >= 2:
+        return info.shape[0], info.numel // info.shape[0]
+    block = BLOCKS[info.dtype][0]
+    return info.numel // block, block
 
 
-def walk_header(f, size: int, path: str) -> int:
-    """Walk the whole header with every count bounded by the bytes left (see gguf_header), reading more
-    of the file only as the walk needs it; returns where tensor data starts."""
-    data = b""
-    want = min(size, 1 << 16)
-    while True:
-        f.seek(len(data))
-        data += f.read(want - len(data))
-        try:
-            return header_end(data, size)
-        except NeedMore as more:
-            if more.at_least > size:
-                raise HeaderError(path, "header runs past the end of the file") from None
-            want = min(size, more.at_least)
-        except (ValueError, KeyError, struct.error) as exc:
-            raise HeaderError(path, f"malformed GGUF header ({exc})") from None
-
-
-class GgufFile:
-    """A ``.gguf`` checkpoint. ``metadata`` holds the scalar and string keys (architecture, sizes)."""
+class GgufTensors:
+    """The tensors of a parsed GGUF header, decoded span by span of whole units; where the bytes come from
+    is the subclass's :meth:`_spans`."""
 
     format = "gguf"
+    path: str
+    header: GgufHeader
 
-    def __init__(self, path: str | os.PathLike):
-        from gguf import GGUFReader
-
-        self.path = str(path)
-        size = os.path.getsize(self.path)
-        with open(self.path, "rb") as f:
-            check_prefix(f.read(24), size, self.path)
-            walk_header(f, size, self.path)
-        try:
-            self._reader = GGUFReader(self.path)
-            self.metadata = _scalar_fields(self._reader)
-            self._by_name = {t.name: t for t in self._reader.tensors}
-            self._tensors = {
-                t.name: TensorInfo(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape.tolist())),
-                                   self.path, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
-                for t in self._reader.tensors
-            }
-        except HeaderError:
-            raise
-        except Exception as exc:  # the parser raises many kinds on malformed input; all mean one thing
-            raise HeaderError(self.path, f"malformed GGUF ({exc.__class__.__name__}: {exc})") from None
-        self.bytes_read = min(self._tensors.values(), key=lambda t: t.start).start if self._tensors else size
-        data_end = max((t.end for t in self._tensors.values()), default=0)
-        if data_end > size:
-            raise HeaderError(self.path, f"tensor data ends at byte {data_end}, past the end of the "
-                                         f"{size}-byte file (truncated)")
-        self._mmap = map_file(self.path, size)
+    @property
+    def metadata(self) -> dict[str, object]:
+        """Scalar and string metadata (architecture, sizes); arrays such as the vocabulary are not kept."""
+        return self.header.metadata
 
     def tensors(self) -> dict[str, TensorInfo]:
-        return self._tensors
-
-    def prefetch(self, names: list[str]) -> None:
-        """Nothing ahead of time: the parser's memmap pages in what each read touches."""
+        return self.header.tensors
 
     @property
     def stream_over(self) -> int:
         """Tensors stored in more bytes than this are measured block by block (:meth:`read_blocks`)."""
         return STREAM_BYTES
 
-    def read(self, name: str) -> np.ndarray:
-        info = self._tensors[name]
-        self.bytes_read += info.nbytes
-        return self._rows(name, 0, info.shape[0] if info.shape else 1).reshape(info.shape)
+    def _spans(self, info: TensorInfo, unit_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The tensor's bytes in order, as (first unit, uint8 array of whole units)."""
+        raise NotImplementedError
 
-    def read_blocks(self, name: str):
-        """The matrix as consecutive blocks of whole rows, at most ``BLOCK_BYTES`` each in float32: yields
-        (first row, block)."""
-        info = self._tensors[name]
-        rows, cols = info.shape
-        per = max(1, BLOCK_BYTES // (4 * max(cols, 1)))
-        self.bytes_read += info.nbytes
-        for first in range(0, rows, per):
-            yield first, self._rows(name, first, min(rows, first + per)).reshape(-1, cols)
+    def _count(self, info: TensorInfo) -> None:
+        """Account for a tensor read (readers that count bytes as they arrive do nothing)."""
 
-    def _rows(self, name: str, first: int, last: int) -> np.ndarray:
-        """Rows [first, last) of a tensor (its leading dimension), flat, as floats."""
-        info = self._tensors[name]
-        inner = info.numel // max(info.shape[0], 1) if info.shape else 1
-        count = (last - first) * inner
-        row_bytes = info.nbytes // max(info.shape[0], 1) if info.shape else info.nbytes
-        start = info.start + first * row_bytes
+    def _pieces(self, name: str, block_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first unit, flat decoded weights) over the tensor: each span whole, or in pieces of at most
+        ``block_bytes`` as float32 (at least one unit)."""
+        info = self.header.tensors[name]
+        count, per_unit = units(info)
         if count == 0:
-            return np.empty(0, dtype=NATIVE.get(info.dtype, np.float32))
+            return
+        unit_bytes = info.nbytes // count
+        self._count(info)
+        for first, raw in self._spans(info, unit_bytes):
+            held = raw.size // unit_bytes
+            step = held if block_bytes is None else max(1, block_bytes // (4 * per_unit))
+            for at in range(0, held, step):
+                n = min(held, at + step) - at
+                yield first + at, self._decode(info, raw[at * unit_bytes : (at + n) * unit_bytes], n * per_unit)
+
+    def _decode(self, info: TensorInfo, raw: np.ndarray, count: int) -> np.ndarray:
+        """``count`` weights from their stored bytes, as floats."""
         try:
             if info.dtype in NATIVE:
-                return np.frombuffer(self._mmap, dtype=NATIVE[info.dtype], count=count, offset=start)
-            raw = np.frombuffer(self._mmap, np.uint8, (last - first) * row_bytes, start)
+                return raw.view(NATIVE[info.dtype])[:count]
             if info.dtype in ggml_quants.DECODED:
                 return ggml_quants.dequantize(raw, info.dtype, count)
-            return self._reference_dequantize(name, raw, count)
+            return self._reference_dequantize(info, raw, count)
         except (ValueError, IndexError) as exc:  # the table's shape and type disagree with the bytes
-            raise HeaderError(self.path, f"tensor {name!r}: data does not fit {info.dtype} {info.shape} ({exc})"
-                              ) from None
+            raise HeaderError(self.path, f"tensor {info.name!r}: data does not fit {info.dtype} {info.shape} "
+                                         f"({exc})") from None
 
-    def _reference_dequantize(self, name: str, raw: np.ndarray, count: int) -> np.ndarray:
+    def _reference_dequantize(self, info: TensorInfo, raw: np.ndarray, count: int) -> np.ndarray:
         """Types without a compiled decoder, through the gguf package (numpy, slower)."""
+        from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
-        qtype = self._by_name[name].tensor_type
         try:
-            values = dequantize(raw, qtype)
+            values = dequantize(raw, GGMLQuantizationType[info.dtype])
         except NotImplementedError:
-            raise HeaderError(self.path, f"tensor {name!r}: no dequantizer for {qtype.name}") from None
+            raise HeaderError(self.path, f"tensor {info.name!r}: no dequantizer for {info.dtype}") from None
         return np.ascontiguousarray(values, dtype=np.float32).reshape(-1)[:count]
+
+    def read(self, name: str) -> np.ndarray:
+        info = self.header.tensors[name]
+        pieces = [piece for _, piece in self._pieces(name)]
+        if not pieces:
+            return np.empty(info.shape, dtype=NATIVE.get(info.dtype, np.float32))
+        return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces)).reshape(info.shape)
+
+    def read_blocks(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
+        """The matrix as consecutive blocks of whole rows, at most ``BLOCK_BYTES`` each in float32: yields
+        (first row, block)."""
+        cols = self.header.tensors[name].shape[1]
+        for first, piece in self._pieces(name, BLOCK_BYTES):
+            yield first, piece.reshape(-1, cols)
 
     def read_runs(self, name: str, starts: np.ndarray, run: int) -> np.ndarray:
         """Quantized blocks must be decoded whole, so a sample costs a full read here."""
         return take_runs(self.read(name), starts, run)
 
-    def release(self, name: str) -> None:
-        drop_pages(self._mmap, self._tensors[name])
-
-    def fingerprint(self) -> bytes:
+    def header_digest(self) -> hashlib._Hash:
+        """SHA-256 over the metadata kept and the tensor table: what the header says of the weights."""
         h = hashlib.sha256()
         for key in sorted(self.metadata):
             h.update(f"{key}={self.metadata[key]}\0".encode())
-        for info in self._tensors.values():
+        for info in self.header.tensors.values():
             h.update(f"{info.name}:{info.dtype}:{info.shape}:{info.start}\0".encode())
-        starts = [t.start for t in self._tensors.values()]
-        if starts:
-            h.update(content_digest(self.path, min(starts), max(t.end for t in self._tensors.values())))
+        return h
+
+
+class GgufFile(GgufTensors):
+    """A local ``.gguf`` checkpoint, memory-mapped: the header parsed from the map (only the pages the walk
+    touches are read), tensors decoded from views of it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        size = os.path.getsize(self.path)
+        self._mmap = map_file(self.path, size)
+        try:
+            self.header = parse_header(size, self.path, (self._mmap if self._mmap is not None else b"", 0))
+        except BaseException:
+            close_map(self._mmap)
+            raise
+        self.bytes_read = self.header.data_start if self.header.tensors else size
+
+    def prefetch(self, names: list[str]) -> None:
+        """Nothing ahead of time: a read pages in what it touches."""
+
+    def _spans(self, info: TensorInfo, unit_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        yield 0, np.frombuffer(self._mmap, np.uint8, info.nbytes, info.start)
+
+    def _count(self, info: TensorInfo) -> None:
+        self.bytes_read += info.nbytes
+
+    def release(self, name: str) -> None:
+        drop_pages(self._mmap, self.header.tensors[name])
+
+    def fingerprint(self) -> bytes:
+        h = self.header_digest()
+        infos = self.header.tensors.values()
+        if infos:
+            h.update(content_digest(self.path, min(t.start for t in infos), max(t.end for t in infos)))
         return h.digest()
 
     def close(self) -> None:
-        self._by_name = {}
-        self._reader = None
         close_map(self._mmap)
         self._mmap = None
-
-
-def _scalar_fields(reader) -> dict[str, object]:
-    """Scalar and string metadata (arrays such as the tokenizer vocabulary are skipped)."""
-    out: dict[str, object] = {}
-    for name, field in reader.fields.items():
-        if len(field.types) != 1:
-            continue
-        value = field.contents()
-        if isinstance(value, (str, int, float, bool)):
-            out[name] = value
-    return out

@@ -267,7 +267,7 @@ def open_hub(text: str, done: set[tuple[str, str]], copies: Shared | None = None
 def _open_hub_gguf(client, repo_id: str, sha: str, chosen: str | None, ggufs: list[str], declared: list[str]
                    ) -> OpenedModel:
     """A GGUF in a Hub repo: the one named after the repo id, or the repo's only one."""
-    from lineage_scanner.readers.hub import HubGguf
+    from lineage_scanner.readers.hub_gguf import HubGguf
 
     if chosen is None:
         if len(ggufs) != 1:
