@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from lineage_scanner.run.batch import UNKNOWN_BYTES, plan_units, run_batch
 from lineage_scanner.run.ray import CRASH_HOOK, RayExecutor
 from lineage_scanner.store.store import Store
 from tests.conftest import raw_safetensors
+from tests.ray_nodes import RayHead
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,26 +80,14 @@ def test_an_interrupted_batch_resumes_without_duplicates(ray_local, zoo, tmp_pat
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """A real `ray start --head` on 127.0.0.1 (2 CPUs, token auth), stopped afterwards. `ray stop` stops
-    every Ray on the machine, so this process's own local Ray is shut down first (and restarted on demand)."""
-    import ray as ray_module
-
-    ray_module.shutdown()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    ray = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391", "--num-cpus=2",
-             "--dashboard-host=127.0.0.1", "--dashboard-port=8271", f"--temp-dir={temp}", "--disable-usage-stats"]
-    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+def ray_head():
+    """A real `ray start --head` on 127.0.0.1 (2 CPUs, token auth, free ports); afterwards its own processes
+    are stopped, never another Ray on the machine (see tests/ray_nodes.py)."""
+    head = RayHead().start()
     try:
-        yield env, "http://127.0.0.1:8271"
+        yield head.env, head.dashboard
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+        head.stop()
 
 
 def test_ray_job_submit_batch_scan(ray_head, zoo, tmp_path):
