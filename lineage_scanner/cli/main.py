@@ -267,7 +267,7 @@ def cmd_graph(args) -> int:
 
     store = Store(args.db)
     edges = detect(store, args.min_confidence)
-    store.write_edges(edges)
+    saved = store.keep(edges=edges)  # a read-only store: the edges are shown, not stored
     graph = export(store, edges, args.out)
     if args.html:
         from pathlib import Path
@@ -276,7 +276,7 @@ def cmd_graph(args) -> int:
 
         Path(args.html).write_text(lineage_map(graph, f"Lineage map of {Path(args.db).resolve().name}"),
                                    encoding="utf-8")
-    with store.connect() as con:
+    with store.connect(edges=None if saved else edges) as con:
         disagreements = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
     if args.json:
         print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
                         help="signature store directory (default ./lineage-db, env LINEAGE_DB)")
+    common.add_argument("--cache", help="directory for caches such as the match index (default $LINEAGE_CACHE, "
+                        "else the XDG cache); never the store, which may be read-only")
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     common.add_argument("--backend", choices=BACKENDS, default="auto", help="moments backend")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -422,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one line on stderr, ``Error: ...``, and exit code 1 (130 when
     interrupted); ``--debug`` shows the traceback of an unexpected one instead."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache", None):  # the process's cache directory: the match index's, the null's
+        os.environ["LINEAGE_CACHE"] = args.cache
     try:
         with _stdout_for_data(args.json):
             return args.func(args)

@@ -69,10 +69,12 @@ class Files:
             self.fs.create_dir(folder, recursive=True)
             pq.write_table(data, tmp, compression="zstd", filesystem=self.fs)
             self.fs.move(tmp, final)
-        except OSError as exc:
+        except BaseException as exc:  # an interrupt too: no temporary file is left behind
             with contextlib.suppress(OSError):
                 self.fs.delete_file(tmp)
-            raise StoreError(self.root, f"cannot write {table} ({exc.strerror or exc})") from None
+            if isinstance(exc, OSError):
+                raise StoreError(self.root, f"cannot write {table} ({exc.strerror or exc})") from None
+            raise
         return final
 
     def delete(self, path: str) -> None:
@@ -80,8 +82,11 @@ class Files:
 
     def quarantine(self, path: str) -> str:
         """Move a data file to ``<store>/quarantine/<table>/``; where it went."""
-        table = os.path.basename(os.path.dirname(path))
-        target = os.path.join(self.base, "quarantine", table, os.path.basename(path))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(path, target)
+        table, name = path.rsplit("/", 2)[-2:]
+        target = f"{self.base}/quarantine/{table}/{name}"
+        try:
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            self.fs.move(path, target)
+        except OSError as exc:
+            raise StoreError(self.root, f"cannot move {path} aside ({exc.strerror or exc})") from None
         return target

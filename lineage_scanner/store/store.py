@@ -15,11 +15,12 @@ index) and :mod:`~lineage_scanner.store.rows` (records to rows and back).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from lineage_scanner.errors import SourceError
+from lineage_scanner.errors import SourceError, StoreError
 from lineage_scanner.signature.record import Signature
 from lineage_scanner.store.files import Files, new_stem
 from lineage_scanner.store.health import Health
@@ -32,13 +33,21 @@ if TYPE_CHECKING:  # writing signatures needs no DuckDB: it is imported by what 
     import duckdb
 
 
-class Store:
-    """A Parquet dataset (``--db``: a directory or a filesystem URI) with DuckDB views over it."""
+def edge_rows(edges) -> list[dict]:
+    """Rows of the ``edges`` table for one detection run (one time for all of them)."""
+    now = datetime.now(timezone.utc)
+    return [{"a": e.a, "b": e.b, "score": e.score, "p_value": e.p_value, "kind": e.kind, "computed_at": now}
+            for e in edges]
 
-    def __init__(self, root: str | os.PathLike):
+
+class Store:
+    """A Parquet dataset (``--db``: a directory or a filesystem URI) with DuckDB views over it; ``cache``:
+    where its match index goes (see :func:`lineage_scanner.store.index.cache_dir`)."""
+
+    def __init__(self, root: str | os.PathLike, cache: str | os.PathLike | None = None):
         self.data = Files(root)
-        self.health = Health()
-        self.index = MatchIndex(self.data, lambda database: self.connect(database))
+        self.health = Health(self.data)
+        self.index = MatchIndex(self.data, lambda database: self.connect(database), cache)
 
     @property
     def root(self) -> str:
@@ -90,9 +99,20 @@ class Store:
     def write_edges(self, edges) -> int:
         """Append one detection run's edges (see :mod:`lineage_scanner.lineage.graph`); the ``edges`` view
         shows the newest run."""
-        now = datetime.now(timezone.utc)
-        return self._append("edges", [{"a": e.a, "b": e.b, "score": e.score, "p_value": e.p_value,
-                                       "kind": e.kind, "computed_at": now} for e in edges], keep_empty=True)
+        return self._append("edges", edge_rows(edges), keep_empty=True)
+
+    def keep(self, sigs: Iterable[Signature] = (), edges=None) -> bool:
+        """Write what a read command found on its way (a path it scanned to compare, a graph's edges) where
+        the store takes writes; a read-only or full store gets a note on stderr instead, and the command
+        goes on. Whether it was written."""
+        try:
+            self.write(sigs)
+            if edges is not None:
+                self.write_edges(edges)
+            return True
+        except StoreError as exc:
+            print(f"note: {exc}; the result is not stored", file=sys.stderr)
+            return False
 
     def write_catalog(self, entries) -> int:
         """Append a catalog listing (see :mod:`lineage_scanner.sources.catalog`) as one new file."""
@@ -100,10 +120,12 @@ class Store:
 
     # ---- reading --------------------------------------------------------------------------------------
 
-    def connect(self, database: str = ":memory:", sandbox: bool = False, for_query: str | None = None
-                ) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the store's views (see :func:`lineage_scanner.store.views.open_views`)."""
-        return open_views(self.data, self.health, database, sandbox, for_query)
+    def connect(self, database: str = ":memory:", sandbox: bool = False, for_query: str | None = None,
+                edges=None) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the store's views (see :func:`lineage_scanner.store.views.open_views`);
+        ``edges``: a graph run not stored (a read-only store) that the ``edges`` view shows instead."""
+        return open_views(self.data, self.health, database, sandbox, for_query,
+                          None if edges is None else edge_rows(edges))
 
     def todo(self, limit: int | None = None) -> list[str]:
         """``hf://model@sha`` sources listed in the catalog and not yet scanned: those deferred by a spent Hub
@@ -174,17 +196,25 @@ class Store:
         return self.index.declared(models)
 
     def index_path(self) -> str:
-        """The match index file for the store as it is now (its name changes whenever the store does)."""
+        """The match index for the store as it is now, built if need be: its file, or ``memory:<stamp>``
+        where the cache cannot hold one (either changes whenever the store does)."""
         return self.index.path()
 
     # ---- health ---------------------------------------------------------------------------------------
 
     def check(self) -> list[tuple[str, str]]:
-        """(file, problem) for every damaged or foreign data file in the store."""
+        """(file, problem) for every damaged or foreign data file in the store, and every file holding rows
+        out of bounds (see :data:`lineage_scanner.store.health.BOUNDS`)."""
         import duckdb
 
+        problems = []
         with duckdb.connect() as con:
-            return [p for table in TABLES for p in self.health.damage(con, table, self.data.list(table))]
+            for table in TABLES:
+                files = self.data.list(table)
+                damaged = self.health.damage(con, table, files)
+                sound = [f for f in files if f not in dict(damaged)]
+                problems += damaged + self.health.out_of_bounds(con, table, sound)
+        return problems
 
     def repair(self) -> list[tuple[str, str]]:
         """Move every damaged or foreign data file to ``<store>/quarantine/<table>/``; what was moved, where."""

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING
 
 from lineage_scanner.signature.record import EMBED_DIM
 from lineage_scanner.store.files import Files
-from lineage_scanner.store.health import Health
+from lineage_scanner.store.health import Health, in_bounds
 from lineage_scanner.store.schema import TABLES, arrow_schema, columns, duckdb_type
 
 if TYPE_CHECKING:
     import duckdb
 
 VIEWS = {
-    "scans": "SELECT * REPLACE (embedding::FLOAT[{dim}] AS embedding) FROM signatures_files",
+    # rows whose depth or widths lie outside what any scan writes are left out (``lineage store check``)
+    "scans": "SELECT * REPLACE (embedding::FLOAT[{dim}] AS embedding) FROM signatures_files WHERE {bounds}",
     "latest": "SELECT * FROM scans "
               "QUALIFY row_number() OVER (PARTITION BY model, revision ORDER BY scanned_at DESC, scan_id) = 1",
     "signatures": "SELECT * EXCLUDE (error) FROM latest WHERE status = 'ok'",
@@ -73,11 +74,12 @@ def needed(names: set[str]) -> set[str]:
 
 
 def open_views(files: Files, health: Health, database: str = ":memory:", sandbox: bool = False,
-               for_query: str | None = None) -> duckdb.DuckDBPyConnection:
+               for_query: str | None = None, edges: list[dict] | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the store's views defined (as temporary views: ``database`` may be a file
     that is being filled, and never keeps them); only those ``for_query`` names (and what they read), if
     given. ``sandbox``: then locked so that only the store's data files can be read and nothing written
-    (see :mod:`lineage_scanner.store.sql`)."""
+    (see :mod:`lineage_scanner.store.sql`). ``edges``: rows the ``edges`` table holds instead of its
+    files (a graph run that a read-only store could not take)."""
     import duckdb
 
     con = duckdb.connect(database, config={"autoinstall_known_extensions": False,
@@ -86,10 +88,11 @@ def open_views(files: Files, health: Health, database: str = ":memory:", sandbox
     if for_query is not None:
         with contextlib.suppress(duckdb.Error):  # a query DuckDB cannot parse gets every view (and its error)
             wanted = needed(set(con.get_table_names(for_query)))
-    read = [f for table in TABLES if f"{table}_files" in wanted for f in _define_files_view(con, files, health, table)]
+    read = [f for table in TABLES if f"{table}_files" in wanted
+            for f in _define_files_view(con, files, health, table, edges if table == "edges" else None)]
     for name, body in VIEWS.items():
         if name in wanted:
-            con.execute(f"CREATE TEMP VIEW {name} AS {body.format(dim=EMBED_DIM)}")
+            con.execute(f"CREATE TEMP VIEW {name} AS {body.format(dim=EMBED_DIM, bounds=in_bounds('signatures'))}")
     if sandbox:
         con.execute("SET allowed_paths = ?", [read if not files.remote else []])
         con.execute("SET allowed_directories = ?", [[]])
@@ -98,22 +101,26 @@ def open_views(files: Files, health: Health, database: str = ":memory:", sandbox
     return con
 
 
-def _define_files_view(con: duckdb.DuckDBPyConnection, files: Files, health: Health, table: str) -> list[str]:
-    """``<table>_files``: every sound file of the table under the current schema; columns that older files
-    lack read as NULL. The files it reads."""
-    paths = files.list(table)
+def _define_files_view(con: duckdb.DuckDBPyConnection, files: Files, health: Health, table: str,
+                       rows: list[dict] | None = None) -> list[str]:
+    """``<table>_files``: every sound file of the table under the current schema (or ``rows`` given);
+    columns that older files lack read as NULL. The files it reads."""
+    paths = health.sound(con, table, files.list(table)) if rows is None else []
     raw = f"{table}_raw"
     present: set[str] = set()
-    if paths and files.remote:
+    if rows is not None:
+        import pyarrow as pa
+
+        con.register(raw, pa.Table.from_pylist(rows, schema=arrow_schema(table)))
+        present = set(columns(table))
+    elif paths and files.remote:
         import pyarrow.dataset as pads
 
         con.register(raw, pads.dataset(paths, schema=arrow_schema(table), format="parquet", filesystem=files.fs))
         present = set(columns(table))
     elif paths:
-        paths = health.sound(con, table, paths)
-        if paths:
-            con.read_parquet(paths, union_by_name=True).create_view(raw, replace=True)
-            present = {row[0] for row in con.execute(f"DESCRIBE {raw}").fetchall()}
+        con.read_parquet(paths, union_by_name=True).create_view(raw, replace=True)
+        present = {row[0] for row in con.execute(f"DESCRIBE {raw}").fetchall()}
     select = ", ".join(f'"{c}"' if c in present else f'NULL::{duckdb_type(table, c)} AS "{c}"'
                        for c in columns(table))
     source = f"FROM {raw}" if present else "WHERE false"
