@@ -232,8 +232,6 @@ def cmd_store(args) -> int:
     from lineage_scanner.store.store import Store
 
     store = Store(args.db)
-    if store.remote:
-        raise UsageError("store check and repair work on a local store directory")
     found = store.check() if args.action == "check" else store.repair()
     if args.json:
         key = "problem" if args.action == "check" else "moved_to"

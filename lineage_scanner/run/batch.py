@@ -59,6 +59,9 @@ class ScanConfig:
     #: process its own budget, and an index seeded with :attr:`Known.digests`
     budget: Shared | None = None
     copies: Shared | None = None
+    #: a store every scanning process reaches (an object store), which Ray workers write their units'
+    #: signatures to themselves; None: the driver writes everything (a local directory may not be shared)
+    store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Known:
 class UnitResult:
     scanned: list[Signature] = field(default_factory=list)
     skipped: list[Key] = field(default_factory=list)
+    #: the originals among ``scanned`` (not copies, which the driver completes) are in the store already
+    stored: bool = False
 
 
 class OneAtATime:
@@ -257,12 +262,14 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
         last_flush = time.perf_counter()
 
     copies = _Copies(store, flush)
+    if store.remote:
+        config = dataclasses.replace(config, store=store.root)
     try:
         known = Known(frozenset(store.done()), store.digests())
         for result in executor.run(islice(units, max_units), config, known):
             shown = shown or (_Progress() if progress else None)
             settled = copies.settle(result.scanned)
-            pending.extend(settled)
+            pending.extend(s for s in settled if not (result.stored and s.identical_to is None))
             summary.add(UnitResult(settled, result.skipped))
             if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_seconds:
                 flush()

@@ -14,15 +14,19 @@ are error rows from the worker itself and are not retried.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from lineage_scanner.errors import InternalError, ScanError
+from lineage_scanner.errors import InternalError, ScanError, StoreError
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.run.batch import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
+from lineage_scanner.sources import name_of
+from lineage_scanner.store.files import new_stem
+from lineage_scanner.store.store import Store
 
 MAX_ATTEMPTS = 3
 #: Test hook for the fault-injection tests: "MARKER_FILE:SUBSTRING" makes a worker exit abruptly on a
@@ -47,7 +51,9 @@ class JobState(RateBudget, CopyIndex):
 
 
 class ScanWorker:
-    """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it."""
+    """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it. Where the
+    batch's store is one every node reaches (``config.store``), the worker writes each unit's originals
+    there itself, under the name the driver gave the unit (see :meth:`RayExecutor.run`)."""
 
     def __init__(self, config: ScanConfig, known: Known, threads: int, in_flight: int = 1):
         import numba
@@ -56,27 +62,42 @@ class ScanWorker:
         self.threads = threads
         self.in_flight = in_flight
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        self.scanner = Scanner(config, known, in_flight)
+        self.reset(config, known)
 
     def reset(self, config: ScanConfig, known: Known) -> None:
         """Serve another batch (a kept worker: its process, imports and loaded kernels stay)."""
         self.scanner = Scanner(config, known, self.in_flight)
+        self.store = Store(config.store) if config.store else None
 
     def ping(self) -> bool:
         return True
 
-    def scan(self, unit: WorkUnit) -> UnitResult:
+    def scan(self, unit: WorkUnit, stem: str | None = None) -> UnitResult:
         import numba
 
         numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))  # per calling thread
         for source in unit.sources:
             _crash_hook(source)
-        return self.scanner.scan(unit)
+        result = self.scanner.scan(unit)
+        if self.store is not None and stem is not None:
+            try:  # copies are completed by the driver, which writes them
+                self.store.write([sig for sig in result.scanned if sig.identical_to is None], stem)
+                result.stored = True
+            except StoreError:  # the driver writes them, or stops the batch with the store's error
+                pass
+            for source in unit.sources:
+                _crash_hook(source, "written")
+        return result
 
 
-def _crash_hook(source: str) -> None:
+def _crash_hook(source: str, phase: str = "") -> None:
+    """"MARKER:SUBSTRING" fires before a unit is scanned, "MARKER:SUBSTRING:written" once the worker has
+    written it (the driver then finds the unit in the store)."""
     for rule in filter(None, os.environ.get(CRASH_HOOK, "").split(",")):
         marker, _, needle = rule.partition(":")
+        needle, _, when = needle.partition(":")
+        if when != phase:
+            continue
         if needle in source and (marker == "always" or not os.path.exists(marker)):
             if marker != "always":
                 Path(marker).touch()
@@ -131,18 +152,15 @@ class RayExecutor:
 
     def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]:
         ray = connect(self.address)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        count = self.workers or (gpus if gpus else max(1, cpus))
-        # leave a share of a CPU free, so other Ray work (a job's driver, say) is never starved by the workers
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": min(1.0, cpus / (count + 1))}
+        slots = placement(ray, self.workers)
+        count = len(slots)
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
         # a runtime env of its own makes Ray start new processes: only when there is something to pass
         runtime = {"runtime_env": {"env_vars": env}} if env else {}
         remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=self.in_flight,
                             **runtime)(ScanWorker)
-        if gpus and config.backend == "auto":
-            config = dataclasses.replace(config, backend="triton")
+        # units' file names, where workers write (names the driver can look for when a worker is lost)
+        batch = new_stem() if config.store else None
         state = None
         if config.budget is None or config.copies is None:  # one budget and one copy index for all the workers
             if self._state is not None:
@@ -152,13 +170,15 @@ class RayExecutor:
                 state = ray.remote(num_cpus=0)(JobState).remote(known.digests)
             shared = Shared(actor=state)
             config = dataclasses.replace(config, budget=config.budget or shared, copies=config.copies or shared)
-        args = (config, ray.put(known), max(1, round(cpus / count)), self.in_flight)
+        known_ref = ray.put(known)
         if len(self._kept) == count:
-            ray.get([actor.reset.remote(config, args[1]) for actor in self._kept])
+            ray.get([actor.reset.remote(config, known_ref) for actor in self._kept])
             actors, self._kept = self._kept, []
         else:
             self.close()
-            actors = [remote.options(**options).remote(*args) for _ in range(count)]
+            actors = [remote.options(**slot.options).remote(config, known_ref, slot.threads, self.in_flight)
+                      for slot in slots]
+        slot_of = dict(zip(actors, slots))
         idle = deque(actor for _ in range(self.in_flight) for actor in actors)  # one entry per free slot
         retry: deque[WorkUnit] = deque()
         pending: dict = {}
@@ -169,11 +189,12 @@ class RayExecutor:
                     if unit is None:
                         break
                     actor = idle.popleft()
-                    pending[actor.scan.remote(unit)] = (actor, unit)
+                    stem = batch and f"{batch}-{hashlib.sha256(repr(unit.sources).encode()).hexdigest()[:12]}"
+                    pending[actor.scan.remote(unit, stem)] = (actor, unit, stem)
                 if not pending:
                     break
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
-                actor, unit = pending.pop(ref)
+                actor, unit, stem = pending.pop(ref)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the application's own error: recorded, not retried
@@ -183,20 +204,76 @@ class RayExecutor:
                     continue
                 except ray.exceptions.RayError as exc:  # the worker died (crash, OOM, preemption) during this unit
                     self.retried_units += 1
-                    failed = _requeue(unit, exc, retry)
+                    landed = Store(config.store).written(stem) if stem else None
+                    if landed is not None:  # it died after writing the unit: what remains are its copies
+                        yield UnitResult(landed, stored=True)
+                        unit = _less(unit, landed)
+                    failed = _requeue(unit, exc, retry) if unit.sources else None
                     if failed is not None:
                         yield UnitResult([failed])
-                    idle.append(_revived(ray, actor, lambda: remote.options(**options).remote(*args)))
+                    slot = slot_of.get(actor, slots[0])
+                    revived = _revived(ray, actor, lambda slot=slot: remote.options(**slot.fallback(ray)).remote(
+                        config, known_ref, slot.threads, self.in_flight))
+                    slot_of[revived] = slot
+                    idle.append(revived)
                     continue
                 idle.append(actor)
                 yield result
         finally:
-            alive = list({*idle, *(a for a, _ in pending.values())})
+            alive = list({*idle, *(a for a, *_ in pending.values())})
             if self.keep_workers and not pending:
                 self._kept, self._state = alive, state
             else:
                 for actor in [*alive, *([state] if state is not None else [])]:
                     ray.kill(actor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One worker's place: its Ray options (resources, node) and the CPU threads its kernels take."""
+
+    options: dict
+    threads: int
+
+    def fallback(self, ray) -> dict:
+        """The options of a replacement: the same, without the GPU where the cluster has none left (the
+        node that had it was lost), so that the replacement can start somewhere."""
+        if self.options.get("num_gpus") and ray.cluster_resources().get("GPU", 0) < 1:
+            return {k: v for k, v in self.options.items() if k not in ("num_gpus", "scheduling_strategy")}
+        return self.options
+
+
+def placement(ray, workers: int | None = None) -> list[Slot]:
+    """Where the workers go: on every live node, one actor per GPU (holding it), or on a node without
+    GPUs one per CPU; each pinned to its node softly (a restart may land elsewhere). Each takes a share of
+    a CPU, not all of it, so that other Ray work on the node (a job's driver) is never starved. With
+    ``workers``, that many actors, GPU ones first while the cluster has GPUs, spread over the nodes."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if workers:
+        total = ray.cluster_resources()
+        gpus, cpus = int(total.get("GPU", 0)), total.get("CPU", 1)
+        share = {"num_cpus": min(1.0, cpus / (workers + 1)), "scheduling_strategy": "SPREAD"}
+        threads = max(1, round(cpus / workers))
+        return [Slot({**share, "num_gpus": 1} if i < gpus else share, threads) for i in range(workers)]
+    slots = []
+    for node in ray.nodes():
+        if not node["Alive"]:
+            continue
+        gpus, cpus = int(node["Resources"].get("GPU", 0)), node["Resources"].get("CPU", 0)
+        count = gpus or int(cpus)
+        if not count:
+            continue
+        options = {"num_cpus": min(1.0, cpus / (count + 1)),
+                   "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)}
+        slots += [Slot({**options, "num_gpus": 1} if gpus else options, max(1, round(cpus / count)))] * count
+    return slots or [Slot({"num_cpus": 0.5}, 1)]
+
+
+def _less(unit: WorkUnit, landed: list[Signature]) -> WorkUnit:
+    """``unit`` without the models whose rows landed in the store (by the model a source names)."""
+    models = {sig.model for sig in landed}
+    return dataclasses.replace(unit, sources=tuple(s for s in unit.sources if name_of(s)[0] not in models))
 
 
 def _revived(ray, actor, replacement):

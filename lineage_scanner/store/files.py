@@ -3,7 +3,12 @@ listed, and how one appears: whole or not at all.
 
 A table is a folder of Parquet files, each written once under a unique name and never changed. A file is
 written under a hidden temporary name (``.<stem>.parquet.tmp``, never listed) and moved into place, so a
-reader never sees half a file; the temporary file is removed on every error path.
+reader never sees half a file; the temporary file is removed on every error path. On an object store
+(``s3://bucket/prefix``) a move is a server-side copy, which makes the object appear whole: the file is
+made in memory, uploaded to its temporary key, checked there for its full length, and only then copied
+to its name, so not even an upload cut short (whose multipart upload the client might still complete)
+can appear under a data file's name. Credentials come from the standard places (the AWS environment
+variables, profiles, an instance's role), never from the URI or this package.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class Files:
     def __init__(self, root: str | os.PathLike):
         self.root = str(root)
         self.remote = "://" in self.root
-        self.base = self.root if self.remote else os.path.abspath(self.root)
+        self._base = None if self.remote else os.path.abspath(self.root)
         self._fs = None
 
     @property
@@ -37,10 +42,17 @@ class Files:
             import pyarrow.fs as pafs
 
             if self.remote:
-                self._fs, self.base = pafs.FileSystem.from_uri(self.root)
+                self._fs, self._base = pafs.FileSystem.from_uri(self.root)
             else:
                 self._fs = pafs.LocalFileSystem()
         return self._fs
+
+    @property
+    def base(self) -> str:
+        """The store's path: a local directory, or a remote one as its filesystem names it (bucket/prefix)."""
+        if self._base is None:
+            self.fs  # noqa: B018 (resolving the URI names the path)
+        return self._base
 
     def list(self, table: str) -> list[str]:
         """Finished data files of ``table`` (temporary files are hidden and never listed)."""
@@ -59,15 +71,33 @@ class Files:
                       if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
                       and not i.base_name.startswith("."))
 
+    def path(self, table: str, stem: str) -> str:
+        return f"{self.base}/{table}/{stem}.parquet"
+
+    def exists(self, path: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
     def write(self, table: str, stem: str, data) -> str:
         """Write the Arrow table ``data`` as ``<table>/<stem>.parquet``, atomically; its path."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         folder = f"{self.base}/{table}"
-        tmp, final = f"{folder}/.{stem}.parquet.tmp", f"{folder}/{stem}.parquet"
+        tmp, final = f"{folder}/.{stem}.parquet.tmp", self.path(table, stem)
         try:
             self.fs.create_dir(folder, recursive=True)
-            pq.write_table(data, tmp, compression="zstd", filesystem=self.fs)
+            if self.remote:
+                body = pa.BufferOutputStream()
+                pq.write_table(data, body, compression="zstd")
+                body = body.getvalue()
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(body)
+                if self.fs.get_file_info(tmp).size != body.size:
+                    raise OSError(f"{tmp} holds {self.fs.get_file_info(tmp).size} bytes of {body.size}")
+            else:
+                pq.write_table(data, tmp, compression="zstd", filesystem=self.fs)
             self.fs.move(tmp, final)
         except BaseException as exc:  # an interrupt too: no temporary file is left behind
             with contextlib.suppress(OSError):

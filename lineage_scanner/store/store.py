@@ -25,7 +25,7 @@ from lineage_scanner.signature.record import Signature
 from lineage_scanner.store.files import Files, new_stem
 from lineage_scanner.store.health import Health
 from lineage_scanner.store.index import MatchIndex
-from lineage_scanner.store.rows import PROVENANCE, SCORED, layer_table, signature_table, signatures_from
+from lineage_scanner.store.rows import PROVENANCE, SCORED, STORED, layer_table, signature_table, signatures_from
 from lineage_scanner.store.schema import TABLES, arrow_schema, columns
 from lineage_scanner.store.views import open_views
 
@@ -63,17 +63,29 @@ class Store:
 
     # ---- writing --------------------------------------------------------------------------------------
 
-    def write(self, sigs: Iterable[Signature]) -> int:
-        """Append signatures (and their layers) as new files; returns how many rows were written."""
+    def write(self, sigs: Iterable[Signature], stem: str | None = None) -> int:
+        """Append signatures (and their layers) as new files, named ``stem`` (default: a new unique name;
+        a worker names its unit's files, so that the driver can tell whether a lost worker's unit landed);
+        returns how many rows were written."""
         sigs = list(sigs)
         if not sigs:
             return 0
-        stem = new_stem()
+        stem = stem or new_stem()
         layers = layer_table(sigs)
         if layers.num_rows:
             self.data.write("layers", stem, layers)
         self.data.write("signatures", stem, signature_table(sigs))
         return len(sigs)
+
+    def written(self, stem: str) -> list[Signature] | None:
+        """The signatures of the file named ``stem`` (see :meth:`write`), or None if it is not there."""
+        import pyarrow.parquet as pq
+
+        path = self.data.path("signatures", stem)
+        if not self.data.exists(path):
+            return None
+        rows = pq.read_table(path, filesystem=self.data.fs).select(STORED).to_pylist()
+        return signatures_from(STORED, [[r[c] for c in STORED] for r in rows])
 
     def compact(self, table: str) -> tuple[int, int]:
         """Merge a table's files into one (the new file lands before the old ones go); (before, after)."""

@@ -93,10 +93,11 @@ def open_views(files: Files, health: Health, database: str = ":memory:", sandbox
     for name, body in VIEWS.items():
         if name in wanted:
             con.execute(f"CREATE TEMP VIEW {name} AS {body.format(dim=EMBED_DIM, bounds=in_bounds('signatures'))}")
-    if sandbox:
+    if sandbox:  # a remote store's files reach DuckDB only as the pyarrow datasets registered above
         con.execute("SET allowed_paths = ?", [read if not files.remote else []])
         con.execute("SET allowed_directories = ?", [[]])
         con.execute("SET enable_external_access = false")
+        con.execute("SET python_enable_replacements = false")  # no Python object in reach but the views
         con.execute("SET lock_configuration = true")
     return con
 
