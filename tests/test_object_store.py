@@ -19,8 +19,8 @@ import pytest
 from lineage_scanner.run.batch import run_batch
 from lineage_scanner.run.ray import CRASH_HOOK, RayExecutor
 from lineage_scanner.store.store import Store
+from lineage_scanner.testing.s3_server import S3Server
 from tests.conftest import write_llama
-from tests.s3_server import S3Server
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 LINEAGE = str(Path(sys.executable).parent / "lineage")

@@ -1,6 +1,7 @@
-"""An S3-compatible server for the tests: moto's server mode, a real HTTP server process on 127.0.0.1 (a free
-port), reached by the real clients (pyarrow's S3 filesystem, the AWS SDK inside it) through the standard
-AWS environment variables, as a store on S3 is reached in production."""
+"""An S3-compatible server for tests and benches: moto's server mode (``pip install 'moto[server]'``, in the
+test extra), a real HTTP server process on 127.0.0.1 (a free port), reached by the real clients (pyarrow's
+S3 filesystem, the AWS SDK inside it) through the standard AWS environment variables, as a store on S3 is
+reached in production."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.ray_nodes import free_port
+from lineage_scanner.testing.local_cluster import free_port
 
 
 class S3Server:

@@ -1,0 +1,101 @@
+"""A Ray cluster of several nodes on this machine, every one on 127.0.0.1, for tests and benches.
+
+Ray's own ``cluster_utils.Cluster`` starts each node (head or worker) as its own raylet, object store and
+agents, joined through the head's GCS, exactly as ``ray start --address`` does on another machine; unlike
+the ``ray start`` command it takes the node address as given (the CLI rewrites 127.0.0.1 to the machine's
+outward address). Every port is a free one (Ray's defaults are fixed and would clash with another Ray on
+the machine); nodes are stopped by the cluster that started them, never by ``ray stop``, which stops every
+Ray on the machine. A node is lost as a machine is: its raylet killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+
+#: Node deaths noticed within seconds, not Ray's default tens of seconds (a lost node in a test).
+FAST_FAILURE = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                "health_check_initial_delay_ms": 1000, "worker_niceness": 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    """``LocalCluster(temp_dir).start(head_cpus)`` then ``add_node(...)``; ``dashboard`` is the address
+    ``ray job submit`` takes, ``address`` the one ``ray.init`` takes. Nodes inherit this process's
+    environment when they start (as a machine's nodes have their own: the Hub token, the store's
+    credentials), never through a runtime_env."""
+
+    temp_dir: str
+    nodes: list = field(default_factory=list)
+    dashboard: str = ""
+    cluster: object = None
+
+    def start(self, num_cpus: int = 2, dashboard: bool = True) -> LocalCluster:
+        from ray.cluster_utils import Cluster
+
+        port = free_port()
+        self.dashboard = f"http://127.0.0.1:{port}"
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": num_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": dashboard,
+            "dashboard_host": "127.0.0.1", "dashboard_port": port, "gcs_server_port": free_port(),
+            "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
+            "temp_dir": self.temp_dir, "_system_config": FAST_FAILURE})
+        self.nodes.append(self.cluster.head_node)
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_node(self, num_cpus: int = 1, num_gpus: int = 0):
+        node = self.cluster.add_node(num_cpus=num_cpus, num_gpus=num_gpus, node_ip_address="127.0.0.1",
+                                     dashboard_agent_listen_port=free_port(), metrics_export_port=free_port())
+        self.nodes.append(node)
+        return node
+
+    def wait(self) -> None:
+        self.cluster.wait_for_nodes()
+
+    @staticmethod
+    def kill_raylet(node) -> int:
+        """Lose ``node`` as a machine is lost: SIGKILL to its raylet (its workers follow it)."""
+        from ray._private import ray_constants
+
+        pid = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self) -> None:
+        """Stop every process this cluster started, and only those: its nodes, then whatever still runs in
+        or names its temp dir (a job's entrypoint runs in a working dir there)."""
+        if self.cluster is not None:
+            self.cluster.shutdown()
+        for pid in _within(self.temp_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _within(folder: str) -> list[int]:
+    """Processes (not this one) whose command line names ``folder`` or whose working dir is below it."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if folder.encode() in cmdline or cwd.startswith(folder):
+            out.append(int(entry))
+    return out
