@@ -29,6 +29,8 @@ from lineage_scanner.store.files import new_stem
 from lineage_scanner.store.store import Store
 
 MAX_ATTEMPTS = 3
+#: How long a lost worker is given to come back (a crashed process restarts in seconds, imports included).
+REVIVE_S = 60.0
 #: Test hook for the fault-injection tests: "MARKER_FILE:SUBSTRING" makes a worker exit abruptly on a
 #: unit holding a source containing SUBSTRING, once (it creates MARKER_FILE); "always:SUBSTRING" every time.
 CRASH_HOOK = "LINEAGE_TEST_CRASH"
@@ -179,6 +181,7 @@ class RayExecutor:
             actors = [remote.options(**slot.options).remote(config, known_ref, slot.threads, self.in_flight)
                       for slot in slots]
         slot_of = dict(zip(actors, slots))
+        lost: set = set()
         idle = deque(actor for _ in range(self.in_flight) for actor in actors)  # one entry per free slot
         retry: deque[WorkUnit] = deque()
         pending: dict = {}
@@ -211,16 +214,23 @@ class RayExecutor:
                     failed = _requeue(unit, exc, retry) if unit.sources else None
                     if failed is not None:
                         yield UnitResult([failed])
-                    slot = slot_of.get(actor, slots[0])
-                    revived = _revived(ray, actor, lambda slot=slot: remote.options(**slot.fallback(ray)).remote(
-                        config, known_ref, slot.threads, self.in_flight))
-                    slot_of[revived] = slot
-                    idle.append(revived)
+                    if actor in lost:  # another of its units already found it gone
+                        continue
+                    if _revived(ray, actor):
+                        idle.append(actor)
+                        continue
+                    lost.add(actor)  # its node is gone, or Ray could not bring it back: the others go on
+                    if not set(slot_of) - lost:  # unless none is left: then one more, wherever it fits
+                        slot = slot_of[actor]
+                        replacement = remote.options(**slot.fallback(ray)).remote(config, known_ref, slot.threads,
+                                                                                  self.in_flight)
+                        slot_of[replacement] = slot
+                        idle.extend([replacement] * self.in_flight)
                     continue
                 idle.append(actor)
                 yield result
         finally:
-            alive = list({*idle, *(a for a, *_ in pending.values())})
+            alive = list({*idle, *(a for a, *_ in pending.values())} - lost)
             if self.keep_workers and not pending:
                 self._kept, self._state = alive, state
             else:
@@ -276,14 +286,15 @@ def _less(unit: WorkUnit, landed: list[Signature]) -> WorkUnit:
     return dataclasses.replace(unit, sources=tuple(s for s in unit.sources if name_of(s)[0] not in models))
 
 
-def _revived(ray, actor, replacement):
-    """The actor once Ray has restarted it (so work never lands on a restarting actor), else a new one."""
+def _revived(ray, actor, wait: float = REVIVE_S) -> bool:
+    """Whether Ray restarted the actor within ``wait`` seconds (so work never lands on a restarting
+    actor); if not, it is killed (a lost node's actor Ray cannot place again would wait forever)."""
     try:
-        ray.get(actor.ping.remote(), timeout=120)
-        return actor
+        ray.get(actor.ping.remote(), timeout=wait)
+        return True
     except ray.exceptions.RayError:
         ray.kill(actor)
-        return replacement()
+        return False
 
 
 def _requeue(unit: WorkUnit, exc: Exception, retry: deque) -> Signature | None:

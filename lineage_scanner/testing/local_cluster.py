@@ -3,9 +3,13 @@
 Ray's own ``cluster_utils.Cluster`` starts each node (head or worker) as its own raylet, object store and
 agents, joined through the head's GCS, exactly as ``ray start --address`` does on another machine; unlike
 the ``ray start`` command it takes the node address as given (the CLI rewrites 127.0.0.1 to the machine's
-outward address). Every port is a free one (Ray's defaults are fixed and would clash with another Ray on
-the machine); nodes are stopped by the cluster that started them, never by ``ray stop``, which stops every
-Ray on the machine. A node is lost as a machine is: its raylet killed with SIGKILL.
+outward address). Given 127.0.0.1, Ray's servers listen on loopback only; so that every process that
+joins (a node's job agent, a job's driver) also connects to 127.0.0.1 rather than rewriting it to the
+machine's outward address, the nodes run with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (under which Ray
+takes the loopback address as a node's own), and so does this process's Ray client. Every port is a free
+one (Ray's defaults are fixed and would clash with another Ray on the machine); nodes are stopped by the
+cluster that started them, never by ``ray stop``, which stops every Ray on the machine. A node is lost as
+a machine is: its raylet killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import signal
 import socket
 from dataclasses import dataclass, field
 
+#: Under "0", Ray takes 127.0.0.1 as the node's address instead of rewriting it (see the module docstring).
+LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: Node deaths noticed within seconds, not Ray's default tens of seconds (a lost node in a test).
 FAST_FAILURE = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
                 "health_check_initial_delay_ms": 1000, "worker_niceness": 0}
@@ -39,7 +45,11 @@ class LocalCluster:
     cluster: object = None
 
     def start(self, num_cpus: int = 2, dashboard: bool = True) -> LocalCluster:
+        os.environ[LOOPBACK] = "0"  # the nodes inherit this process's environment
+        from ray._private import ray_constants
         from ray.cluster_utils import Cluster
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray was imported: this process's client too
 
         port = free_port()
         self.dashboard = f"http://127.0.0.1:{port}"
