@@ -145,7 +145,7 @@ def test_workers_write_their_units_exactly_once(s3, s3_env, models, tmp_path, mo
     assert sorted(m for m, _ in counts(store)) == ["base-a", "base-b", "base-c", "base-d"]
     assert set(counts(store).values()) == {1}, "a model was stored twice"
     names = [k.rsplit("/", 1)[1] for k in s3.objects("lineage/ray/signatures")]
-    assert len(names) == 4 and len({n.rsplit("-", 1)[0] for n in names}) == 1  # one file per unit, one batch
+    assert len(names) == 4 and len({n.rsplit("-", 2)[0] for n in names}) == 1  # one file per unit, one batch
 
 
 WRITER = """

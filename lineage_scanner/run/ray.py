@@ -46,10 +46,22 @@ class JobState(RateBudget, CopyIndex):
     def __init__(self, known: dict):
         RateBudget.__init__(self)
         CopyIndex.__init__(self, known)
+        self.units: dict[str, str] = {}  # stem -> "committed" | "abandoned": workers' units, see commit()
 
     def reset(self, known: dict) -> None:
         """Start another batch's copy index (the rate budget carries on: the Hub's windows do)."""
         CopyIndex.__init__(self, known)
+
+    def commit(self, stem: str) -> bool:
+        """A worker asks whether the unit it staged under ``stem`` may appear: yes, unless the driver gave
+        up on it first (its worker lost, the unit scanned again elsewhere). One actor answers both sides
+        in turn, so exactly one of them wins."""
+        return self.units.setdefault(stem, "committed") == "committed"
+
+    def abandon(self, stem: str) -> str:
+        """The driver gives up on a lost worker's unit: "committed" if the worker committed it first (the
+        driver then finishes its publication), else "abandoned" (a later commit is refused)."""
+        return self.units.setdefault(stem, "abandoned")
 
 
 class ScanWorker:
@@ -74,7 +86,7 @@ class ScanWorker:
     def ping(self) -> bool:
         return True
 
-    def scan(self, unit: WorkUnit, stem: str | None = None) -> UnitResult:
+    def scan(self, unit: WorkUnit, stem: str | None = None, fence: Shared | None = None) -> UnitResult:
         import numba
 
         numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))  # per calling thread
@@ -82,8 +94,9 @@ class ScanWorker:
             _crash_hook(source)
         result = self.scanner.scan(unit)
         if self.store is not None and stem is not None:
+            commit = (lambda: fence.call("commit", stem)) if fence is not None else None
             try:  # copies are completed by the driver, which writes them
-                self.store.write([sig for sig in result.scanned if sig.identical_to is None], stem)
+                self.store.write([sig for sig in result.scanned if sig.identical_to is None], stem, commit)
                 result.stored = True
             except StoreError:  # the driver writes them, or stops the batch with the store's error
                 pass
@@ -173,6 +186,7 @@ class RayExecutor:
             shared = Shared(actor=state)
             config = dataclasses.replace(config, budget=config.budget or shared, copies=config.copies or shared)
         known_ref = ray.put(known)
+        fence = Shared(actor=state) if state is not None else None  # commits of workers' units
         if len(self._kept) == count:
             ray.get([actor.reset.remote(config, known_ref) for actor in self._kept])
             actors, self._kept = self._kept, []
@@ -192,8 +206,9 @@ class RayExecutor:
                     if unit is None:
                         break
                     actor = idle.popleft()
-                    stem = batch and f"{batch}-{hashlib.sha256(repr(unit.sources).encode()).hexdigest()[:12]}"
-                    pending[actor.scan.remote(unit, stem)] = (actor, unit, stem)
+                    stem = batch and (f"{batch}-{hashlib.sha256(repr(unit.sources).encode()).hexdigest()[:12]}"
+                                      f"-{unit.attempt}")
+                    pending[actor.scan.remote(unit, stem, fence)] = (actor, unit, stem)
                 if not pending:
                     break
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -207,7 +222,7 @@ class RayExecutor:
                     continue
                 except ray.exceptions.RayError as exc:  # the worker died (crash, OOM, preemption) during this unit
                     self.retried_units += 1
-                    landed = Store(config.store).written(stem) if stem else None
+                    landed = _landed(ray, config.store, stem, fence)
                     if landed is not None:  # it died after writing the unit: what remains are its copies
                         yield UnitResult(landed, stored=True)
                         unit = _less(unit, landed)
@@ -278,6 +293,19 @@ def placement(ray, workers: int | None = None) -> list[Slot]:
                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)}
         slots += [Slot({**options, "num_gpus": 1} if gpus else options, max(1, round(cpus / count)))] * count
     return slots or [Slot({"num_cpus": 0.5}, 1)]
+
+
+def _landed(ray, store: str | None, stem: str | None, fence: Shared | None) -> list[Signature] | None:
+    """What a lost worker's unit left in the store: its signatures if its commit won (the unit's files
+    published now if the worker died half way), None if it never committed (a late commit is refused
+    from now on, so the unit can be scanned again without ever appearing twice)."""
+    if not stem:
+        return None
+    if fence is not None:
+        if ray.get(fence.actor.abandon.remote(stem)) != "committed":
+            return None
+        Store(store).publish(stem)
+    return Store(store).written(stem)
 
 
 def _less(unit: WorkUnit, landed: list[Signature]) -> WorkUnit:

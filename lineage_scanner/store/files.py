@@ -81,13 +81,26 @@ class Files:
 
     def write(self, table: str, stem: str, data) -> str:
         """Write the Arrow table ``data`` as ``<table>/<stem>.parquet``, atomically; its path."""
+        self.stage(table, stem, data)
+        try:
+            return self.publish(table, stem)
+        except BaseException:
+            self.discard(table, stem)
+            raise
+
+    def staged(self, table: str, stem: str) -> str:
+        """The hidden temporary name a file is staged under."""
+        return f"{self.base}/{table}/.{stem}.parquet.tmp"
+
+    def stage(self, table: str, stem: str, data) -> None:
+        """Write ``data`` under the hidden temporary name of ``<table>/<stem>.parquet``, checked whole; on
+        any failure (an interrupt too) nothing is left behind."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        folder = f"{self.base}/{table}"
-        tmp, final = f"{folder}/.{stem}.parquet.tmp", self.path(table, stem)
+        tmp = self.staged(table, stem)
         try:
-            self.fs.create_dir(folder, recursive=True)
+            self.fs.create_dir(f"{self.base}/{table}", recursive=True)
             if self.remote:
                 body = pa.BufferOutputStream()
                 pq.write_table(data, body, compression="zstd")
@@ -98,14 +111,27 @@ class Files:
                     raise OSError(f"{tmp} holds {self.fs.get_file_info(tmp).size} bytes of {body.size}")
             else:
                 pq.write_table(data, tmp, compression="zstd", filesystem=self.fs)
-            self.fs.move(tmp, final)
-        except BaseException as exc:  # an interrupt too: no temporary file is left behind
-            with contextlib.suppress(OSError):
-                self.fs.delete_file(tmp)
+        except BaseException as exc:
+            self.discard(table, stem)
             if isinstance(exc, OSError):
                 raise StoreError(self.root, f"cannot write {table} ({exc.strerror or exc})") from None
             raise
+
+    def publish(self, table: str, stem: str) -> str:
+        """Move a staged file to its name (on an object store a server-side copy: it appears whole); one
+        that another process already published (finishing the same commit) is left as it is."""
+        tmp, final = self.staged(table, stem), self.path(table, stem)
+        try:
+            self.fs.move(tmp, final)
+        except OSError as exc:
+            if not self.exists(final) or self.exists(tmp):
+                raise StoreError(self.root, f"cannot write {table} ({exc.strerror or exc})") from None
         return final
+
+    def discard(self, table: str, stem: str) -> None:
+        """Remove a staged file, if there is one."""
+        with contextlib.suppress(OSError):
+            self.fs.delete_file(self.staged(table, stem))
 
     def delete(self, path: str) -> None:
         self.fs.delete_file(path)

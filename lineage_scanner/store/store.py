@@ -14,9 +14,10 @@ index) and :mod:`~lineage_scanner.store.rows` (records to rows and back).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -63,19 +64,36 @@ class Store:
 
     # ---- writing --------------------------------------------------------------------------------------
 
-    def write(self, sigs: Iterable[Signature], stem: str | None = None) -> int:
-        """Append signatures (and their layers) as new files, named ``stem`` (default: a new unique name;
-        a worker names its unit's files, so that the driver can tell whether a lost worker's unit landed);
-        returns how many rows were written."""
+    def write(self, sigs: Iterable[Signature], stem: str | None = None, commit: Callable[[], bool] | None = None
+              ) -> int:
+        """Append signatures (and their layers) as new files, named ``stem`` (default: a new unique name);
+        returns how many rows were written. ``commit``: asked once both files are staged, whether they may
+        appear (a worker asks its job, so that a worker the driver gave up on never adds a unit that was
+        scanned again elsewhere); if not, nothing is written."""
         sigs = list(sigs)
         if not sigs:
             return 0
         stem = stem or new_stem()
         layers = layer_table(sigs)
-        if layers.num_rows:
-            self.data.write("layers", stem, layers)
-        self.data.write("signatures", stem, signature_table(sigs))
+        tables = [t for t in ("layers", "signatures") if t == "signatures" or layers.num_rows]
+        try:
+            for table in tables:
+                self.data.stage(table, stem, layers if table == "layers" else signature_table(sigs))
+            if commit is not None and not commit():
+                return 0
+            for table in tables:  # layers first: a scan counts as done once its signature row is there
+                self.data.publish(table, stem)
+        finally:
+            for table in tables:
+                self.data.discard(table, stem)
         return len(sigs)
+
+    def publish(self, stem: str) -> None:
+        """Finish the commit of a unit staged under ``stem`` by a worker that was lost after its job let it
+        commit: what it staged appears (what it published already stays as it is)."""
+        for table in ("layers", "signatures"):  # a unit without layers staged none: nothing to move
+            with contextlib.suppress(StoreError):
+                self.data.publish(table, stem)
 
     def written(self, stem: str) -> list[Signature] | None:
         """The signatures of the file named ``stem`` (see :meth:`write`), or None if it is not there."""
