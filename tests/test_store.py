@@ -140,6 +140,9 @@ def test_a_units_commit_is_decided_once(tmp_path):
     from lineage_scanner.store.rows import layer_table, signature_table
 
     state = JobState({})
+    assert state.first_visit(("org/a", "1")) and not state.first_visit(("org/a", "1"))
+    state.forget(["org/a"])  # its worker was lost: the retry opens it again
+    assert state.first_visit(("org/a", "1"))
     assert state.commit("u1") and state.abandon("u1") == "committed"
     assert state.abandon("u2") == "abandoned" and not state.commit("u2")
     _, sig = scan_strict(str(write_llama(tmp_path / "tiny")), get_backend("cpu"), set())

@@ -58,6 +58,11 @@ class JobState(RateBudget, CopyIndex):
         in turn, so exactly one of them wins."""
         return self.units.setdefault(stem, "committed") == "committed"
 
+    def forget(self, models: list[str]) -> None:
+        """A lost worker's unit is scanned again: its commits count as not yet opened in this job."""
+        with self._lock:
+            self._opened = {key for key in self._opened if key[0] not in models}
+
     def abandon(self, stem: str) -> str:
         """The driver gives up on a lost worker's unit: "committed" if the worker committed it first (the
         driver then finishes its publication), else "abandoned" (a later commit is refused)."""
@@ -166,6 +171,8 @@ class RayExecutor:
             self._kept, self._state = [], None
 
     def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         ray = connect(self.address)
         slots = placement(ray, self.workers)
         count = len(slots)
@@ -182,7 +189,9 @@ class RayExecutor:
                 state, self._state = self._state, None
                 ray.get(state.reset.remote(known.digests))
             else:
-                state = ray.remote(num_cpus=0)(JobState).remote(known.digests)
+                # on the driver's node: the job lives and dies with it, while any worker node may be lost
+                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+                state = ray.remote(num_cpus=0, scheduling_strategy=here)(JobState).remote(known.digests)
             shared = Shared(actor=state)
             config = dataclasses.replace(config, budget=config.budget or shared, copies=config.copies or shared)
         known_ref = ray.put(known)
@@ -226,6 +235,8 @@ class RayExecutor:
                     if landed is not None:  # it died after writing the unit: what remains are its copies
                         yield UnitResult(landed, stored=True)
                         unit = _less(unit, landed)
+                    if fence is not None and unit.sources:  # opened by the lost attempt: to be opened again
+                        fence.call("forget", [name_of(source)[0] for source in unit.sources])
                     failed = _requeue(unit, exc, retry) if unit.sources else None
                     if failed is not None:
                         yield UnitResult([failed])

@@ -19,6 +19,8 @@ import signal
 import socket
 from dataclasses import dataclass, field
 
+#: Starts of a node before giving up: Ray gives a node 30 s to register, which a loaded machine can miss.
+TRIES = 3
 #: Under "0", Ray takes 127.0.0.1 as the node's address instead of rewriting it (see the module docstring).
 LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: Node deaths noticed within seconds, not Ray's default tens of seconds (a lost node in a test).
@@ -51,13 +53,20 @@ class LocalCluster:
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray was imported: this process's client too
 
-        port = free_port()
-        self.dashboard = f"http://127.0.0.1:{port}"
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": num_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": dashboard,
-            "dashboard_host": "127.0.0.1", "dashboard_port": port, "gcs_server_port": free_port(),
-            "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
-            "temp_dir": self.temp_dir, "_system_config": FAST_FAILURE})
+        for attempt in range(TRIES):  # a head that timed out is swept away and started again
+            port = free_port()
+            self.dashboard = f"http://127.0.0.1:{port}"
+            try:
+                self.cluster = Cluster(initialize_head=True, head_node_args={
+                    "num_cpus": num_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": dashboard,
+                    "dashboard_host": "127.0.0.1", "dashboard_port": port, "gcs_server_port": free_port(),
+                    "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
+                    "temp_dir": self.temp_dir, "_system_config": FAST_FAILURE})
+                break
+            except Exception as exc:
+                if not _timed_out(exc) or attempt == TRIES - 1:
+                    raise
+                _kill(_within(self.temp_dir))
         self.nodes.append(self.cluster.head_node)
         return self
 
@@ -66,8 +75,18 @@ class LocalCluster:
         return self.cluster.address
 
     def add_node(self, num_cpus: int = 1, num_gpus: int = 0):
-        node = self.cluster.add_node(num_cpus=num_cpus, num_gpus=num_gpus, node_ip_address="127.0.0.1",
-                                     dashboard_agent_listen_port=free_port(), metrics_export_port=free_port())
+        """Start a worker node. Ray gives a node 30 s to register; on a loaded machine that can pass, and
+        the start is tried again (the processes of the one that timed out are found by its session dir
+        when the cluster stops)."""
+        for attempt in range(TRIES):
+            try:
+                node = self.cluster.add_node(num_cpus=num_cpus, num_gpus=num_gpus, node_ip_address="127.0.0.1",
+                                             dashboard_agent_listen_port=free_port(),
+                                             metrics_export_port=free_port())
+                break
+            except Exception as exc:
+                if not _timed_out(exc) or attempt == TRIES - 1:
+                    raise
         self.nodes.append(node)
         return node
 
@@ -88,11 +107,19 @@ class LocalCluster:
         or names its temp dir (a job's entrypoint runs in a working dir there)."""
         if self.cluster is not None:
             self.cluster.shutdown()
-        for pid in _within(self.temp_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(_within(self.temp_dir))
+
+
+def _timed_out(exc: Exception) -> bool:
+    return "timed out during startup" in str(exc)
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _within(folder: str) -> list[int]:
