@@ -75,14 +75,19 @@ def test_a_night_across_three_nodes_survives_a_lost_node(night):
 
     cluster, s3 = night["cluster"], night["s3"]
     db = "s3://lineage/night"
-    job = submit(cluster.dashboard, "--db", db, "--limit", str(ORIGINALS + COPIES))
-    started, killed = time.monotonic(), None
-    while job.poll() is None and time.monotonic() - started < 900:
-        if killed is None and len(s3.objects("lineage/night/signatures")) >= 15:  # units landed: mid-night
-            killed = cluster.kill_raylet(night["cpu"])
-        time.sleep(0.2)
-    log = job.stdout.read()
-    assert job.wait(timeout=60) == 0, log[-4000:]
+    for _ in range(2):
+        job = submit(cluster.dashboard, "--db", db, "--limit", str(ORIGINALS + COPIES))
+        started, killed = time.monotonic(), None
+        while job.poll() is None and time.monotonic() - started < 900:
+            if killed is None and len(s3.objects("lineage/night/signatures")) >= 15:  # units landed: mid-night
+                killed = cluster.kill_raylet(night["cpu"])
+            time.sleep(0.2)
+        log = job.stdout.read()
+        # seen on the shared development machine only: the job's driver, before any work, sometimes reaches
+        # for the machine's outward address (and another Ray there); the night is submitted once more
+        if job.wait(timeout=60) == 0 or killed is not None or "Failed to connect to Ray cluster" not in log:
+            break
+    assert job.returncode == 0, log[-4000:]
     assert killed is not None, "the night ended before a node could be lost: the test proved nothing"
     assert "[lineage] nightly done" in log and "succeeded" in log, log[-3000:]
 
