@@ -157,13 +157,13 @@ def graph(store: Store, out: str | Path, min_confidence: float = 0.99, html: str
     from lineage_scanner.lineage.graph import detect, export
 
     edges = detect(store, min_confidence)
-    store.write_edges(edges)
+    saved = store.keep(edges=edges)  # a read-only store: the edges are shown, not stored
     exported = export(store, edges, out)
     if html:
         from lineage_scanner.report.lineage_map import lineage_map
 
         Path(html).write_text(lineage_map(exported, title or "Lineage map"), encoding="utf-8")
-    with store.connect() as con:
+    with store.connect(edges=None if saved else edges) as con:
         disagreements = con.execute(DISAGREEMENTS).fetchall()
     return LineageGraph(edges, exported, disagreements)
 
@@ -178,7 +178,5 @@ def plot(sources: list[str], store: Store, out: str | Path, backend: str = "auto
 
 def store_health(store: Store, repair: bool = False) -> list[tuple[str, str]]:
     """The store's damaged or foreign files and their problems; with ``repair``, each moved aside to
-    ``DB/quarantine/`` and where it went."""
-    if store.remote:
-        raise UsageError("store check and repair work on a local store directory")
+    ``DB/quarantine/`` and where it went (local directories and object stores alike)."""
     return store.repair() if repair else store.check()

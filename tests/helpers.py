@@ -72,21 +72,31 @@ def raw_safetensors(path: Path, header: object, data: bytes = b"", length: int |
 def crashing_worker(rules: str) -> type:
     """A Ray scan worker that dies abruptly (``os._exit``, as a crash or the OOM killer would end it) on a
     unit holding a source that contains SUBSTRING: ``"MARKER_FILE:SUBSTRING"`` once (it creates MARKER_FILE,
-    which every later attempt sees), ``"always:SUBSTRING"`` every time; rules are joined by commas. Hand it
-    to ``RayExecutor(worker=...)``. Defined in a function, the class travels to Ray's workers by value."""
+    which every later attempt sees), ``"always:SUBSTRING"`` every time, and with ``":written"`` after it
+    has scanned the unit and written it to the store, not before; rules are joined by commas. Hand it to
+    ``RayExecutor(worker=...)``. Defined in a function, the class travels to Ray's workers by value."""
     from lineage_scanner.run.ray import ScanWorker
 
-    parsed = [rule.partition(":")[::2] for rule in filter(None, rules.split(","))]
+    parsed = []
+    for rule in filter(None, rules.split(",")):
+        marker, _, rest = rule.partition(":")
+        needle, _, phase = rest.partition(":")
+        parsed.append((marker, needle, phase))
+
+    def die(unit, phase: str) -> None:
+        for source in unit.sources:
+            for marker, needle, when in parsed:
+                if when == phase and needle in source and (marker == "always" or not os.path.exists(marker)):
+                    if marker != "always":
+                        Path(marker).touch()
+                    os._exit(13)
 
     class CrashingWorker(ScanWorker):
-        def scan(self, unit):
-            for source in unit.sources:
-                for marker, needle in parsed:
-                    if needle in source and (marker == "always" or not os.path.exists(marker)):
-                        if marker != "always":
-                            Path(marker).touch()
-                        os._exit(13)
-            return super().scan(unit)
+        def scan(self, unit, *args, **kwargs):
+            die(unit, "")
+            result = super().scan(unit, *args, **kwargs)
+            die(unit, "written")
+            return result
 
     return CrashingWorker
 

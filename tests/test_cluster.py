@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from lineage_scanner.run.batch import plan_units, run_batch
 from lineage_scanner.run.ray import RayExecutor
 from lineage_scanner.store.store import Store
 from tests.helpers import crashing_worker, raw_safetensors
+from tests.ray_nodes import RayHead
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 
@@ -38,14 +37,47 @@ def count_scans(store: Store) -> dict[tuple[str, str], int]:
 
 
 def test_cluster_yaml_passes_rays_validation():
+    """Ray's own validation of the launcher config; every node reaches the store by its instance role and
+    the Hub by a token file written from a secret manager, none of them spelled in the file."""
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    text = (ROOT / "cluster.yaml").read_text()
+    config = yaml.safe_load(text)
     validate_config(prepare_config(config))
     assert config["available_node_types"]["gpu_worker"]["resources"] == {"GPU": 1}
+    assert all("IamInstanceProfile" in t["node_config"] for t in config["available_node_types"].values())
+    assert any("secretsmanager" in c and ".cache/huggingface/token" in c for c in config["setup_commands"])
+    assert "--db s3://" in text and "AWS_SECRET_ACCESS_KEY" not in text and "HF_TOKEN=" not in text
     config["available_node_types"]["gpu_worker"]["max_workers"] = "many"
     with pytest.raises(Exception, match="many"):
         validate_config(prepare_config(config))
+
+
+def test_rayjob_manifest_passes_kuberays_crd_schema():
+    """jobs/rayjob.yaml against the RayJob CRD's OpenAPI schema. No pip package ships KubeRay's CRDs, so the
+    relevant part of KubeRay v1.7.0's published schema (ray.io_rayjobs.yaml) is kept as test data, every
+    object closed as kubectl's strict validation is; a manifest with a wrong type or an unknown field fails."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "data" / "kuberay_rayjob_v1.7.0.schema.json").read_text())
+    manifest = yaml.safe_load((ROOT / "jobs" / "rayjob.yaml").read_text())
+    jsonschema.validate(manifest, schema)
+    spec = manifest["spec"]
+    assert "jobs/nightly_scan.py" in spec["entrypoint"] and "--db s3://" in spec["entrypoint"]
+    assert set(yaml.safe_load(spec["runtimeEnvYAML"]).get("env_vars", {})) == {"HF_HUB_DISABLE_TELEMETRY"}
+    pods = [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]
+    for pod in pods:  # secrets come from Kubernetes secrets, never as values in the manifest
+        env = {e["name"]: e for c in pod["template"]["spec"]["containers"] for e in c["env"]}
+        for name in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert "secretKeyRef" in env[name]["valueFrom"] and "value" not in env[name]
+    for broken in ({"replicas": "four"}, {"entrypointt": "python x.py"}):
+        bad = json.loads(json.dumps(manifest))
+        target = bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0] if "replicas" in broken else bad["spec"]
+        target.update(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
 
 
 def test_units_are_balanced_by_bytes(tmp_path):
@@ -84,28 +116,18 @@ def test_an_interrupted_batch_resumes_without_duplicates(ray_local, zoo, tmp_pat
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """A real `ray start --head` on 127.0.0.1 (2 CPUs, token auth), stopped afterwards. `ray stop` stops
-    every Ray on the machine, so this process's own local Ray is shut down first (and restarted on demand)."""
-    import ray as ray_module
-
-    ray_module.shutdown()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
-    ray = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391", "--num-cpus=2",
-             "--dashboard-host=127.0.0.1", "--dashboard-port=8271", f"--temp-dir={temp}", "--disable-usage-stats"]
-    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+def ray_head():
+    """A real `ray start --head` on 127.0.0.1 (2 CPUs, token auth, free ports); afterwards its own processes
+    are stopped, never another Ray on the machine (see tests/ray_nodes.py)."""
+    head = RayHead().start()
     try:
-        yield env, "http://127.0.0.1:8271"
+        yield head.env, head.dashboard
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+        head.stop()
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_ray_job_submit_batch_scan(ray_head, zoo, tmp_path):
     env, address = ray_head
     sources = tmp_path / "sources.txt"

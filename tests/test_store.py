@@ -128,3 +128,31 @@ def test_old_schema_files_stay_readable(tmp_path):
     assert "fkurt_q" not in old_sig.invariants and "fkurt_q" in new_sig.invariants
     shared = judge(old_sig, new_sig).evidence.features  # scored on what both stores hold
     assert "qk" in shared and not any(f.startswith("fkurt") for f in shared)
+
+
+def test_a_units_commit_is_decided_once(tmp_path):
+    """A worker's unit appears only if its commit wins over the driver giving up on it (the job's state
+    answers both in turn); a refused commit leaves nothing, and a unit committed by a worker lost half way
+    through publishing is finished by the driver."""
+    from lineage_scanner.measure.kernels import get_backend
+    from lineage_scanner.run.ray import JobState
+    from lineage_scanner.run.scan import scan_strict
+    from lineage_scanner.store.rows import layer_table, signature_table
+
+    state = JobState({})
+    assert state.first_visit(("org/a", "1")) and not state.first_visit(("org/a", "1"))
+    state.forget(["org/a"])  # its worker was lost: the retry opens it again
+    assert state.first_visit(("org/a", "1"))
+    assert state.commit("u1") and state.abandon("u1") == "committed"
+    assert state.abandon("u2") == "abandoned" and not state.commit("u2")
+    _, sig = scan_strict(str(write_llama(tmp_path / "tiny")), get_backend("cpu"), set())
+    store = Store(tmp_path / "db")
+    assert store.write([sig], "u2", commit=lambda: state.commit("u2")) == 0
+    assert store.written("u2") is None and not [p for p in (tmp_path / "db").rglob("*") if p.is_file()]
+    store.data.stage("layers", "u3", layer_table([sig]))
+    store.data.stage("signatures", "u3", signature_table([sig]))
+    store.data.publish("layers", "u3")  # the worker died here
+    store.publish("u3")
+    assert [s.model for s in store.written("u3")] == ["tiny"]
+    assert store.connect().execute("SELECT count(*) FROM layers").fetchone()[0] == 10
+    assert not [p for p in (tmp_path / "db").rglob(".*")]

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one line on stderr, ``Error: ...``, and exit code 1 (130 when
     interrupted); ``--debug`` shows the traceback of an unexpected one instead."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache", None):  # the process's cache directory: the match index's, the null's
+        os.environ["LINEAGE_CACHE"] = args.cache
     try:
         with _stdout_for_data(args.json):
             return args.func(args)

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
                         help="signature store directory (default ./lineage-db, env LINEAGE_DB)")
+    common.add_argument("--cache", help="directory for caches such as the match index (default $LINEAGE_CACHE, "
+                        "else the XDG cache); never the store, which may be read-only")
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("--debug", action="store_true", help="a traceback for an unexpected error")

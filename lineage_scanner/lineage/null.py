@@ -31,6 +31,7 @@ from lineage_scanner import __version__
 from lineage_scanner.lineage.generator import base_model
 from lineage_scanner.lineage.score import evidence
 from lineage_scanner.signature.features import invariants
+from lineage_scanner.store.index import cache_dir
 
 PAIRS = 60
 HIDDEN = 64
@@ -104,19 +105,21 @@ def synthetic(depth_a: int, depth_b: int, pairs: int = PAIRS) -> Null:
     scores = (evidence(synthetic_features(depth_a, 2 * i), synthetic_features(depth_b, 2 * i + 1),
                        surrogate=False).score for i in range(pairs))
     null = Null(tuple(s for s in scores if math.isfinite(s)), "synthetic")
-    with contextlib.suppress(OSError):  # a read-only home just means no disk cache
+    with contextlib.suppress(OSError):  # a read-only or full cache just means no disk cache
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(null.scores))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(null.scores))
+            tmp.replace(path)
+        finally:  # a full disk: the partial file goes too
+            tmp.unlink(missing_ok=True)
     return null
 
 
 def _cache_file(depth_a: int, depth_b: int, pairs: int) -> Path:
-    """``$XDG_CACHE_HOME/lineage-scanner/null/<version>-<depths>.json``."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    """``<cache>/null/<version>-<depths>.json`` in the cache directory (``--cache``, else the XDG cache)."""
     name = f"{__version__}-{SYNTHETIC_VERSION}-{depth_a}-{depth_b}-{pairs}.json"
-    return base / "lineage-scanner" / "null" / name
+    return Path(cache_dir()) / "null" / name
 
 
 def null_for(store, a, b) -> Null:

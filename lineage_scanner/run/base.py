@@ -47,6 +47,9 @@ class ScanConfig:
     #: process its own budget, and an index seeded with :attr:`Known.digests`
     budget: Shared | None = None
     copies: Shared | None = None
+    #: a store every scanning process reaches (an object store), which Ray workers write their units'
+    #: signatures to themselves; None: the driver writes everything (a local directory may not be shared)
+    store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Known:
 class UnitResult:
     scanned: list[Signature] = field(default_factory=list)
     skipped: list[Key] = field(default_factory=list)
+    #: the originals among ``scanned`` (not copies, which the driver completes) are in the store already
+    stored: bool = False
 
 
 class OneAtATime:

@@ -146,12 +146,14 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
         last_flush = time.perf_counter()
 
     copies = _Copies(store, flush)
+    if store.remote:
+        config = dataclasses.replace(config, store=store.root)
     try:
         known = Known(frozenset(store.done()), store.digests())
         for result in executor.run(islice(units, max_units), config, known):
             shown = shown or (_Progress() if progress else None)
             settled = copies.settle(result.scanned)
-            pending.extend(settled)
+            pending.extend(s for s in settled if not (result.stored and s.identical_to is None))
             summary.add(UnitResult(settled, result.skipped))
             if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_seconds:
                 flush()

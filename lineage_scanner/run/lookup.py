@@ -11,7 +11,8 @@ from lineage_scanner.store.store import Store
 
 def signature_for(text: str, store: Store, backend: str = "auto") -> Signature:
     """A stored ``model[@revision]``, or a path / ``hf://`` source scanned into the store unless already
-    there. A stored id costs no import of the scanning stack (torch, numba)."""
+    there (a read-only store only notes it could not keep it). A stored id costs no import of the scanning
+    stack (torch, numba)."""
     if not is_hub(text) and not Path(text).expanduser().exists():
         model, _, revision = text.partition("@")
         return store.load(model, revision or None)
@@ -20,5 +21,5 @@ def signature_for(text: str, store: Store, backend: str = "auto") -> Signature:
     key, sig = Scanner(ScanConfig(backend), Known(frozenset(store.done()))).strict(text)
     if sig is None:
         return store.load(*key)
-    store.write([sig])
+    store.keep([sig])
     return sig

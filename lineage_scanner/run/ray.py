@@ -15,16 +15,23 @@ are error rows from the worker itself and are not retried. The worker class is a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections import deque
 from collections.abc import Iterator
 
-from lineage_scanner.errors import InternalError, WorkerDied
+from lineage_scanner.errors import InternalError, StoreError, WorkerDied
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.run.base import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
+from lineage_scanner.run.placement import placement
 from lineage_scanner.signature.record import Signature
+from lineage_scanner.sources import name_of
+from lineage_scanner.store.files import new_stem
+from lineage_scanner.store.store import Store
 
 MAX_ATTEMPTS = 3
+#: How long a lost worker is given to come back (a crashed process restarts in seconds, imports included).
+REVIVE_S = 60.0
 #: Variables the workers need from the driver's environment. Never a secret: Ray logs runtime_env in
 #: clear text. Workers read HF_TOKEN from their own environment or the Hub client's token file.
 WORKER_ENV = ("HF_ENDPOINT", "TRITON_INTERPRET")
@@ -37,14 +44,33 @@ class JobState(RateBudget, CopyIndex):
     def __init__(self, known: dict):
         RateBudget.__init__(self)
         CopyIndex.__init__(self, known)
+        self.units: dict[str, str] = {}  # stem -> "committed" | "abandoned": workers' units, see commit()
 
     def reset(self, known: dict) -> None:
         """Start another batch's copy index (the rate budget carries on: the Hub's windows do)."""
         CopyIndex.__init__(self, known)
 
+    def commit(self, stem: str) -> bool:
+        """A worker asks whether the unit it staged under ``stem`` may appear: yes, unless the driver gave
+        up on it first (its worker lost, the unit scanned again elsewhere). One actor answers both sides
+        in turn, so exactly one of them wins."""
+        return self.units.setdefault(stem, "committed") == "committed"
+
+    def forget(self, models: list[str]) -> None:
+        """A lost worker's unit is scanned again: its commits count as not yet opened in this job."""
+        with self._lock:
+            self._opened = {key for key in self._opened if key[0] not in models}
+
+    def abandon(self, stem: str) -> str:
+        """The driver gives up on a lost worker's unit: "committed" if the worker committed it first (the
+        driver then finishes its publication), else "abandoned" (a later commit is refused)."""
+        return self.units.setdefault(stem, "abandoned")
+
 
 class ScanWorker:
-    """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it."""
+    """One scanning process on Ray: a :class:`Scanner` whose threads match the CPUs Ray gave it. Where the
+    batch's store is one every node reaches (``config.store``), the worker writes each unit's originals
+    there itself, under the name the driver gave the unit (see :meth:`RayExecutor.run`)."""
 
     def __init__(self, config: ScanConfig, known: Known, threads: int, in_flight: int = 1):
         import numba
@@ -53,20 +79,29 @@ class ScanWorker:
         self.threads = threads
         self.in_flight = in_flight
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        self.scanner = Scanner(config, known, in_flight)
+        self.reset(config, known)
 
     def reset(self, config: ScanConfig, known: Known) -> None:
         """Serve another batch (a kept worker: its process, imports and loaded kernels stay)."""
         self.scanner = Scanner(config, known, self.in_flight)
+        self.store = Store(config.store) if config.store else None
 
     def ping(self) -> bool:
         return True
 
-    def scan(self, unit: WorkUnit) -> UnitResult:
+    def scan(self, unit: WorkUnit, stem: str | None = None, fence: Shared | None = None) -> UnitResult:
         import numba
 
         numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))  # per calling thread
-        return self.scanner.scan(unit)
+        result = self.scanner.scan(unit)
+        if self.store is not None and stem is not None:
+            commit = (lambda: fence.call("commit", stem)) if fence is not None else None
+            try:  # copies are completed by the driver, which writes them
+                self.store.write([sig for sig in result.scanned if sig.identical_to is None], stem, commit)
+                result.stored = True
+            except StoreError:  # the driver writes them, or stops the batch with the store's error
+                pass
+        return result
 
 
 def connect(address: str | None = None, num_cpus: int | None = None):
@@ -89,8 +124,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 
 class RayExecutor:
     """``workers`` actors (default: one per GPU, else one per CPU) on the Ray at ``address``, each scanning
-    ``in_flight`` units at once (Hub scans: their round trips overlap; see :class:`Scanner`). ``worker`` is
-    the actor class: :class:`ScanWorker` or a subclass of it.
+    ``in_flight`` units at once (Hub scans: their round trips overlap; see :class:`Scanner`).
 
     Starting a worker (a process, its imports, its compiled kernels) takes about 0.6 s on the development
     machine; a batch pays it once, at its start. With ``keep_workers`` the workers outlive a batch and
@@ -98,12 +132,12 @@ class RayExecutor:
     :meth:`close`."""
 
     def __init__(self, workers: int | None = None, address: str | None = None, in_flight: int = 1,
-                 keep_workers: bool = False, worker: type[ScanWorker] = ScanWorker):
+                 keep_workers: bool = False, worker: type[ScanWorker] | None = None):
         self.workers = workers
-        self.worker = worker
         self.address = address
         self.in_flight = in_flight
         self.keep_workers = keep_workers
+        self.worker = worker or ScanWorker
         self.retried_units = 0
         self._kept: list = []
         self._state = None
@@ -118,33 +152,40 @@ class RayExecutor:
             self._kept, self._state = [], None
 
     def run(self, units: Iterator[WorkUnit], config: ScanConfig, known: Known) -> Iterator[UnitResult]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         ray = connect(self.address)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        count = self.workers or (gpus if gpus else max(1, cpus))
-        # leave a share of a CPU free, so other Ray work (a job's driver, say) is never starved by the workers
-        options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": min(1.0, cpus / (count + 1))}
+        slots = placement(ray, self.workers)
+        count = len(slots)
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
         # a runtime env of its own makes Ray start new processes: only when there is something to pass
         runtime = {"runtime_env": {"env_vars": env}} if env else {}
         remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=self.in_flight,
                             **runtime)(self.worker)
+        # units' file names, where workers write (names the driver can look for when a worker is lost)
+        batch = new_stem() if config.store else None
         state = None
         if config.budget is None or config.copies is None:  # one budget and one copy index for all the workers
             if self._state is not None:
                 state, self._state = self._state, None
                 ray.get(state.reset.remote(known.digests))
             else:
-                state = ray.remote(num_cpus=0)(JobState).remote(known.digests)
+                # on the driver's node: the job lives and dies with it, while any worker node may be lost
+                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+                state = ray.remote(num_cpus=0, scheduling_strategy=here)(JobState).remote(known.digests)
             shared = Shared(actor=state)
             config = dataclasses.replace(config, budget=config.budget or shared, copies=config.copies or shared)
-        args = (config, ray.put(known), max(1, round(cpus / count)), self.in_flight)
+        known_ref = ray.put(known)
+        fence = Shared(actor=state) if state is not None else None  # commits of workers' units
         if len(self._kept) == count:
-            ray.get([actor.reset.remote(config, args[1]) for actor in self._kept])
+            ray.get([actor.reset.remote(config, known_ref) for actor in self._kept])
             actors, self._kept = self._kept, []
         else:
             self.close()
-            actors = [remote.options(**options).remote(*args) for _ in range(count)]
+            actors = [remote.options(**slot.options).remote(config, known_ref, slot.threads, self.in_flight)
+                      for slot in slots]
+        slot_of = dict(zip(actors, slots))
+        lost: set = set()
         idle = deque(actor for _ in range(self.in_flight) for actor in actors)  # one entry per free slot
         retry: deque[WorkUnit] = deque()
         pending: dict = {}
@@ -155,11 +196,13 @@ class RayExecutor:
                     if unit is None:
                         break
                     actor = idle.popleft()
-                    pending[actor.scan.remote(unit)] = (actor, unit)
+                    stem = batch and (f"{batch}-{hashlib.sha256(repr(unit.sources).encode()).hexdigest()[:12]}"
+                                      f"-{unit.attempt}")
+                    pending[actor.scan.remote(unit, stem, fence)] = (actor, unit, stem)
                 if not pending:
                     break
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
-                actor, unit = pending.pop(ref)
+                actor, unit, stem = pending.pop(ref)
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the application's own error: recorded, not retried
@@ -169,15 +212,32 @@ class RayExecutor:
                     continue
                 except ray.exceptions.RayError as exc:  # the worker died (crash, OOM, preemption) during this unit
                     self.retried_units += 1
-                    failed = _requeue(unit, exc, retry)
+                    landed = _landed(ray, config.store, stem, fence)
+                    if landed is not None:  # it died after writing the unit: what remains are its copies
+                        yield UnitResult(landed, stored=True)
+                        unit = _less(unit, landed)
+                    if fence is not None and unit.sources:  # opened by the lost attempt: to be opened again
+                        fence.call("forget", [name_of(source)[0] for source in unit.sources])
+                    failed = _requeue(unit, exc, retry) if unit.sources else None
                     if failed is not None:
                         yield UnitResult([failed])
-                    idle.append(_revived(ray, actor, lambda: remote.options(**options).remote(*args)))
+                    if actor in lost:  # another of its units already found it gone
+                        continue
+                    if _revived(ray, actor):
+                        idle.append(actor)
+                        continue
+                    lost.add(actor)  # its node is gone, or Ray could not bring it back: the others go on
+                    if not set(slot_of) - lost:  # unless none is left: then one more, wherever it fits
+                        slot = slot_of[actor]
+                        replacement = remote.options(**slot.fallback(ray)).remote(config, known_ref, slot.threads,
+                                                                                  self.in_flight)
+                        slot_of[replacement] = slot
+                        idle.extend([replacement] * self.in_flight)
                     continue
                 idle.append(actor)
                 yield result
         finally:
-            alive = list({*idle, *(a for a, _ in pending.values())})
+            alive = list({*idle, *(a for a, *_ in pending.values())} - lost)
             if self.keep_workers and not pending:
                 self._kept, self._state = alive, state
             else:
@@ -185,14 +245,34 @@ class RayExecutor:
                     ray.kill(actor)
 
 
-def _revived(ray, actor, replacement):
-    """The actor once Ray has restarted it (so work never lands on a restarting actor), else a new one."""
+def _landed(ray, store: str | None, stem: str | None, fence: Shared | None) -> list[Signature] | None:
+    """What a lost worker's unit left in the store: its signatures if its commit won (the unit's files
+    published now if the worker died half way), None if it never committed (a late commit is refused
+    from now on, so the unit can be scanned again without ever appearing twice)."""
+    if not stem:
+        return None
+    if fence is not None:
+        if ray.get(fence.actor.abandon.remote(stem)) != "committed":
+            return None
+        Store(store).publish(stem)
+    return Store(store).written(stem)
+
+
+def _less(unit: WorkUnit, landed: list[Signature]) -> WorkUnit:
+    """``unit`` without the models whose rows landed in the store (by the model a source names)."""
+    models = {sig.model for sig in landed}
+    return dataclasses.replace(unit, sources=tuple(s for s in unit.sources if name_of(s)[0] not in models))
+
+
+def _revived(ray, actor, wait: float = REVIVE_S) -> bool:
+    """Whether Ray restarted the actor within ``wait`` seconds (so work never lands on a restarting
+    actor); if not, it is killed (a lost node's actor Ray cannot place again would wait forever)."""
     try:
-        ray.get(actor.ping.remote(), timeout=120)
-        return actor
+        ray.get(actor.ping.remote(), timeout=wait)
+        return True
     except ray.exceptions.RayError:
         ray.kill(actor)
-        return replacement()
+        return False
 
 
 def _requeue(unit: WorkUnit, exc: Exception, retry: deque) -> Signature | None:

@@ -1,1 +1,2 @@
-"""Store: the append-only Parquet dataset of signatures (``store``), its schema (``schema``)."""
+"""Store: the append-only Parquet dataset of signatures (``store``), in rooms of one purpose: files,
+views, health, the match index, rows (beside ``schema``), and sandboxed SQL (``sql``)."""
