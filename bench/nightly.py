@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.nightly_scan import run_night  # noqa: E402
 from lineage_scanner.demo.derive import drift  # noqa: E402
 from lineage_scanner.demo.writers import _bf16, decoder_tensors, hf_config, write_gguf  # noqa: E402
 from lineage_scanner.lineage.generator import base_model  # noqa: E402
+from lineage_scanner.run.nightly import run_night  # noqa: E402
 from lineage_scanner.run.ray import connect  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 from lineage_scanner.testing.hub_server import GeneratedRepo, HubStandIn, Limits  # noqa: E402
@@ -133,7 +133,8 @@ def night(hub: HubStandIn, store: Store, minutes: float, workers: int) -> dict:
     hub.reset_counts()
     started = time.monotonic()
     watch = PeakRss()
-    listed, todo, summary = run_night(store, minutes, workers, unit_bytes=1, sort="downloads")
+    result = run_night(store, minutes, workers, unit_bytes=1, sort="downloads")
+    listed, todo, summary = len(result.listing.commits), result.todo, result.batch
     watch.stop()
     seconds = time.monotonic() - started
     done = summary.scanned

@@ -138,7 +138,7 @@ def hostile_hub(zoo_by_name, tmp_path, monkeypatch):
     with HubStandIn(repos) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setattr("lineage_scanner.readers.hub.BACKOFF_S", 0.01)
+        monkeypatch.setattr("lineage_scanner.readers.hub_http.BACKOFF_S", 0.01)
         yield server
 
 
@@ -150,8 +150,8 @@ def test_a_hub_index_cannot_reach_another_repo(hostile_hub, tmp_path):
 
 
 def test_retry_after_is_bounded_and_deferred_is_its_own_status(hostile_hub, tmp_path, monkeypatch):
-    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_RETRY_AFTER_S", 0.2)
-    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_WAIT_S", 0.5)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.MAX_RETRY_AFTER_S", 0.2)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.MAX_WAIT_S", 0.5)
     hostile_hub.inject("model.safetensors", *["429-forever"] * 10)
     started = time.monotonic()
     rows = scan(tmp_path, "hf://acme/good")

@@ -60,14 +60,21 @@ def cmd_scan(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from lineage_scanner.sources.catalog import list_catalog
+    from lineage_scanner.errors import RemoteError
+    from lineage_scanner.readers.hub_catalog import list_catalog
     from lineage_scanner.store.store import Store
 
-    entries = list_catalog(author=args.author, search=args.search, filter=args.filter, sort=args.sort,
+    listing = list_catalog(author=args.author, search=args.search, filter=args.filter, sort=args.sort,
                            limit=args.limit)
+    entries = listing.commits
     store = Store(args.db)
     store.write_catalog(entries)
     todo = set(store.todo())
+    if listing.refused:
+        print(f"warning: {listing.where}: {listing.refused} listed entries refused (a bad repo id or commit)",
+              file=sys.stderr)
+    if listing.stopped:  # what was listed is kept; the listing is incomplete, and says which cap stopped it
+        raise RemoteError(listing.where, f"{listing.stopped} ({len(entries)} models listed and kept)")
     if args.json:
         print_json([{"model": e.model, "sha": e.sha, "params": e.params, "declared_base": e.declared_base,
                       "gated": e.gated, "scanned": e.source not in todo and not e.gated} for e in entries])

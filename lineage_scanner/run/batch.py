@@ -25,7 +25,9 @@ from typing import Protocol
 
 from lineage_scanner.errors import DeferredError, SourceError
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.shared import CopyIndex, Shared, use_budget
+from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S, Timeouts
+from lineage_scanner.readers.open_hub import HubJob
+from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.signature.record import Signature
 from lineage_scanner.store.store import Store
 
@@ -59,6 +61,8 @@ class ScanConfig:
     #: process its own budget, and an index seeded with :attr:`Known.digests`
     budget: Shared | None = None
     copies: Shared | None = None
+    #: seconds one Hub model's scan may take in all (a stalled server is a ``timeout`` row at the latest then)
+    deadline_s: float = DEFAULT_DEADLINE_S
 
 
 @dataclass(frozen=True)
@@ -103,19 +107,19 @@ class Scanner:
     def __init__(self, config: ScanConfig, known: Known, in_flight: int = 1):
         from lineage_scanner.measure.kernels import get_backend
 
-        use_budget(config.budget)
         backend = get_backend(config.backend)
         self.backend = OneAtATime(backend) if in_flight > 1 else backend
         self.config = config
         self.done = set(known.done)
-        self.copies = config.copies or Shared(CopyIndex(known.digests))
+        self.hub = HubJob(config.budget or Shared(RateBudget()), config.copies or Shared(CopyIndex(known.digests)),
+                          Timeouts(model_s=config.deadline_s))
 
     def scan(self, unit: WorkUnit) -> UnitResult:
         from lineage_scanner.run.scan import scan_one
 
         result = UnitResult()
         for source in unit.sources:
-            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample, self.copies)
+            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample, self.hub)
             if sig is None:
                 result.skipped.append(key)
             else:

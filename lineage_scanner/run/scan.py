@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.open import CopyOf, OpenedModel, open_source
-from lineage_scanner.readers.shared import Shared
+from lineage_scanner.readers.open import open_source
+from lineage_scanner.readers.open_hub import HubJob
+from lineage_scanner.readers.opened import CopyOf, OpenedModel
 from lineage_scanner.signature.build import build
 from lineage_scanner.signature.record import Signature
 
@@ -14,14 +17,17 @@ Key = tuple[str, str]
 
 
 def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-                sample: SamplePlan | None = None, copies: Shared | None = None) -> tuple[Key, Signature | None]:
+                sample: SamplePlan | None = None, hub: HubJob | None = None) -> tuple[Key, Signature | None]:
     """Scan one source; the signature is None when (model, revision) is in ``done`` and not forced. A Hub
-    commit whose weight files another commit holds (``copies``, see :class:`lineage_scanner.readers.shared.CopyIndex`)
-    is not read: its signature is a stub naming the original (``identical_to``), which the batch completes.
+    commit whose weight files another commit holds (the job's copy index in ``hub``, see
+    :class:`lineage_scanner.readers.shared.CopyIndex`) is not read: its signature is a stub naming the
+    original (``identical_to``), which the batch completes.
 
     Raises :class:`ScanError` on bad input.
     """
-    opened = open_source(source, None if force else done, None if force else copies)
+    if force and hub is not None:
+        hub = dataclasses.replace(hub, copies=None)
+    opened = open_source(source, None if force else done, hub)
     if isinstance(opened, CopyOf):
         return (opened.model, opened.revision), Signature(
             opened.model, opened.revision, opened.source, weights_digest=opened.weights_digest,
@@ -40,10 +46,10 @@ def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: boo
 
 
 def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-             sample: SamplePlan | None = None, copies: Shared | None = None) -> tuple[Key, Signature | None]:
+             sample: SamplePlan | None = None, hub: HubJob | None = None) -> tuple[Key, Signature | None]:
     """Like :func:`scan_strict`, but bad input becomes an error signature instead of an exception."""
     try:
-        return scan_strict(source, backend, done, force, sample, copies)
+        return scan_strict(source, backend, done, force, sample, hub)
     except Exception as exc:  # noqa: BLE001 - the error boundary: one model's bug never stops a batch
         sig = Signature.failed(source, exc if isinstance(exc, ScanError) else InternalError.of(source, exc))
         return sig.key, sig

@@ -7,7 +7,7 @@ from lineage_scanner.layouts.resolve import resolve
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.moments import measure
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.open import OpenedModel
+from lineage_scanner.readers.opened import OpenedModel
 from lineage_scanner.signature.features import curves_from, embedding, invariant_errors, invariants
 from lineage_scanner.signature.record import Signature
 

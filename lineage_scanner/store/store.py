@@ -268,19 +268,40 @@ class Store:
                                        "kind": e.kind, "computed_at": now} for e in edges], keep_empty=True)
 
     def write_catalog(self, entries) -> int:
-        """Append a catalog listing (see :mod:`lineage_scanner.sources.catalog`) as one new file."""
+        """Append a catalog listing (:class:`lineage_scanner.sources.hub.HubCommit` records) as one new file."""
         return self._append("catalog", [{name: getattr(e, name) for name in columns("catalog")} for e in entries])
+
+    def write_listing(self, query: str, high_water: datetime | None, models: int) -> None:
+        """Record a complete Hub listing of ``query``: the next one stops at ``high_water``."""
+        self._append("listings", [{"query": query, "high_water": high_water, "models": models,
+                                   "listed_at": datetime.now(timezone.utc)}])
+
+    def high_water(self, query: str) -> datetime | None:
+        """The newest last modification a complete listing of ``query`` saw (None: never listed)."""
+        if not self.files("listings"):
+            return None
+        with self.connect() as con:
+            return con.execute("SELECT max(high_water) FROM listings_files WHERE query = ?", [query]).fetchone()[0]
 
     def todo(self, limit: int | None = None) -> list[str]:
         """``hf://model@sha`` sources listed in the catalog and not yet scanned: those deferred by a spent Hub
-        budget first, then the most downloaded."""
+        budget first, then the most downloaded. Each carries what its listing said of the commit
+        (:class:`lineage_scanner.sources.hub.ListedSource`), so its scan needs no model-info call."""
+        import json
+
+        from lineage_scanner.sources.hub import HubCommit, ListedSource
+
         with self.connect() as con:
             rows = con.execute(
-                "SELECT t.model, t.sha FROM todo t LEFT JOIN (SELECT model, revision FROM errors "
+                "SELECT t.model, t.sha, t.files, t.config_json, t.declared_base, t.declared_relation, t.gated, "
+                "t.last_modified, t.params, t.downloads FROM todo t LEFT JOIN (SELECT model, revision FROM errors "
                 "WHERE status = 'deferred') d ON d.model = t.model AND d.revision = t.sha "
                 "ORDER BY d.model IS NULL, t.downloads DESC NULLS LAST, t.model LIMIT ?",
                 [limit if limit is not None else 1 << 62]).fetchall()
-        return [f"hf://{model}@{sha}" for model, sha in rows]
+        return [f"hf://{model}@{sha}" if files is None else ListedSource(HubCommit(
+                    model, sha, tuple(files), json.loads(config or "{}"), list(base or []), relation, bool(gated),
+                    modified, params, downloads))
+                for model, sha, files, config, base, relation, gated, modified, params, downloads in rows]
 
     def connect(self, database: str = ":memory:", sandbox: bool = False, for_query: str | None = None
                 ) -> duckdb.DuckDBPyConnection:
