@@ -18,6 +18,7 @@ from lineage_scanner import __version__
 from lineage_scanner.cli.output import fmt, print_json, print_table
 from lineage_scanner.errors import InternalError, LineageError, UsageError
 from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
+from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S, Timeouts
 
 # Commands import what they use when they run: ``--help``, ``sql`` and lookups of stored models never
 # load torch, numba, ray or matplotlib.
@@ -38,7 +39,8 @@ def cmd_scan(args) -> int:
     if args.sample is not None or args.sample_error is not None:
         sample = SamplePlan(args.sample, args.sample_error)
     summary = run_batch(sources, store, choose_executor(args.workers, args.address),
-                        config=ScanConfig(args.backend, args.force, sample), progress=not args.quiet)
+                        config=ScanConfig(args.backend, args.force, sample, timeouts=Timeouts(model_s=args.deadline)),
+                        progress=not args.quiet)
     for record in summary.failed:
         print(f"Error: {record.error}", file=sys.stderr)
     for record in summary.records:
@@ -337,6 +339,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=os.environ.get("LINEAGE_DB", "./lineage-db"),
@@ -365,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "process; with --address or RAY_ADDRESS, one worker per GPU, else per CPU)")
     p.add_argument("--address", help="scan on this Ray cluster (or set RAY_ADDRESS); without it or --workers, "
                    "the scan runs in this process")
+    p.add_argument("--deadline", type=_seconds, default=DEFAULT_DEADLINE_S, metavar="SECONDS",
+                   help=f"seconds one Hub model's scan may take before it is a timeout row (default "
+                        f"{DEFAULT_DEADLINE_S:.0f})")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("catalog", parents=[common], help="list Hub models into the store's work list")

@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlencode
 
-from lineage_scanner.errors import IdentityError, RemoteError
+from lineage_scanner.errors import DeadlineError, IdentityError, RemoteError
 from lineage_scanner.readers.hub_http import HubClient, Timeouts
 from lineage_scanner.readers.hub_info import commit_from
 from lineage_scanner.readers.hub_urls import on_hub
 from lineage_scanner.sources.hub import HubCommit, endpoint
 
 EXPAND = ["sha", "lastModified", "siblings", "config", "safetensors", "cardData", "gated", "downloads"]
+#: The CLI's sort names, as the Hub's API spells them.
+SORTS = {"last_modified": "lastModified", "created_at": "createdAt", "trending_score": "trendingScore"}
 #: The largest page the Hub serves.
 PAGE = 1000
 #: Pages in a row that may list no model not seen before (an endless or looping listing stops there).
@@ -68,7 +70,7 @@ def list_catalog(author: str | None = None, search: str | None = None, filter: s
                  caps: ListingCaps = ListingCaps(), budget=None) -> Listing:
     """List models (``since``: only those modified after it, newest first); see the module."""
     params: dict = {k: v for k, v in (("author", author), ("search", search), ("filter", filter)) if v}
-    params["sort"] = "lastModified" if since is not None else sort
+    params["sort"] = "lastModified" if since is not None else SORTS.get(sort, sort)
     params = {k: v for k, v in params.items() if v is not None}
     wanted = min(limit if limit is not None else caps.models, caps.models)
     listing, seen, barren = Listing(), set(), 0
@@ -82,7 +84,13 @@ def list_catalog(author: str | None = None, search: str | None = None, filter: s
         if client.remaining() <= 0:
             listing.stopped = f"listing stopped at the {caps.seconds:.0f} s cap"
             break
-        page, headers = client.get_json(url, listing.where, limit=caps.page_bytes, expect=list)
+        try:
+            page, headers = client.get_json(url, "listing page", limit=caps.page_bytes, expect=list)
+        except DeadlineError:
+            if client.remaining() > 0:
+                raise  # a stalled page: the listing's own error
+            listing.stopped = f"listing stopped at the {caps.seconds:.0f} s cap"
+            break
         listing.pages += 1
         fresh, older = _take(page, listing, seen, author, since)
         barren = 0 if fresh else barren + 1

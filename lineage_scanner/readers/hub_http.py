@@ -70,8 +70,8 @@ class Timeouts:
     may arrive (``min_rate`` bytes/s, judged over ``stall_window_s``), and a model's whole scan."""
 
     connect_s: float = 10.0
-    read_s: float = 20.0
-    stall_window_s: float = 20.0
+    read_s: float = 10.0
+    stall_window_s: float = 15.0
     min_rate: float = 16 << 10
     model_s: float = DEFAULT_DEADLINE_S
 
@@ -123,16 +123,16 @@ class HubClient:
         if start is not None:
             headers["Range"] = f"bytes={start}-{end}"
         cap = end - start + 1 if start is not None else limit
-        return self._retrying(url, headers, lambda response: self._body(response, url, cap, start, end))
+        return self._retrying(url, headers, lambda response: self._body(response, url_name(url), cap, start, end))
 
-    def get_json(self, url: str, where: str, limit: int = MAX_JSON_BYTES, expect: type = dict):
-        """An API answer (an object, or a list), streamed under ``limit`` bytes; (value, headers). Its bytes
-        are not the checkpoint's: :attr:`bytes_read` counts files only."""
+    def get_json(self, url: str, what: str, limit: int = MAX_JSON_BYTES, expect: type = dict):
+        """An API answer (an object, or a list), streamed under ``limit`` bytes; (value, headers). ``what`` it
+        is names it in errors. Its bytes are not the checkpoint's: :attr:`bytes_read` counts files only."""
         from huggingface_hub.utils import build_hf_headers
 
         body, headers = self._retrying(url, build_hf_headers(),
-                                       lambda response: self._body(response, url, limit, None, None, False))
-        return parse_object(body, where, RemoteError, expect), headers
+                                       lambda response: self._body(response, what, limit, None, None, False), what=what)
+        return parse_object(body, f"{self.source} ({what})", RemoteError, expect), headers
 
     def locate(self, url: str) -> Linked | None:
         """Resolve a file without reading it (HEAD, the file host not asked): its SHA-256 and size where the
@@ -156,12 +156,14 @@ class HubClient:
 
     # ---- one request, retried -----------------------------------------------------------------------
 
-    def _retrying(self, url: str, headers: dict, take, method: str = "GET", to_file_host: bool = True):
+    def _retrying(self, url: str, headers: dict, take, method: str = "GET", to_file_host: bool = True,
+                  what: str | None = None):
         import httpx2
 
+        what = what or url_name(url)
         problem, limited, timeouts = "", False, 0
         for attempt in range(RETRIES + 1):
-            self.check_deadline(url_name(url))
+            self.check_deadline(what)
             wait = BACKOFF_S * 2**attempt * (0.5 + random.random())
             try:
                 response = self._open(url, headers, method, to_file_host)
@@ -177,7 +179,7 @@ class HubClient:
                             wait = retry_after(response.headers.get("Retry-After", ""), wait, MAX_RETRY_AFTER_S,
                                                BACKOFF_S)
                             if wait > MAX_RETRY_AFTER_S:
-                                raise DeferredError(self.source, f"{url_name(url)}: the server asks to wait "
+                                raise DeferredError(self.source, f"{what}: the server asks to wait "
                                                                  f"{wait:.0f} s; left for the next run")
                     else:
                         raise_for_status(self.source, url, status, response.headers)
@@ -189,15 +191,15 @@ class HubClient:
                 problem = str(exc) if isinstance(exc, _Stalled) else \
                     f"no answer within {self.timeouts.read_s:.0f} s ({exc.__class__.__name__})"
                 if timeouts >= TIMEOUT_ATTEMPTS:
-                    raise DeadlineError(self.source, f"{url_name(url)}: {problem}, {timeouts} attempts") from None
+                    raise DeadlineError(self.source, f"{what}: {problem}, {timeouts} attempts") from None
             except (httpx2.TransportError, httpx2.DecodingError) as exc:
                 problem = exc.__class__.__name__
             if attempt < RETRIES:
                 if self.waited + wait > MAX_WAIT_S or (limited and wait >= self.remaining()):
                     break
                 if wait >= self.remaining():
-                    raise DeadlineError(self.source, f"{url_name(url)}: {problem}; the model's scan deadline "
-                                                     "passes before it could be asked again")
+                    raise DeadlineError(self.source, f"{what}: {problem}; the model's scan deadline passes before "
+                                                     "it could be asked again")
                 self.waited += wait
                 time.sleep(wait)
         if limited:
@@ -286,15 +288,14 @@ class HubClient:
             if sha:
                 self._linked[url] = Linked(sha.group(1), int(size) if size.isdigit() else None)
 
-    def _body(self, response, url: str, cap: int | None, start: int | None, end: int | None,
+    def _body(self, response, name: str, cap: int | None, start: int | None, end: int | None,
               counted: bool = True) -> tuple[bytes, dict]:
-        """The body, streamed into place and cut at ``cap``; a range checked against the span asked;
-        ``counted`` in :attr:`bytes_read`."""
-        name = url_name(str(response.url))
+        """The body (of the file or answer ``name``), streamed into place and cut at ``cap``; a range checked
+        against the span asked; ``counted`` in :attr:`bytes_read`."""
         announced = response.headers.get("Content-Length", "")
         if start is None and cap is not None and announced.isdigit() and int(announced) > cap:
-            raise RemoteError(self.source, f"{name} is {announced} bytes, over the {cap >> 20} MiB cap for a file "
-                                           "read whole")
+            raise RemoteError(self.source, f"{name} is {announced} bytes, over the {cap >> 20} MiB cap for a "
+                                           "file read whole")
         if start is not None and response.status_code != 206:
             if not (announced.isdigit() and int(announced) <= cap):
                 raise RemoteError(self.source, f"the server ignored the range request for bytes {start}-{end} "

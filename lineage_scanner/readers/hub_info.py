@@ -34,7 +34,7 @@ def model_info(ref: HubRef, client: HubClient) -> HubCommit:
     url = f"{endpoint()}/api/models/{ref.repo_id}"
     if ref.revision is not None:
         url += f"/revision/{quote(ref.revision, safe='')}"
-    data, _ = client.get_json(url + "?blobs=true", f"{client.source} (model info)", limit=MAX_INFO_BYTES)
+    data, _ = client.get_json(url + "?blobs=true", "model info", limit=MAX_INFO_BYTES)
     pinned = ref.revision if ref.revision and SHA.fullmatch(ref.revision) else None
     return commit_from(data, client.renamed or ref.repo_id, client.source, pinned)
 

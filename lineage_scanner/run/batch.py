@@ -25,7 +25,7 @@ from typing import Protocol
 
 from lineage_scanner.errors import DeferredError, SourceError
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S, Timeouts
+from lineage_scanner.readers.hub_http import Timeouts
 from lineage_scanner.readers.open_hub import HubJob
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.signature.record import Signature
@@ -39,6 +39,8 @@ UNKNOWN_BYTES = 1 << 30
 KEPT_FAILURES = 1000
 FLUSH_EVERY = 32
 FLUSH_SECONDS = 30.0
+#: An executor waiting on a slow unit yields an empty result this often, so the loop can write what finished.
+HEARTBEAT_S = 1.0
 
 Key = tuple[str, str]
 
@@ -61,8 +63,8 @@ class ScanConfig:
     #: process its own budget, and an index seeded with :attr:`Known.digests`
     budget: Shared | None = None
     copies: Shared | None = None
-    #: seconds one Hub model's scan may take in all (a stalled server is a ``timeout`` row at the latest then)
-    deadline_s: float = DEFAULT_DEADLINE_S
+    #: how long the Hub may take: per request, per stalled body, and one model's whole scan (``model_s``)
+    timeouts: Timeouts = Timeouts()
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class Scanner:
         self.config = config
         self.done = set(known.done)
         self.hub = HubJob(config.budget or Shared(RateBudget()), config.copies or Shared(CopyIndex(known.digests)),
-                          Timeouts(model_s=config.deadline_s))
+                          config.timeouts)
 
     def scan(self, unit: WorkUnit) -> UnitResult:
         from lineage_scanner.run.scan import scan_one
@@ -264,14 +266,15 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
     try:
         known = Known(frozenset(store.done()), store.digests())
         for result in executor.run(islice(units, max_units), config, known):
-            shown = shown or (_Progress() if progress else None)
-            settled = copies.settle(result.scanned)
-            pending.extend(settled)
-            summary.add(UnitResult(settled, result.skipped))
-            if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_seconds:
+            if result.scanned or result.skipped:  # else a heartbeat: a slow model is still being scanned
+                shown = shown or (_Progress() if progress else None)
+                settled = copies.settle(result.scanned)
+                pending.extend(settled)
+                summary.add(UnitResult(settled, result.skipped))
+                if shown:
+                    shown.update(summary)
+            if len(pending) >= flush_every or (pending and time.perf_counter() - last_flush >= flush_seconds):
                 flush()
-            if shown:
-                shown.update(summary)
     finally:
         unsettled = copies.unsettled()
         pending.extend(unsettled)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from lineage_scanner.measure.sampling import SamplePlan
 from lineage_scanner.readers.hub_catalog import Listing, ListingCaps, list_catalog
-from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S
+from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S, Timeouts
 from lineage_scanner.readers.shared import RateBudget, Shared
 from lineage_scanner.run.batch import BatchSummary, Executor, ScanConfig, run_batch
 from lineage_scanner.store.store import Store
@@ -86,8 +86,8 @@ def run_night(store: Store, minutes: float | None = None, workers: int | None = 
         executor = RayExecutor(workers, address, in_flight=in_flight)
     options = {} if unit_bytes is None else {"unit_bytes": unit_bytes}
     try:
-        batch = run_batch(until_deadline(), store, executor, config=ScanConfig(sample=sample, budget=budget,
-                                                                               deadline_s=deadline_s),
+        config = ScanConfig(sample=sample, budget=budget, timeouts=Timeouts(model_s=deadline_s))
+        batch = run_batch(until_deadline(), store, executor, config=config,
                           progress=True, keep_records=False, flush_every=FLUSH_EVERY, **options)
         sent = budget.call("sent")
     finally:

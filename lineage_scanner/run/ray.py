@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
-from lineage_scanner.run.batch import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
+from lineage_scanner.run.batch import HEARTBEAT_S, Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
 
 MAX_ATTEMPTS = 3
@@ -172,7 +172,11 @@ class RayExecutor:
                     pending[actor.scan.remote(unit)] = (actor, unit)
                 if not pending:
                     break
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=HEARTBEAT_S)
+                if not ready:  # a slow unit: let the loop write what finished meanwhile
+                    yield UnitResult()
+                    continue
+                (ref,) = ready
                 actor, unit = pending.pop(ref)
                 try:
                     result = ray.get(ref)

@@ -81,19 +81,23 @@ class HubHandler(BaseHTTPRequestHandler):
                    json.dumps(data).encode(), fault)
 
     def _huge(self, data) -> None:
-        size = self.hub.huge_bytes
+        """``data`` padded to ``huge_bytes`` of valid JSON, sent without a Content-Length (the body runs to
+        the connection's close): the client cannot refuse it from a header, only by counting."""
         head = json.dumps(data if isinstance(data, dict) else {"items": data})[:-1].encode() + b', "padding": "'
-        tail = b'"}'
+        self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(size))
+        self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(head)
-        left, pad = size - len(head) - len(tail), b"a" * CHUNK
-        while left > 0:
-            self.wfile.write(pad[: min(left, CHUNK)])
-            left -= CHUNK
-        self.wfile.write(tail)
+        left, pad = self.hub.huge_bytes - len(head) - 2, b"a" * CHUNK
+        try:
+            self.wfile.write(head)
+            while left > 0:
+                self.wfile.write(pad[: min(left, CHUNK)])
+                left -= CHUNK
+            self.wfile.write(b'"}')
+        except OSError:  # the client hung up once it had read its cap: what it should do
+            pass
 
     def _send(self, status: int, headers: dict, body: bytes, fault: str | None = None, announced: int | None = None,
               count: str | None = None) -> None:
@@ -125,17 +129,20 @@ class HubHandler(BaseHTTPRequestHandler):
     def _misbehave(self, fault: str, body: bytes) -> None:
         """Half the body then a closed connection ('drop'); no body ('stall'); a byte at a time ('trickle')."""
         self.close_connection = True
-        if fault == "drop":
-            self.wfile.write(body[: len(body) // 2])
-        elif fault == "stall":
-            self.wfile.flush()
-            self.hub.wait(3600)
-        else:
-            for at in range(len(body)):
-                self.wfile.write(body[at : at + 1])
+        try:
+            if fault == "drop":
+                self.wfile.write(body[: len(body) // 2])
+            elif fault == "stall":
                 self.wfile.flush()
-                if self.hub.wait(self.hub.trickle_s):
-                    return
+                self.hub.wait(3600)
+            else:
+                for at in range(len(body)):
+                    self.wfile.write(body[at : at + 1])
+                    self.wfile.flush()
+                    if self.hub.wait(self.hub.trickle_s):
+                        return
+        except OSError:  # the client gave up on it: what it should do
+            pass
 
     # ---- routes -------------------------------------------------------------------------------------
 
@@ -158,17 +165,25 @@ class HubHandler(BaseHTTPRequestHandler):
         chunk = models[start : start + page]
         fault = hub.take_fault("list")
         headers = {}
-        if start + page < len(models) or fault == "endless":
+        if fault == "flood":  # past the end, pages of models nobody made, forever
+            chunk = [self._made_up(n) for n in range(start, start + page)] if start >= len(models) else chunk
+        if start + page < len(models) or fault in ("endless", "flood"):
             rest = {k: v for k, v in query.items() if k != "cursor"}
             headers["Link"] = f'<{hub.endpoint}/api/models?{urlencode(rest, doseq=True)}&cursor={start + page}>; ' \
                               'rel="next"'
         hub.count("requests", "/api/models")
         expand = query.get("expand", []) or DEFAULT_EXPAND
-        entries = [hub.entry(r, expand) for r in chunk]
+        entries = [r if isinstance(r, dict) else hub.entry(r, expand) for r in chunk]
         if fault == "huge":
             return self._huge(entries)
         self._send(200, {"Content-Type": "application/json", **self.limit_headers, **headers},
-                   json.dumps(entries).encode(), None if fault == "endless" else fault)
+                   json.dumps(entries).encode(), None if fault in ("endless", "flood") else fault)
+
+    @staticmethod
+    def _made_up(n: int) -> dict:
+        """A listing entry of a repo that does not exist (a flooding listing's)."""
+        return {"id": f"spam/model-{n}", "sha": hashlib.sha1(str(n).encode()).hexdigest(), "siblings": [],
+                "lastModified": "2020-01-01T00:00:00.000Z"}
 
     def _info(self, repo_id: str, revision: str | None, blobs: bool) -> None:
         repo = self.hub.repos.get(repo_id)
@@ -220,7 +235,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def _serve(self, repo, filename: str, head: bool) -> None:
         hub = self.hub
         hub.count("requests", filename)
-        fault = hub.take_fault(filename)
+        fault = hub.take_fault(f"{repo.repo_id}/{filename}") or hub.take_fault(filename)
         size = repo.size(filename)
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")

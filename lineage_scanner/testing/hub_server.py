@@ -39,9 +39,11 @@ __all__ = ["FAULTS", "GeneratedRepo", "HubStandIn", "Limits", "Repo"]
 #: What ``inject`` can make a request meet. Data and JSON answers: '429', '503', '429-forever' (Retry-After:
 #: 100000), 'drop' (the connection closed mid-body), 'short' (a body shorter than announced), 'no-range'
 #: (the whole file with 200), 'hang' (no answer at all), 'stall' (headers, then no body), 'trickle' (headers,
-#: then one byte every ``trickle_s``), 'huge' (a valid JSON answer of ``huge_bytes``, streamed), 'endless'
-#: (the listing: a next page, forever).
-FAULTS = ("429", "503", "429-forever", "drop", "short", "no-range", "hang", "stall", "trickle", "huge", "endless")
+#: then one byte every ``trickle_s``), 'huge' (a valid JSON answer of ``huge_bytes``, streamed without a
+#: Content-Length), 'endless' (the listing: empty next pages, forever), 'flood' (the listing: next pages of
+#: made-up models, forever).
+FAULTS = ("429", "503", "429-forever", "drop", "short", "no-range", "hang", "stall", "trickle", "huge", "endless",
+          "flood")
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,9 @@ class HubStandIn:
     # ---- faults -------------------------------------------------------------------------------------
 
     def inject(self, target: str, *faults: str, forever: bool = False) -> None:
-        """Queue ``faults`` (see FAULTS) for the next requests of ``target``: a file name (of any repo), a
-        repo's model info (``info:ORG/NAME``) or the listing (``list``). ``forever``: every request meets the
-        (one) fault until :meth:`clear`."""
+        """Queue ``faults`` (see FAULTS) for the next requests of ``target``: a file (``ORG/NAME/FILE``, or a
+        file name, of any repo), a repo's model info (``info:ORG/NAME``) or the listing (``list``).
+        ``forever``: every request meets the (one) fault until :meth:`clear`."""
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown faults {unknown}")
