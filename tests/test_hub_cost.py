@@ -52,14 +52,17 @@ def hub(repos, monkeypatch):
 
 def test_one_resolve_per_weight_file_and_one_info_call(hub):
     server = hub()
-    for repo, weights in (("acme/llama-a", ["model.safetensors"]),
-                          ("acme/phi3-a", ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"])):
+    for repo, weights, config in (
+            ("acme/llama-a", ["model.safetensors"], 0),
+            # phi3's QKV is fused: its split needs the head counts, which only config.json holds
+            ("acme/phi3-a", ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"], 1)):
         server.reset_counts()
         _, sig = scan_strict(f"hf://{repo}", BACKEND, set())
         assert sig.ok and sig.files == weights
         assert server.by_class["api"] == 1  # model info, sizes and hashes included
         assert all(server.resolves[w] == 1 for w in weights), dict(server.resolves)
-        assert server.by_class["resolve"] <= len(weights) + 2  # the weights, config.json, the shard index
+        # the weights, and config.json only where the layout needs it (a complete shard set needs no index)
+        assert server.by_class["resolve"] == len(weights) + config and server.query_files[repo] == config
         assert sum(server.requests[w] for w in weights) > len(weights)  # the ranges went to the file host
         assert server.file_host_tokens == 0  # and never with the token
     assert sig.weights_digest is not None

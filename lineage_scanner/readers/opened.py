@@ -3,6 +3,7 @@ commit whose weights another commit holds, a :class:`CopyOf` (nothing of it to r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,9 @@ class OpenedModel:
     #: see :attr:`lineage_scanner.signature.record.Signature.weights_digest` and ``content_digest``
     weights_digest: str | None = None
     content_digest: str | None = None
+    #: for a Hub commit whose ``config`` is the Hub's extract (no sizes): fetches config.json, which the Hub
+    #: counts as a download, so only where the layout needs it (:mod:`lineage_scanner.layouts.derive`)
+    config_file: Callable[[], dict] | None = None
 
     @property
     def format(self) -> str:

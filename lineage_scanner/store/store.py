@@ -89,6 +89,10 @@ def _needed(names: set[str]) -> set[str]:
     return out
 
 
+#: Error statuses that no retry of the same commit changes: ``todo`` leaves such commits out until they are
+#: listed again (a deleted repo's, say, which the Hub's listing no longer shows).
+PERMANENT = ("not_found", "unsafe_format", "bad_header", "non_finite", "bad_identity")
+
 #: What scoring reads of a stored signature (not its layers, provenance or errors).
 SCORED = ("model", "revision", "source", "n_layers", "hidden_size", "family", "format", "dtype", "curves",
           "invariants", "invariant_se", "declared_base", "embedding", "sketch")
@@ -286,7 +290,10 @@ class Store:
     def todo(self, limit: int | None = None) -> list[str]:
         """``hf://model@sha`` sources listed in the catalog and not yet scanned: those deferred by a spent Hub
         budget first, then the most downloaded. Each carries what its listing said of the commit
-        (:class:`lineage_scanner.sources.hub.ListedSource`), so its scan needs no model-info call."""
+        (:class:`lineage_scanner.sources.hub.ListedSource`), so its scan needs no model-info call. Left out:
+        a commit read under the name it was listed by (a renamed repo's signature is under its new name),
+        and one whose last scan since it was listed met an error no retry of that commit changes
+        (PERMANENT: a repo deleted since, pickled weights, a lying header)."""
         import json
 
         from lineage_scanner.sources.hub import HubCommit, ListedSource
@@ -294,10 +301,12 @@ class Store:
         with self.connect() as con:
             rows = con.execute(
                 "SELECT t.model, t.sha, t.files, t.config_json, t.declared_base, t.declared_relation, t.gated, "
-                "t.last_modified, t.params, t.downloads FROM todo t LEFT JOIN (SELECT model, revision FROM errors "
-                "WHERE status = 'deferred') d ON d.model = t.model AND d.revision = t.sha "
-                "ORDER BY d.model IS NULL, t.downloads DESC NULLS LAST, t.model LIMIT ?",
-                [limit if limit is not None else 1 << 62]).fetchall()
+                "t.last_modified, t.params, t.downloads FROM todo t LEFT JOIN errors e "
+                "ON e.model = t.model AND e.revision = t.sha "
+                "WHERE NOT (coalesce(list_contains(?, e.status), false) AND e.scanned_at >= t.listed_at) "
+                "AND 'hf://' || t.model || '@' || t.sha NOT IN (SELECT source FROM signatures WHERE source NOT NULL) "
+                "ORDER BY e.status IS DISTINCT FROM 'deferred', t.downloads DESC NULLS LAST, t.model LIMIT ?",
+                [list(PERMANENT), limit if limit is not None else 1 << 62]).fetchall()
         return [f"hf://{model}@{sha}" if files is None else ListedSource(HubCommit(
                     model, sha, tuple(files), json.loads(config or "{}"), list(base or []), relation, bool(gated),
                     modified, params, downloads))
