@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -67,12 +67,14 @@ class HubSafetensors:
 
     format = "safetensors"
 
-    def __init__(self, client: HubClient, repo_id: str, sha: str, shards: list[str], read_ahead: ReadAhead):
+    def __init__(self, client: HubClient, repo_id: str, sha: str, shards: list[str], read_ahead: ReadAhead,
+                 pool: ThreadPoolExecutor | None = None):
         self.path = client.source
         self.client = client
         self._urls: dict[str, str] = {}
         self._tensors: dict[str, TensorInfo] = {}
         self._headers: list[bytes] = []
+        self._probes: dict[str, bytes] = {}  # each shard's first bytes: reads that fall in them cost no request
         for shard in shards:
             url = file_url(repo_id, sha, shard)
             name = f"{client.source}/{shard}"
@@ -82,10 +84,13 @@ class HubSafetensors:
             raw = probe[8 : 8 + n] if 8 + n <= len(probe) else client.get(url, 8, 7 + n)[0]
             tensors, _ = parse_header(raw, size, name)
             self._headers.append(shard.encode() + b"\0" + raw)
+            self._probes[url] = bytes(probe)
             for t in tensors.values():
                 self._urls[t.name] = url
                 self._tensors[t.name] = t
-        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="range")
+        #: the worker's range threads (a pool shared by the models it scans at once), else this reader's own
+        self._own_pool = pool is None
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="range") if pool is None else pool
         self._read_ahead = read_ahead
         read_ahead.join()
         self._closed = False
@@ -120,11 +125,18 @@ class HubSafetensors:
                 self._range_of[n] = i
         self._fill()
 
+    def _get(self, url: str, start: int, end: int) -> bytes:
+        """Bytes [start, end] (inclusive) of a shard: from its probe when they lie in it, else fetched."""
+        probe = self._probes.get(url, b"")
+        if end < len(probe):
+            return probe[start : end + 1]
+        return self.client.get(url, start, end)[0]
+
     def _submit(self, i: int) -> None:
         if i in self._futures or self._pending.get(i, 0) == 0:
             return
         url, start, end, _ = self._plan[i]
-        self._futures[i] = self._pool.submit(self.client.get, url, start, end - 1) if end > start else _done((b"", {}))
+        self._futures[i] = self._pool.submit(self._get, url, start, end - 1) if end > start else _done(b"")
 
     def _fill(self) -> None:
         """Keep ranges in flight ahead of the reader, up to half the read-ahead budget in bytes (always one)."""
@@ -146,15 +158,17 @@ class HubSafetensors:
         first = first[:CONTENT_TENSORS]
         if not first:
             return None
-
-        def head(name: str) -> bytes:
-            t = self._tensors[name]
-            return bytes(self.client.get(self._urls[name], t.start, t.start + min(CONTENT_BYTES, t.nbytes) - 1)[0])
-
+        heads = {n: (self._urls[n], self._tensors[n].start, self._tensors[n].start + min(CONTENT_BYTES,
+                                                                                         self._tensors[n].nbytes))
+                 for n in first}
+        spans = _coalesced(sorted(heads.values()), SAMPLE_GAP * 4)  # a small model's four heads: one request
+        bodies = dict(zip(spans, self._pool.map(lambda span: self._get(span[0], span[1], span[2] - 1), spans)))
         h = hashlib.sha256()
-        for name, body in zip(first, self._pool.map(head, first)):
+        for name in first:
+            url, start, end = heads[name]
+            span = next(sp for sp in spans if sp[0] == url and sp[1] <= start and end <= sp[2])
             t = self._tensors[name]
-            h.update(f"{t.dtype}{list(t.shape)}".encode() + body)
+            h.update(f"{t.dtype}{list(t.shape)}".encode() + bytes(bodies[span][start - span[1] : end - span[1]]))
         return h.hexdigest()
 
     @property
@@ -174,11 +188,11 @@ class HubSafetensors:
 
         def fetch(first: int):
             last = min(rows, first + per)
-            return self.client.get(self._urls[name], info.start + first * row_bytes, info.start + last * row_bytes - 1)
+            return self._get(self._urls[name], info.start + first * row_bytes, info.start + last * row_bytes - 1)
 
         ahead = self._pool.submit(fetch, firsts[0]) if firsts else None
         for k, first in enumerate(firsts):
-            body, _ = ahead.result()
+            body = ahead.result()
             ahead = self._pool.submit(fetch, firsts[k + 1]) if k + 1 < len(firsts) else None
             yield first, np.frombuffer(body, dtype=dtype).reshape(-1, *info.shape[1:])
             del body
@@ -193,10 +207,10 @@ class HubSafetensors:
         if info.numel == 0:
             return np.empty(info.shape, dtype=dtype)
         if i in self._futures:
-            body, _ = self._futures[i].result()
+            body = self._futures[i].result()
             offset = info.start - self._plan[i][1]
         else:  # read again after its range was released (a norm gain, say): fetch just this tensor
-            body, _ = self.client.get(self._urls[name], info.start, info.end - 1)
+            body = self._get(self._urls[name], info.start, info.end - 1)
             offset = 0
         return np.frombuffer(body, dtype=dtype, offset=offset, count=info.numel).reshape(info.shape)
 
@@ -212,7 +226,7 @@ class HubSafetensors:
                 spans[-1][1] = b
             else:
                 spans.append([a, b])
-        bodies = list(self._pool.map(lambda span: self.client.get(self._urls[name], span[0], span[1] - 1)[0], spans))
+        bodies = list(self._pool.map(lambda span: self._get(self._urls[name], span[0], span[1] - 1), spans))
         out = np.empty((len(starts), run), dtype=dtype)
         for row, s in enumerate(int(x) for x in starts):
             a = info.start + s * size
@@ -239,10 +253,24 @@ class HubSafetensors:
     def close(self) -> None:
         for future in self._futures.values():
             future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        else:  # the shared pool goes on: wait only for this reader's ranges still running
+            wait(list(self._futures.values()))
         if not self._closed:
             self._read_ahead.leave()
             self._closed = True
+
+
+def _coalesced(spans: list[tuple[str, int, int]], gap: int) -> list[tuple[str, int, int]]:
+    """(url, start, end) spans, sorted, with those less than ``gap`` apart merged into one."""
+    out: list[tuple[str, int, int]] = []
+    for url, start, end in spans:
+        if out and out[-1][0] == url and start - out[-1][2] <= gap:
+            out[-1] = (url, out[-1][1], max(end, out[-1][2]))
+        else:
+            out.append((url, start, end))
+    return out
 
 
 def _done(value) -> Future:

@@ -46,6 +46,19 @@ FAULTS = ("429", "503", "429-forever", "drop", "short", "no-range", "hang", "sta
           "flood")
 
 
+class _Server(ThreadingHTTPServer):
+    """One thread per connection, none waited for at shutdown; a client that hangs up mid-answer (a scan
+    cutting a stalled body, a retry) is what clients do, not an error to print."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Requests allowed per fixed window for each class (None: unlimited), as the Hub limits a token: a free
@@ -89,8 +102,7 @@ class HubStandIn:
         self._free_at = 0.0  # when the shared link is next free (bandwidth)
         self._closing = threading.Event()
         self.reset_counts()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), HubHandler)
         self._server.hub = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
