@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when run by `ray job submit`
 
 from lineage_scanner.measure.sampling import SamplePlan  # noqa: E402
-from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S  # noqa: E402
+from lineage_scanner.readers.hub_time import DEFAULT_DEADLINE_S  # noqa: E402
 from lineage_scanner.run.nightly import IN_FLIGHT, run_night  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 

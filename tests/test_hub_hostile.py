@@ -15,7 +15,8 @@ import time
 import pytest
 
 from lineage_scanner.readers.hub_catalog import ListingCaps, list_catalog
-from lineage_scanner.readers.hub_http import HubClient, Timeouts
+from lineage_scanner.readers.hub_http import HubClient
+from lineage_scanner.readers.hub_time import Timeouts
 from lineage_scanner.readers.hub_urls import file_url
 from lineage_scanner.run.batch import ScanConfig, run_batch
 from lineage_scanner.run.local import InProcess

@@ -18,7 +18,7 @@ from lineage_scanner import __version__
 from lineage_scanner.cli.output import fmt, print_json, print_table
 from lineage_scanner.errors import InternalError, LineageError, UsageError
 from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
-from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S, Timeouts
+from lineage_scanner.readers.hub_time import DEFAULT_DEADLINE_S, Timeouts
 
 # Commands import what they use when they run: ``--help``, ``sql`` and lookups of stored models never
 # load torch, numba, ray or matplotlib.

@@ -23,8 +23,9 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from lineage_scanner.errors import DeadlineError, IdentityError, RemoteError
-from lineage_scanner.readers.hub_http import HubClient, Timeouts
+from lineage_scanner.readers.hub_http import HubClient
 from lineage_scanner.readers.hub_info import commit_from
+from lineage_scanner.readers.hub_time import Timeouts
 from lineage_scanner.readers.hub_urls import on_hub
 from lineage_scanner.sources.hub import HubCommit, endpoint
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 from lineage_scanner.errors import DeadlineError, DeferredError, RemoteError
+from lineage_scanner.readers.hub_time import Stalled, Throughput, Timeouts
 from lineage_scanner.readers.hub_urls import (
     expiry,
     last_byte,
@@ -59,21 +60,7 @@ TIMEOUT_ATTEMPTS = 2
 #: A signed URL is dropped this long before it expires (a quarter of its life if that is shorter).
 EXPIRY_MARGIN_S = 30.0
 REDIRECTS = 5
-#: A model's whole scan, by default: a 7B model's exact attention (2.7 GB) at 10 MB/s takes under 5 minutes.
-DEFAULT_DEADLINE_S = 1800.0
 _SHA256 = re.compile(r'(?:W/)?"?([0-9a-f]{64})"?')
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """How long the Hub and its file host may take: to connect, to send the next byte, the slowest a body
-    may arrive (``min_rate`` bytes/s, judged over ``stall_window_s``), and a model's whole scan."""
-
-    connect_s: float = 10.0
-    read_s: float = 10.0
-    stall_window_s: float = 15.0
-    min_rate: float = 16 << 10
-    model_s: float = DEFAULT_DEADLINE_S
 
 
 @dataclass(frozen=True)
@@ -88,17 +75,13 @@ class _Retry(Exception):
     """An answer worth asking again (a short body)."""
 
 
-class _Stalled(Exception):
-    """A body arriving slower than the minimum rate."""
-
-
 class HubClient:
     """Requests for one model's scan, with its deadline, byte and request counts (see the module)."""
 
-    def __init__(self, source: str, budget=None, timeouts: Timeouts = Timeouts()):
+    def __init__(self, source: str, budget=None, timeouts: Timeouts | None = None):
         self.source = source
         self.budget = budget
-        self.timeouts = timeouts
+        self.timeouts = timeouts = timeouts or Timeouts()
         self.deadline = time.monotonic() + timeouts.model_s
         self.bytes_read = 0
         self.requests = 0
@@ -110,6 +93,7 @@ class HubClient:
         self._lock = threading.Lock()
         self._signed: dict[str, tuple[str, float]] = {}  # resolve URL -> (signed URL, drop at)
         self._linked: dict[str, Linked] = {}  # resolve URL -> what its redirect said of the file
+        self._hf_headers: dict | None = None
 
     # ---- the public requests ------------------------------------------------------------------------
 
@@ -117,9 +101,7 @@ class HubClient:
             limit: int | None = None) -> tuple[bytes, dict]:
         """Bytes [start, end] (inclusive) of ``url``, or the whole body of at most ``limit`` bytes; verified
         against the range asked."""
-        from huggingface_hub.utils import build_hf_headers
-
-        headers = build_hf_headers()
+        headers = self._headers()
         if start is not None:
             headers["Range"] = f"bytes={start}-{end}"
         cap = end - start + 1 if start is not None else limit
@@ -128,23 +110,27 @@ class HubClient:
     def get_json(self, url: str, what: str, limit: int = MAX_JSON_BYTES, expect: type = dict):
         """An API answer (an object, or a list), streamed under ``limit`` bytes; (value, headers). ``what`` it
         is names it in errors. Its bytes are not the checkpoint's: :attr:`bytes_read` counts files only."""
-        from huggingface_hub.utils import build_hf_headers
-
-        body, headers = self._retrying(url, build_hf_headers(),
+        body, headers = self._retrying(url, self._headers(),
                                        lambda response: self._body(response, what, limit, None, None, False), what=what)
         return parse_object(body, f"{self.source} ({what})", RemoteError, expect), headers
 
     def locate(self, url: str) -> Linked | None:
         """Resolve a file without reading it (HEAD, the file host not asked): its SHA-256 and size where the
         Hub's redirect states them (an LFS file), and its signed URL kept for the reads to come."""
-        from huggingface_hub.utils import build_hf_headers
-
         with self._lock:
             if url in self._linked and self._signed.get(url, ("", 0.0))[1] > time.time():
                 return self._linked[url]
-        self._retrying(url, build_hf_headers(), lambda response: None, method="HEAD", to_file_host=False)
+        self._retrying(url, self._headers(), lambda response: None, method="HEAD", to_file_host=False)
         with self._lock:
             return self._linked.get(url)
+
+    def _headers(self) -> dict:
+        """The client library's headers (user agent, the token where there is one), built once per scan."""
+        if self._hf_headers is None:
+            from huggingface_hub.utils import build_hf_headers
+
+            self._hf_headers = build_hf_headers()
+        return dict(self._hf_headers)
 
     def remaining(self) -> float:
         """Seconds left before the model's deadline."""
@@ -186,9 +172,9 @@ class HubClient:
                         return take(response)
             except _Retry as exc:
                 problem = str(exc)
-            except (httpx2.TimeoutException, _Stalled) as exc:
+            except (httpx2.TimeoutException, Stalled) as exc:
                 timeouts += 1
-                problem = str(exc) if isinstance(exc, _Stalled) else \
+                problem = str(exc) if isinstance(exc, Stalled) else \
                     f"no answer within {self.timeouts.read_s:.0f} s ({exc.__class__.__name__})"
                 if timeouts >= TIMEOUT_ATTEMPTS:
                     raise DeadlineError(self.source, f"{what}: {problem}, {timeouts} attempts") from None
@@ -301,7 +287,7 @@ class HubClient:
                 raise RemoteError(self.source, f"the server ignored the range request for bytes {start}-{end} "
                                                f"(HTTP {response.status_code}): refusing to read the whole file")
         body, size = bytearray(cap if start is not None else 0), 0  # a range lands in place: one copy
-        watch = _Throughput(self.timeouts, name)
+        watch = Throughput(self.timeouts, name)
         for chunk in response.iter_bytes():
             if counted:
                 with self._lock:
@@ -321,23 +307,6 @@ class HubClient:
         if start is not None and size != min(end, last_byte(response.headers, end)) - start + 1:
             raise _Retry(f"short body ({size} bytes for range {start}-{end})")
         return body, dict(response.headers)
-
-
-class _Throughput:
-    """Bytes per window of a body as it arrives: a window with less than the minimum rate is a stall."""
-
-    def __init__(self, timeouts: Timeouts, name: str):
-        self.window, self.rate, self.name = timeouts.stall_window_s, timeouts.min_rate, name
-        self.since, self.count = time.monotonic(), 0
-
-    def add(self, n: int) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now - self.since >= self.window:
-            if self.count < self.window * self.rate:
-                raise _Stalled(f"{self.name} trickled {self.count} bytes in {now - self.since:.0f} s, under the "
-                               f"minimum of {self.rate / 1024:.0f} KiB/s over {self.window:.0f} s")
-            self.since, self.count = now, 0
 
 
 def _limit_headers(headers) -> dict[str, str]:

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 from lineage_scanner.errors import ConfigError, HeaderError, ScanError, SourceError
 from lineage_scanner.readers.fresh import FreshComparison, compare_at_fresh_positions
-from lineage_scanner.readers.hub_http import HubClient, Timeouts
+from lineage_scanner.readers.hub_http import HubClient
 from lineage_scanner.readers.hub_info import model_info
 from lineage_scanner.readers.hub_safetensors import HubSafetensors, ReadAhead
+from lineage_scanner.readers.hub_time import Timeouts
 from lineage_scanner.readers.hub_urls import file_url
 from lineage_scanner.readers.jsonfile import MAX_JSON_BYTES, parse_object
 from lineage_scanner.readers.opened import CopyOf, OpenedModel, pickle_refusal

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from lineage_scanner.errors import DeferredError, SourceError
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.hub_http import Timeouts
+from lineage_scanner.readers.hub_time import Timeouts
 from lineage_scanner.readers.open_hub import HubJob
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.signature.record import Signature
@@ -326,8 +326,8 @@ class _Copies:
                 self.recent.move_to_end(sig.identical_to)
                 ready(self._completed(sig, self.recent[sig.identical_to]))
             elif sig.identical_to in self.scanned:
-                ready(self._completed(sig, self._original(sig.identical_to, flush=True)))
-            elif (original := self._original(sig.identical_to)) is not None:
+                ready(self._completed(sig, self._recall(sig.identical_to, flush=True)))
+            elif (original := self._recall(sig.identical_to)) is not None:
                 ready(self._completed(sig, original))
             else:
                 self.waiting.setdefault(sig.identical_to, []).append(sig)
@@ -338,6 +338,16 @@ class _Copies:
         stubs = [stub for waiting in self.waiting.values() for stub in waiting]
         self.waiting.clear()
         return [self._completed(stub, None) for stub in stubs]
+
+    def _recall(self, key: str, flush: bool = False) -> Signature | None:
+        """The original from the store, kept among the recent ones again: its other copies (a re-upload is
+        seldom alone) need no lookup of their own."""
+        original = self._original(key, flush)
+        if original is not None:
+            self.recent[key] = original
+            if len(self.recent) > self.RECENT:
+                self.recent.popitem(last=False)
+        return original
 
     def _original(self, key: str, flush: bool = False) -> Signature | None:
         """The stored original (after writing what is pending, when it was scanned in this batch)."""

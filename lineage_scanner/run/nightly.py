@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from lineage_scanner.measure.sampling import SamplePlan
 from lineage_scanner.readers.hub_catalog import Listing, ListingCaps, list_catalog
-from lineage_scanner.readers.hub_http import DEFAULT_DEADLINE_S, Timeouts
+from lineage_scanner.readers.hub_time import DEFAULT_DEADLINE_S, Timeouts
 from lineage_scanner.readers.shared import RateBudget, Shared
 from lineage_scanner.run.batch import BatchSummary, Executor, ScanConfig, run_batch
 from lineage_scanner.store.store import Store
