@@ -313,11 +313,12 @@ class _Copies:
             key = f"{sig.model}@{sig.revision}"
             if sig.weights_digest or sig.content_digest:  # others may copy it (a copy too: a copy's re-upload)
                 self.scanned[key] = sig.ok
-                self.recent[key] = sig if sig.ok else None
-                if len(self.recent) > self.RECENT:
-                    self.recent.popitem(last=False)
+                if sig.identical_to is None:  # copies seldom are copied: the recent ones are originals
+                    self.recent[key] = sig if sig.ok else None
+                    if len(self.recent) > self.RECENT:
+                        self.recent.popitem(last=False)
             for stub in self.waiting.pop(key, []):
-                ready(self._completed(stub, self.recent.get(key)))
+                ready(self._completed(stub, sig if sig.ok else None))
 
         for sig in results:
             if sig.identical_to is None:
