@@ -313,7 +313,9 @@ class _Copies:
             key = f"{sig.model}@{sig.revision}"
             if sig.weights_digest or sig.content_digest:  # others may copy it (a copy too: a copy's re-upload)
                 self.scanned[key] = sig.ok
-                if sig.identical_to is None:  # copies seldom are copied: the recent ones are originals
+                # the recent ones are what copies point to: originals, and re-sharded copies (other files, whose
+                # own re-uploads copy them); an exact copy's files are its original's, which take its re-uploads
+                if sig.identical_to is None or sig.content_digest is not None:
                     self.recent[key] = sig if sig.ok else None
                     if len(self.recent) > self.RECENT:
                         self.recent.popitem(last=False)
