@@ -262,7 +262,7 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
         pending.clear()
         last_flush = time.perf_counter()
 
-    copies = _Copies(store, flush)
+    copies = _Copies(store, pending)
     try:
         known = Known(frozenset(store.done()), store.digests())
         for result in executor.run(islice(units, max_units), config, known):
@@ -289,16 +289,16 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
 
 class _Copies:
     """Completes copies' signatures in the driver. A copy's stub (no bytes read) gets its original's
-    measurements: from the RECENT originals this batch scanned (kept in memory), else from the store
-    (writing what is pending first, if the original was scanned in this batch); a stub whose original is
-    still being scanned waits for it, and one whose original failed is deferred (the next run scans it)."""
+    measurements: from the RECENT originals this batch scanned (kept in memory), else from those not yet
+    written, else from the store; a stub whose original is still being scanned waits for it, and one whose
+    original failed is deferred (the next run scans it)."""
 
     #: Originals kept in memory for their copies: re-uploads come soon after their original, and a store
     #: lookup (DuckDB over every file) costs far more than the scan it saves on a small model.
     RECENT = 1024
 
-    def __init__(self, store: Store, flush):
-        self.store, self.flush = store, flush
+    def __init__(self, store: Store, pending: list[Signature]):
+        self.store, self.pending = store, pending
         self.waiting: dict[str, list[Signature]] = {}
         self.scanned: dict[str, bool] = {}  # "model@revision" of this batch's originals -> scanned ok
         self.recent: OrderedDict[str, Signature | None] = OrderedDict()
@@ -328,8 +328,8 @@ class _Copies:
             elif sig.identical_to in self.recent:
                 self.recent.move_to_end(sig.identical_to)
                 ready(self._completed(sig, self.recent[sig.identical_to]))
-            elif sig.identical_to in self.scanned:
-                ready(self._completed(sig, self._recall(sig.identical_to, flush=True)))
+            elif sig.identical_to in self.scanned:  # an original of this batch (None: it failed)
+                ready(self._completed(sig, self._recall(sig.identical_to) if self.scanned[sig.identical_to] else None))
             elif (original := self._recall(sig.identical_to)) is not None:
                 ready(self._completed(sig, original))
             else:
@@ -342,24 +342,19 @@ class _Copies:
         self.waiting.clear()
         return [self._completed(stub, None) for stub in stubs]
 
-    def _recall(self, key: str, flush: bool = False) -> Signature | None:
-        """The original from the store, kept among the recent ones again: its other copies (a re-upload is
-        seldom alone) need no lookup of their own."""
-        original = self._original(key, flush)
-        if original is not None:
-            self.recent[key] = original
-            if len(self.recent) > self.RECENT:
-                self.recent.popitem(last=False)
+    def _recall(self, key: str) -> Signature | None:
+        """The original, not yet written or from the store, kept among the recent ones again: its other
+        copies (a re-upload is seldom alone) need no lookup of their own."""
+        original = next((p for p in reversed(self.pending) if p.ok and f"{p.model}@{p.revision}" == key), None)
+        if original is None:
+            try:
+                original = self.store.load(*key.rsplit("@", 1))
+            except SourceError:
+                return None
+        self.recent[key] = original
+        if len(self.recent) > self.RECENT:
+            self.recent.popitem(last=False)
         return original
-
-    def _original(self, key: str, flush: bool = False) -> Signature | None:
-        """The stored original (after writing what is pending, when it was scanned in this batch)."""
-        if flush and self.scanned[key]:
-            self.flush()
-        try:
-            return self.store.load(*key.rsplit("@", 1))
-        except SourceError:
-            return None
 
     @staticmethod
     def _completed(stub: Signature, original: Signature | None) -> Signature:
