@@ -299,6 +299,7 @@ class _Copies:
 
     def __init__(self, store: Store, pending: list[Signature]):
         self.store, self.pending = store, pending
+        self._before = None  # a connection to the store as it was before this batch: lookups in a row
         self.waiting: dict[str, list[Signature]] = {}
         self.scanned: dict[str, bool] = {}  # "model@revision" of this batch's originals -> scanned ok
         self.recent: OrderedDict[str, Signature | None] = OrderedDict()
@@ -337,7 +338,10 @@ class _Copies:
         return out
 
     def unsettled(self) -> list[Signature]:
-        """Copies whose original never came: deferred rows."""
+        """Copies whose original never came: deferred rows (the batch is over)."""
+        if self._before is not None:
+            self._before.close()
+            self._before = None
         stubs = [stub for waiting in self.waiting.values() for stub in waiting]
         self.waiting.clear()
         return [self._completed(stub, None) for stub in stubs]
@@ -347,10 +351,15 @@ class _Copies:
         copies (a re-upload is seldom alone) need no lookup of their own."""
         original = next((p for p in reversed(self.pending) if p.ok and f"{p.model}@{p.revision}" == key), None)
         if original is None:
-            try:
-                original = self.store.load(*key.rsplit("@", 1))
+            if self._before is None:
+                self._before = self.store.connect()
+            try:  # stored before this batch (a night's copies are mostly of earlier nights' originals)
+                original = self.store.load(*key.rsplit("@", 1), con=self._before)
             except SourceError:
-                return None
+                try:  # written by this batch
+                    original = self.store.load(*key.rsplit("@", 1))
+                except SourceError:
+                    return None
         self.recent[key] = original
         if len(self.recent) > self.RECENT:
             self.recent.popitem(last=False)

@@ -437,13 +437,16 @@ class Store:
                 "WHERE d IS NOT NULL AND identical_to IS NULL GROUP BY d").fetchall()
         return {digest: (model, revision) for digest, model, revision in rows}
 
-    def load(self, model: str, revision: str | None = None) -> Signature:
+    def load(self, model: str, revision: str | None = None, con: duckdb.DuckDBPyConnection | None = None
+             ) -> Signature:
         """A stored signature by model id (newest revision unless one is named), with its provenance (files,
-        bytes read, scanner version, when), which a report shows, not only what scoring reads."""
+        bytes read, scanner version, when), which a report shows, not only what scoring reads. ``con``: a
+        connection of :meth:`connect` to ask (it sees the files there were when it was made), for many
+        lookups in a row."""
         query = (f"SELECT {', '.join(_PROVENANCE)} FROM signatures WHERE model = ? AND (? IS NULL OR revision = ?) "
                  "ORDER BY scanned_at DESC LIMIT 1")
-        with self.connect() as con:
-            rows = con.execute(query, [model, revision, revision]).fetchall()
+        with contextlib.nullcontext(con) if con is not None else self.connect(for_query=query) as asked:
+            rows = asked.execute(query, [model, revision, revision]).fetchall()
         if not rows:
             raise SourceError(model, f"not in the store at {self.root}")
         return _signatures(_PROVENANCE, rows)[0]
