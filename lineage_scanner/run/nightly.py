@@ -14,6 +14,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from lineage_scanner.measure.sampling import SamplePlan
 from lineage_scanner.readers.hub_catalog import Listing, ListingCaps, list_catalog
@@ -41,7 +42,7 @@ class Night:
     batch: BatchSummary
     sent: dict[str, int] = field(default_factory=dict)
     #: the high-water mark the listing started from (None: a full listing)
-    since: object = None
+    since: datetime | None = None
 
     def line(self) -> str:
         """The night in one line, for a job's log."""
