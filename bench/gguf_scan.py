@@ -107,8 +107,8 @@ def header(path: Path) -> None:
 
 
 def hub_header(path: Path) -> None:
-    from lineage_scanner.readers.hub import HubClient
     from lineage_scanner.readers.hub_gguf import HubGguf
+    from lineage_scanner.readers.hub_http import HubClient
     from lineage_scanner.testing.gguf_files import QWEN25_1_5B
     from lineage_scanner.testing.hub_server import HubStandIn, Repo
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lineage_scanner.errors import UsageError
+from lineage_scanner.errors import RemoteError, UsageError
 from lineage_scanner.lineage.null import null_for
 from lineage_scanner.lineage.verdict import Verdict, decide, q_values
 from lineage_scanner.run.lookup import signature_for
 from lineage_scanner.signature.record import EMBED_DIM, Signature
-from lineage_scanner.sources.catalog import CatalogEntry, list_catalog
+from lineage_scanner.sources.hub import HubCommit
 from lineage_scanner.store.store import Store
 
 if TYPE_CHECKING:  # the scanning stack is imported by scan() alone
@@ -84,8 +84,11 @@ class LineageGraph:
 class Catalog:
     """A Hub listing, and the sources of the store's work list (listed commits not yet scanned) after it."""
 
-    entries: list[CatalogEntry]
+    entries: list[HubCommit]
     todo: set[str]
+    #: listed entries refused (a malformed repo id or commit), and where the listing came from
+    refused: int = 0
+    where: str = ""
 
 
 def scan(sources: list[str], store: Store, config: ScanConfig | None = None, *, from_catalog: bool = False,
@@ -104,10 +107,17 @@ def scan(sources: list[str], store: Store, config: ScanConfig | None = None, *, 
 
 def catalog(store: Store, author: str | None = None, search: str | None = None, filter: str | None = None,
             sort: str | None = None, limit: int | None = None) -> Catalog:
-    """List Hub models into the store's work list (one paginated call; see :mod:`lineage_scanner.sources.catalog`)."""
-    entries = list_catalog(author=author, search=search, filter=filter, sort=sort, limit=limit)
+    """List Hub models into the store's work list (pages of the Hub's listing, capped: see
+    :mod:`lineage_scanner.readers.hub_catalog`). A listing a cap stopped is kept as far as it went, then
+    raised as a one-line error naming the cap."""
+    from lineage_scanner.readers.hub_catalog import list_catalog
+
+    listing = list_catalog(author=author, search=search, filter=filter, sort=sort, limit=limit)
+    entries = listing.commits
     store.write_catalog(entries)
-    return Catalog(entries, set(store.todo()))
+    if listing.stopped:  # what was listed is kept; the listing is incomplete, and says which cap stopped it
+        raise RemoteError(listing.where, f"{listing.stopped} ({len(entries)} models listed and kept)")
+    return Catalog(entries, set(store.todo()), listing.refused, listing.where)
 
 
 def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Path | None = None) -> Comparison:

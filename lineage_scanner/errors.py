@@ -164,6 +164,20 @@ class WorkerDied(ScanError):
                                  f"({exc.__class__.__name__})")
 
 
+class IdentityError(ScanError):
+    """A server named another repo or commit than the one asked for (or a malformed one): nothing is stored
+    under the name it claimed."""
+
+    status = "bad_identity"
+
+
+class DeadlineError(ScanError):
+    """A server stalled, trickled its bytes, or the model's scan ran past its deadline: a ``timeout`` row,
+    which the next ``scan --catalog`` takes again (the rest of the batch goes on)."""
+
+    status = "timeout"
+
+
 class InternalError(ScanError):
     """An exception the scanner did not expect: still one error row, naming its type and where it arose."""
 

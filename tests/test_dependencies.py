@@ -25,8 +25,7 @@ PACKAGE = ROOT / "lineage_scanner"
 #: Extras whose distributions the package may import (lazily, behind a clear error: see measure.kernels).
 EXTRAS = ("gpu",)
 #: Import names found in the package but declared elsewhere, each with why; an entry no longer needed fails.
-PENDING = {"httpx2": "imported by readers/hub.py; the Hub client work (issue 26) declares it or goes through "
-                     "huggingface_hub's own session"}
+PENDING: dict[str, str] = {}
 
 
 def _normal(name: str) -> str:

@@ -133,11 +133,11 @@ def test_random_hub_responses(rss_guard, monkeypatch):
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from lineage_scanner.readers.hub import HubClient
+    from lineage_scanner.readers.hub_http import HubClient
 
-    monkeypatch.setattr("lineage_scanner.readers.hub.RETRIES", 1)
-    monkeypatch.setattr("lineage_scanner.readers.hub.BACKOFF_S", 0.0)
-    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.RETRIES", 1)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.BACKOFF_S", 0.0)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.MAX_RETRY_AFTER_S", 0.0)
     answer: dict = {}
     content = bytes(range(256)) * 16
 

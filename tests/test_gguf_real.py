@@ -85,8 +85,8 @@ def test_the_hub_reader_skips_fixed_arrays_unfetched(real, monkeypatch):
     here) are skipped by their declared sizes and never fetched, the strings are walked, and the tensors
     are those of the local file."""
     from lineage_scanner.readers.gguf_header import header_end
-    from lineage_scanner.readers.hub import HubClient
     from lineage_scanner.readers.hub_gguf import HubGguf
+    from lineage_scanner.readers.hub_http import HubClient
 
     path, ref = real
     with HubStandIn([Repo("acme/qwen-gguf", path.parent)]) as hub:

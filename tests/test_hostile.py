@@ -28,11 +28,11 @@ def scan(tmp_path, *sources):
     return {r.model: (r.status, r.error) for r in summary.records}
 
 
-def sharded(directory: Path, index_names: list) -> Path:
+def sharded(directory: Path, index_names: list, shard: str = "model-00001-of-00001.safetensors") -> Path:
     """A two-shard checkpoint whose index names ``index_names`` as its shards."""
     write_llama(directory, n_layers=2)
     weights = directory / "model.safetensors"
-    weights.rename(directory / "model-00001-of-00001.safetensors")
+    weights.rename(directory / shard)
     (directory / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {f"t{i}": name for i, name in enumerate(index_names)}}))
     return directory
@@ -134,12 +134,13 @@ def hostile_hub(zoo_by_name, tmp_path, monkeypatch):
     root = tmp_path / "repos"
     repos = [Repo("acme/good", shutil.copytree(zoo_by_name["llama-a"].path, root / "good")),
              Repo("acme/victim", shutil.copytree(zoo_by_name["llama-b"].path, root / "victim"))]
-    evil = sharded(root / "evil", ["model-00001-of-00001.safetensors", "../victim/model.safetensors"])
+    # its one shard is not named as a complete set of shards, so its index is what says the shards are
+    evil = sharded(root / "evil", ["weights.safetensors", "../victim/model.safetensors"], "weights.safetensors")
     repos.append(Repo("acme/evil", evil))
     with HubStandIn(repos) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        monkeypatch.setattr("lineage_scanner.readers.hub.BACKOFF_S", 0.01)
+        monkeypatch.setattr("lineage_scanner.readers.hub_http.BACKOFF_S", 0.01)
         yield server
 
 
@@ -153,8 +154,8 @@ def test_a_hub_index_cannot_reach_another_repo(hostile_hub, tmp_path):
 
 @pytest.mark.hub
 def test_retry_after_is_bounded_and_deferred_is_its_own_status(hostile_hub, tmp_path, monkeypatch):
-    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_RETRY_AFTER_S", 0.2)
-    monkeypatch.setattr("lineage_scanner.readers.hub.MAX_WAIT_S", 0.5)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.MAX_RETRY_AFTER_S", 0.2)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.MAX_WAIT_S", 0.5)
     hostile_hub.inject("model.safetensors", *["429-forever"] * 10)
     started = time.monotonic()
     rows = scan(tmp_path, "hf://acme/good")
@@ -239,11 +240,24 @@ def test_an_unwritable_store_is_a_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.hub
-def test_a_huge_config_on_the_hub_is_refused_unread(hostile_hub, tmp_path):
-    path = Path(hostile_hub.repos["acme/good"].path) / "config.json"
+def test_a_huge_config_on_the_hub_is_refused_unread(hostile_hub, zoo_by_name, tmp_path):
+    """A fused layout needs config.json (the head counts): 40 MB of it is refused from its Content-Length."""
+    repo = Repo("acme/fused", Path(shutil.copytree(zoo_by_name["phi3-a"].path, tmp_path / "fused")))
+    hostile_hub.add(repo)
+    path = repo.path / "config.json"
     path.write_bytes(b" " * (40 << 20) + path.read_bytes())  # valid JSON, 40 MB of it
-    status, error = scan(tmp_path, "hf://acme/good")["acme/good"]
+    status, error = scan(tmp_path, "hf://acme/fused")["acme/fused"]
     assert status == "network" and "over the 16 MiB cap" in error
+    assert hostile_hub.bytes_served.get("config.json", 0) == 0
+
+
+def test_a_complete_shard_set_is_read_without_its_index(hostile_hub, tmp_path):
+    """Shards named as a complete set need no index: a lying one is never even fetched."""
+    evil = sharded(tmp_path / "complete", ["model-00001-of-00001.safetensors", "../victim/model.safetensors"])
+    hostile_hub.add(Repo("acme/complete", evil))
+    assert scan(tmp_path, "hf://acme/complete")["acme/complete"][0] == "ok"
+    assert hostile_hub.requests.get("model.safetensors.index.json", 0) == 0
+    assert not any("victim" in f for f in hostile_hub.requests)
 
 
 #: One llama layer of hidden 8192 (64 heads of 128, one KV head), as a GGUF's tensor table claims it.
@@ -337,8 +351,8 @@ def test_a_hub_gguf_shorter_than_its_stated_size_is_an_error(gguf_hub, monkeypat
     """A server whose file ends before the size it stated (here: cut after the header was read) gives a
     one-line error for the tensor read, never a short tensor."""
     from lineage_scanner.errors import RemoteError
-    from lineage_scanner.readers.hub import HubClient
     from lineage_scanner.readers.hub_gguf import HubGguf
+    from lineage_scanner.readers.hub_http import HubClient
 
     reader = HubGguf(HubClient("hf://acme/big"), "acme/big", "main", "big.gguf")
     os.truncate(Path(gguf_hub.repos["acme/big"].path) / "big.gguf", reader.tensors()["blk.0.attn_k.weight"].end - 8)

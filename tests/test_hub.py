@@ -44,7 +44,7 @@ def test_remote_scan_equals_local_scan(hub, zoo_by_name):
     hub.reset_counts()
     _, remote = scan_strict("hf://acme/llama-a", BACKEND, set())
     _, local = scan_strict(zoo_by_name["llama-a"].path, BACKEND, set())
-    assert remote.model == "acme/llama-a" and remote.revision == hub._shas["acme/llama-a"]
+    assert remote.model == "acme/llama-a" and remote.revision == hub.sha_of("acme/llama-a")
     assert remote.source == f"hf://acme/llama-a@{remote.revision}"
     assert [(s.layer, s.role, s.moments) for s in remote.layers] == [(s.layer, s.role, s.moments) for s in local.layers]
     assert remote.curves == local.curves and remote.params == local.params
@@ -93,7 +93,7 @@ def test_renamed_repo_resolves_to_its_new_name(hub):
         _, sig = scan_strict("hf://acme/old-name", BACKEND, set())
     finally:
         hub.renames.clear()
-    assert sig.model == "acme/llama-a" and sig.revision == hub._shas["acme/llama-a"]
+    assert sig.model == "acme/llama-a" and sig.revision == hub.sha_of("acme/llama-a")
 
 
 def test_retries_then_success(hub, zoo_by_name):
@@ -101,11 +101,11 @@ def test_retries_then_success(hub, zoo_by_name):
     _, sig = scan_strict("hf://acme/llama-a", BACKEND, set())
     _, local = scan_strict(zoo_by_name["llama-a"].path, BACKEND, set())
     assert sig.curves == local.curves
-    assert not hub.faults["model.safetensors"]
+    assert not hub.pending_faults("model.safetensors")
 
 
 def test_persistent_failure_is_an_error_row(hub, tmp_path, monkeypatch):
-    monkeypatch.setattr("lineage_scanner.readers.hub.BACKOFF_S", 0.01)
+    monkeypatch.setattr("lineage_scanner.readers.hub_http.BACKOFF_S", 0.01)
     hub.inject("model.safetensors", *["503"] * 6)
     store = Store(tmp_path / "db")
     report = run_batch(["hf://acme/llama-a", "hf://acme/llama-a-ft"], store, progress=False)
@@ -133,9 +133,9 @@ def test_rescan_of_a_stored_commit_costs_no_weight_bytes(hub, tmp_path):
     run_batch(["hf://acme/llama-a"], store, progress=False)
     hub.reset_counts()
     again = run_batch(["hf://acme/llama-a"], store, progress=False)
-    assert again.skipped == [("acme/llama-a", hub._shas["acme/llama-a"])]
+    assert again.skipped == [("acme/llama-a", hub.sha_of("acme/llama-a"))]
     assert hub.bytes_served.get("model.safetensors", 0) == 0
-    sha = hub._shas["acme/llama-a"]
+    sha = hub.sha_of("acme/llama-a")
     hub.reset_counts()
     pinned = run_batch([f"hf://acme/llama-a@{sha}"], store, progress=False)
     assert pinned.skipped and sum(hub.requests.values()) == 0
@@ -152,7 +152,7 @@ def test_catalog_lists_pages_and_drives_incremental_scans(hub, tmp_path, capsys)
     assert hub.requests["/api/models"] == 2  # page size 2 on the stand-in: pagination followed
     assert not any(k.startswith("api:") for k in hub.requests)  # no per-model info calls
     ft = next(m for m in listed if m["model"] == "acme/llama-a-ft")
-    assert ft["declared_base"] == ["acme/llama-a"] and ft["params"] > 0 and ft["sha"] == hub._shas["acme/llama-a-ft"]
+    assert ft["declared_base"] == ["acme/llama-a"] and ft["params"] > 0 and ft["sha"] == hub.sha_of("acme/llama-a-ft")
     assert next(m for m in listed if m["model"] == "acme/locked")["gated"] is True
 
     assert main(["scan", "--catalog", "--limit", "2", "--db", db, "-q", "--json"]) == 0
@@ -199,12 +199,11 @@ def test_remote_gguf_equals_local(hub, zoo_by_name, tmp_path):
     from pathlib import Path
 
     path = next(Path(zoo_by_name["llama-a-q8_0"].path).glob("*.gguf"))
-    hub.repos["acme/llama-a-gguf"] = Repo("acme/llama-a-gguf", path.parent)
-    hub._shas["acme/llama-a-gguf"] = hub.repos["acme/llama-a-gguf"].sha
+    hub.add(Repo("acme/llama-a-gguf", path.parent))
     try:
         check_remote_gguf(hub, path)
     finally:  # the stand-in is shared by the module: leave it as the other tests expect it
-        del hub.repos["acme/llama-a-gguf"], hub._shas["acme/llama-a-gguf"]
+        hub.remove("acme/llama-a-gguf")
 
 
 def check_remote_gguf(hub, path):
@@ -224,20 +223,18 @@ def check_remote_gguf(hub, path):
 
 @pytest.mark.ray
 def test_nightly_job_lists_scans_and_compacts(hub, tmp_path):
-    import importlib.util
+    from lineage_scanner.run.nightly import run_night
 
-    from tests.helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("nightly_scan", ROOT / "jobs" / "nightly_scan.py")
-    nightly = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nightly)
-    db = str(tmp_path / "db")
-    assert nightly.main(["--db", db, "--author", "acme", "--workers", "1"]) == 0
-    store = Store(db)
+    store = Store(tmp_path / "db")
+    night = run_night(store, workers=1, author="acme")
     models = {m for (m,) in store.connect().execute("SELECT model FROM signatures").fetchall()}
-    assert models == {"acme/llama-a", "acme/llama-a-ft", "acme/phi3-a"}
-    assert len(store.files("signatures")) == 1 and store.todo() == []
-    assert nightly.main(["--db", db, "--author", "acme", "--workers", "1"]) == 0  # the next night: nothing new
+    assert models == {"acme/llama-a", "acme/llama-a-ft", "acme/phi3-a"} and night.batch.n_failed == 0
+    assert store.todo() == [] and night.sent["listing"] == 2  # two pages of two
+    for table in ("signatures", "layers", "catalog"):
+        store.compact(table)
+    assert len(store.files("signatures")) == 1
+    again = run_night(store, workers=1, author="acme")  # the next night: nothing new to scan
+    assert again.since is not None and again.todo == 0 and again.batch.scanned == 0
     assert store.connect().execute("SELECT count(*) FROM scans").fetchone()[0] == 3
 
 

@@ -8,13 +8,14 @@ import shutil
 import time
 from pathlib import Path
 
-import httpx2 as httpx
 import pytest
 
 from lineage_scanner.lineage.null import synthetic
 from lineage_scanner.lineage.verdict import decide
 from lineage_scanner.measure.kernels import get_backend
-from lineage_scanner.readers.hub import HubClient, file_url
+from lineage_scanner.readers.hub_http import HubClient
+from lineage_scanner.readers.hub_urls import file_url
+from lineage_scanner.readers.local import ShardedSafetensors
 from lineage_scanner.run.batch import run_batch
 from lineage_scanner.run.scan import scan_strict
 from lineage_scanner.store.store import Store
@@ -54,14 +55,17 @@ def hub(repos, monkeypatch):
 
 def test_one_resolve_per_weight_file_and_one_info_call(hub):
     server = hub()
-    for repo, weights in (("acme/llama-a", ["model.safetensors"]),
-                          ("acme/phi3-a", ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"])):
+    for repo, weights, config in (
+            ("acme/llama-a", ["model.safetensors"], 0),
+            # phi3's QKV is fused: its split needs the head counts, which only config.json holds
+            ("acme/phi3-a", ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"], 1)):
         server.reset_counts()
         _, sig = scan_strict(f"hf://{repo}", BACKEND, set())
         assert sig.ok and sig.files == weights
         assert server.by_class["api"] == 1  # model info, sizes and hashes included
         assert all(server.resolves[w] == 1 for w in weights), dict(server.resolves)
-        assert server.by_class["resolve"] <= len(weights) + 2  # the weights, config.json, the shard index
+        # the weights, and config.json only where the layout needs it (a complete shard set needs no index)
+        assert server.by_class["resolve"] == len(weights) + config and server.query_files[repo] == config
         assert sum(server.requests[w] for w in weights) > len(weights)  # the ranges went to the file host
         assert server.file_host_tokens == 0  # and never with the token
     assert sig.weights_digest is not None
@@ -70,7 +74,7 @@ def test_one_resolve_per_weight_file_and_one_info_call(hub):
 def test_signed_url_is_reused_until_it_expires(hub):
     server = hub(url_ttl_s=2.0)
     client = HubClient("hf://acme/llama-a")
-    url = file_url("acme/llama-a", server._shas["acme/llama-a"], "model.safetensors")
+    url = file_url("acme/llama-a", server.sha_of("acme/llama-a"), "model.safetensors")
     for _ in range(3):
         assert len(client.get(url, 0, 99)[0]) == 100
     assert server.resolves["model.safetensors"] == 1 and client.resolves == 1
@@ -82,7 +86,7 @@ def test_signed_url_is_reused_until_it_expires(hub):
 def test_revoked_signed_url_is_resolved_again(hub):
     server = hub()
     client = HubClient("hf://acme/llama-a")
-    url = file_url("acme/llama-a", server._shas["acme/llama-a"], "model.safetensors")
+    url = file_url("acme/llama-a", server.sha_of("acme/llama-a"), "model.safetensors")
     first = client.get(url, 0, 99)[0]
     server.revoke_urls()
     assert client.get(url, 0, 99)[0] == first  # a 403 from the file host, then a fresh resolve
@@ -92,7 +96,9 @@ def test_revoked_signed_url_is_resolved_again(hub):
 def test_rate_limits_answer_like_the_hub(hub):
     server = hub(limits=Limits(api=2, resolve=None, window_s=300))
     info = f"{server.endpoint}/api/models/acme/llama-a"
-    first, second, third = (httpx.get(info) for _ in range(3))
+    from huggingface_hub.utils import get_session
+
+    first, second, third = (get_session().get(info) for _ in range(3))
     assert first.status_code == second.status_code == 200 and third.status_code == 429
     assert first.headers["RateLimit"].startswith('"api";r=1;t=') and second.headers["RateLimit"].startswith('"api";r=0')
     assert third.headers["RateLimit-Policy"] == '"fixed window";"api";q=2;w=300'
@@ -102,9 +108,13 @@ def test_rate_limits_answer_like_the_hub(hub):
 def test_rate_limited_window_is_waited_out(hub):
     """The first answer says the window's last API call is spent (RateLimit r=0): the second model's info
     call waits for the next window instead of meeting a 429."""
+    from lineage_scanner.readers.open_hub import HubJob
+    from lineage_scanner.readers.shared import RateBudget, Shared
+
     server = hub(limits=Limits(api=1, resolve=None, window_s=2))
-    _, first = scan_strict("hf://acme/llama-a", BACKEND, set())
-    _, second = scan_strict("hf://acme/llama-b", BACKEND, set())
+    job = HubJob(budget=Shared(RateBudget()))  # one budget for both scans, as a batch's scanner has
+    _, first = scan_strict("hf://acme/llama-a", BACKEND, set(), hub=job)
+    _, second = scan_strict("hf://acme/llama-b", BACKEND, set(), hub=job)
     assert first.ok and second.ok and server.by_class["api"] == 2 and server.rejected["api"] == 0
 
 
@@ -119,7 +129,7 @@ def test_exact_reupload_is_found_by_hash_without_reading_weights(hub, tmp_path):
     assert server.by_class["resolve"] == 0 and server.by_class["api"] == 1
     copy, original = store.load("mirror/llama-a-copy"), store.load("acme/llama-a")
     assert copy.identical_to == f"acme/llama-a@{original.revision}"
-    assert copy.revision == server._shas["mirror/llama-a-copy"]
+    assert copy.revision == server.sha_of("mirror/llama-a-copy")
     assert copy.weights_digest == original.weights_digest and copy.curves == original.curves
     assert copy.declared_base == ["acme/llama-a"] and copy.bytes_read < 10_000
     v = decide(copy, original, synthetic(copy.n_layers, original.n_layers))
@@ -191,11 +201,12 @@ def test_memory_is_bounded_by_bytes_whatever_the_tensor_size(hub, repos, tmp_pat
     import subprocess
     import sys
 
-    from lineage_scanner.readers.hub import READ_AHEAD_BYTES
+    from lineage_scanner.readers.hub_safetensors import READ_AHEAD_BYTES
 
     hidden = 22528  # 22528^2 bf16 = 1.015 GB per projection
     expected = _write_giant_llama(tmp_path / "giant", hidden, heads=176)
     repos.append(Repo("acme/giant", tmp_path / "giant"))
+    repos[-1].sha256("model.safetensors")  # the stand-in hashes 4 GB once, before its model info is timed
     try:
         server = hub()
         env = {**os.environ, "HF_ENDPOINT": server.endpoint}
@@ -223,7 +234,7 @@ def test_streamed_tensors_measure_as_whole_ones(hub, zoo_by_name, monkeypatch, n
     import numpy as np
 
     server = hub()
-    monkeypatch.setattr("lineage_scanner.readers.hub.READ_AHEAD_BYTES", 16 << 10)
+    monkeypatch.setattr("lineage_scanner.readers.hub_safetensors.READ_AHEAD_BYTES", 16 << 10)
     _, remote = scan_strict(f"hf://acme/{name}", BACKEND, set())
     _, local = scan_strict(zoo_by_name[name].path, BACKEND, set())
     assert server.requests[remote.files[0]] > 4 * remote.n_layers  # many blocks per matrix
@@ -244,7 +255,7 @@ def test_reuploads_in_the_same_batch_are_read_once(hub, tmp_path):
                         progress=False)
     assert summary.n_failed == 0 and summary.n_copies == 1 and server.resolves["model.safetensors"] == 2
     copy = store.load("mirror/llama-a-copy")
-    assert copy.identical_to == f"acme/llama-a@{server._shas['acme/llama-a']}"
+    assert copy.identical_to == f"acme/llama-a@{server.sha_of('acme/llama-a')}"
     assert copy.curves == store.load("acme/llama-a").curves
 
 
@@ -287,9 +298,15 @@ def test_resharded_and_reheaded_copies_are_found_by_content(hub, repos, zoo_by_n
             assert summary.n_copies == 1 and copy.identical_to.startswith("acme/llama-a@"), repo.repo_id
             assert copy.curves == store.load("acme/llama-a").curves and copy.content_digest is not None
             assert copy.files == [f for f in repo.files() if f.endswith(".safetensors")]
-            # headers, the index and a few KB per layer-0 matrix; the attention itself was never fetched
-            assert sum(server.bytes_served.values()) < 110_000 * len(copy.files) + 10_000 + 4 * 4096
-            assert server.by_class["resolve"] <= len(copy.files) + 1  # weight files and index; no config.json
+            # headers, a few KB per layer-0 matrix, and runs at fresh positions of both models' attention
+            # (read to verify the copy, each well under a whole read)
+            attention = sum(t.nbytes for t in ShardedSafetensors([source / "model.safetensors"]).tensors().values()
+                            if "self_attn" in t.name)
+            mine = sum(v for k, v in server.bytes_served.items() if k in copy.files)
+            assert mine < 110_000 * len(copy.files) + 4 * 4096 + 0.6 * attention
+            assert sum(server.bytes_served.values()) - mine < 110_000 + 0.6 * attention
+            # the copy's weight files (located), the original's (read again to verify); no config.json
+            assert server.by_class["resolve"] == len(copy.files) + 1 and sum(server.query_files.values()) == 0
     finally:
         del repos[-2:]
 
@@ -309,7 +326,7 @@ def test_rate_budget_counts_down_whatever_order_answers_come_in():
 
 def test_a_renamed_repo_costs_two_api_calls_and_keeps_its_commit(hub, repos, tmp_path):
     server = hub()
-    sha = server._shas["acme/llama-b"]
+    sha = server.sha_of("acme/llama-b")
     server.rename("acme/llama-b", "acme/llama-b-moved")
     try:
         server.reset_counts()

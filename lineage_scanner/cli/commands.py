@@ -24,12 +24,14 @@ def _store(args):
 def cmd_scan(args) -> int:
     from lineage_scanner import api
     from lineage_scanner.measure.sampling import SamplePlan
+    from lineage_scanner.readers.hub_time import Timeouts
     from lineage_scanner.run.base import ScanConfig
 
     sample = None
     if args.sample is not None or args.sample_error is not None:
         sample = SamplePlan(args.sample, args.sample_error)
-    summary = api.scan(args.sources, _store(args), ScanConfig(args.backend, args.force, sample),
+    summary = api.scan(args.sources, _store(args),
+                       ScanConfig(args.backend, args.force, sample, timeouts=Timeouts(model_s=args.deadline)),
                        from_catalog=args.catalog, limit=args.limit, workers=args.workers, address=args.address,
                        progress=not args.quiet)
     for record in summary.failed:
@@ -58,6 +60,9 @@ def cmd_catalog(args) -> int:
     listing = api.catalog(_store(args), author=args.author, search=args.search, filter=args.filter, sort=args.sort,
                           limit=args.limit)
     entries, todo = listing.entries, listing.todo
+    if listing.refused:
+        print(f"warning: {listing.where}: {listing.refused} listed entries refused (a bad repo id or commit)",
+              file=sys.stderr)
     if args.json:
         print_json([{"model": e.model, "sha": e.sha, "params": e.params, "declared_base": e.declared_base,
                      "gated": e.gated, "scanned": e.source not in todo and not e.gated} for e in entries])

@@ -19,6 +19,7 @@ from lineage_scanner.cli.commands import (
     cmd_store,
 )
 from lineage_scanner.measure.kernels import BACKENDS
+from lineage_scanner.readers.hub_time import DEFAULT_DEADLINE_S
 
 
 def _fraction(text: str) -> float:
@@ -32,6 +33,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
 
 
@@ -67,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "process; with --address or RAY_ADDRESS, one worker per GPU, else per CPU)")
     p.add_argument("--address", help="scan on this Ray cluster (or set RAY_ADDRESS); without it or --workers, "
                    "the scan runs in this process")
+    p.add_argument("--deadline", type=_seconds, default=DEFAULT_DEADLINE_S, metavar="SECONDS",
+                   help=f"seconds one Hub model's scan may take before it is a timeout row (default "
+                        f"{DEFAULT_DEADLINE_S:.0f})")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("catalog", parents=[common], help="list Hub models into the store's work list")

@@ -24,7 +24,9 @@ from lineage_scanner.errors import RemoteError
 from lineage_scanner.readers.base import TensorInfo
 from lineage_scanner.readers.gguf_file import GgufTensors
 from lineage_scanner.readers.gguf_header import parse_header
-from lineage_scanner.readers.hub import HEADER_PROBE, HubClient, file_size, file_url
+from lineage_scanner.readers.hub_http import HubClient
+from lineage_scanner.readers.hub_safetensors import HEADER_PROBE
+from lineage_scanner.readers.hub_urls import file_size, file_url
 from lineage_scanner.readers.read_ahead import ReadAhead
 
 #: The most one request of tensor bytes asks for (one unit larger than this is fetched in such pieces).

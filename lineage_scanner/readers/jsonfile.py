@@ -15,8 +15,9 @@ MAX_JSON_BYTES = 16 << 20
 MAX_DEPTH = 64
 
 
-def parse_object(raw: bytes, where: str, error: type[ScanError] = ConfigError) -> dict:
-    """A JSON object from ``raw``, or ``error`` naming ``where`` and the problem."""
+def parse_object(raw: bytes, where: str, error: type[ScanError] = ConfigError, expect: type = dict):
+    """A JSON object (or another ``expect``ed kind: a listing page is an array) from ``raw``, or ``error``
+    naming ``where`` and the problem."""
     if len(raw) > MAX_JSON_BYTES:
         raise error(where, f"{len(raw)} bytes of JSON, over the {MAX_JSON_BYTES >> 20} MiB cap")
     try:
@@ -25,8 +26,8 @@ def parse_object(raw: bytes, where: str, error: type[ScanError] = ConfigError) -
         raise error(where, f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise error(where, f"malformed JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise error(where, f"a JSON {type(data).__name__}, not an object")
+    if not isinstance(data, expect):
+        raise error(where, f"a JSON {type(data).__name__}, not {'an object' if expect is dict else 'a list'}")
     if _depth(data) > MAX_DEPTH:
         raise error(where, f"JSON nested deeper than {MAX_DEPTH} levels")
     return data

@@ -1,7 +1,9 @@
 """What the workers of one job share: the Hub's rate budget, and which commit holds which weight files.
 
 A :class:`Shared` object is consulted the same way in one process (a plain object) and on Ray (one actor
-for the job, made by the Ray executor, whose handle travels in the batch's configuration).
+for the job, made by the Ray executor, whose handle travels in the batch's configuration); a scanning
+process hands it to its Hub scans (:class:`lineage_scanner.readers.open_hub.HubJob`), never through a
+module-level global.
 
 - :class:`RateBudget`: the Hub limits a token per class of request and per window (about 1,000 API calls
   and 5,000 ``/resolve/`` calls per 5 minutes for a free token) and says where a client stands in every
@@ -42,21 +44,35 @@ class RateBudget:
 
     def __init__(self):
         self._windows: dict[str, _Window] = {}
+        self._sent: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def ask(self, kind: str) -> float:
-        """Seconds until a request of ``kind`` may be sent: 0 to send it now (it is counted), else how long
-        until its window resets (nothing is counted; ask again then)."""
+    def ask(self, kind: str, purpose: str = "") -> float:
+        """Seconds until a request of ``kind`` may be sent: 0 to send it now (it is counted, under its
+        ``purpose`` too: model info, a listing page, a query file), else how long until its window resets
+        (nothing is counted; ask again then)."""
         now = time.time()
         with self._lock:
             window = self._windows.get(kind)
             if window is None or now >= window.resets_at:
                 self._windows.pop(kind, None)
+                self._count(kind, purpose)
                 return 0.0  # nothing known, or a new window: the server's next answer says
             if window.remaining > 0:
                 window.remaining -= 1
+                self._count(kind, purpose)
                 return 0.0
             return window.resets_at - now
+
+    def _count(self, kind: str, purpose: str) -> None:
+        for key in filter(None, (kind, purpose)):
+            self._sent[key] = self._sent.get(key, 0) + 1
+
+    def sent(self) -> dict[str, int]:
+        """Requests admitted so far, by class (``api``, ``resolve``) and by purpose (``model_info``,
+        ``listing``, ``query_file``): what a job spent of the Hub's budget."""
+        with self._lock:
+            return dict(self._sent)
 
     def observe(self, kind: str, status: int, headers: dict[str, str]) -> None:
         """Learn from an answer: its RateLimit header's remaining count and reset, or a 429's Retry-After."""
@@ -123,17 +139,3 @@ class Shared:
         else:
             getattr(self.local, method)(*args)
 
-
-_OWN_BUDGET = Shared(RateBudget())
-_budget = _OWN_BUDGET
-
-
-def budget() -> Shared:
-    """The rate budget this process's Hub clients ask."""
-    return _budget
-
-
-def use_budget(shared: Shared | None) -> None:
-    """Make ``shared`` this process's rate budget (None: the process's own)."""
-    global _budget
-    _budget = shared or _OWN_BUDGET

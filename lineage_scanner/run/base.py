@@ -8,6 +8,7 @@ them. Nothing here imports an executor, so the walk along a scan goes one way: b
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,13 +18,18 @@ from typing import Protocol
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.measure.kernels import MomentsBackend, get_backend
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.open import CopyOf, OpenedModel, open_source
-from lineage_scanner.readers.shared import CopyIndex, Shared, use_budget
+from lineage_scanner.readers.hub_time import Timeouts
+from lineage_scanner.readers.open import open_source
+from lineage_scanner.readers.open_hub import HubJob
+from lineage_scanner.readers.opened import CopyOf, OpenedModel
+from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
 from lineage_scanner.signature.build import build
 from lineage_scanner.signature.record import Signature
 
 #: Bytes assumed for a model whose size is unknown before it is opened (a Hub repo, say).
 UNKNOWN_BYTES = 1 << 30
+#: An executor waiting on a slow unit yields an empty result this often, so the loop can write what finished.
+HEARTBEAT_S = 1.0
 
 Key = tuple[str, str]
 
@@ -50,6 +56,8 @@ class ScanConfig:
     #: a store every scanning process reaches (an object store), which Ray workers write their units'
     #: signatures to themselves; None: the driver writes everything (a local directory may not be shared)
     store: str | None = None
+    #: how long the Hub may take: per request, per stalled body, and one model's whole scan (``model_s``)
+    timeouts: Timeouts = Timeouts()
 
 
 @dataclass(frozen=True)
@@ -95,17 +103,18 @@ class Scanner:
 
     The one place a backend is chosen: from ``config.backend`` by :func:`get_backend`'s rule, in the process
     that runs the kernels (a Ray worker on a GPU node picks Triton there, whatever the driver has), unless
-    the caller hands over a ``backend`` it already holds (a test's, a benchmark's)."""
+    the caller hands over a ``backend`` it already holds (a test's, a benchmark's). ``hub``: the job's Hub
+    state (rate budget, copy index, deadlines) where the caller shares one across scanners."""
 
     def __init__(self, config: ScanConfig, known: Known = Known(), in_flight: int = 1,
-                 backend: MomentsBackend | None = None):
+                 backend: MomentsBackend | None = None, hub: HubJob | None = None):
         if backend is None:
             backend = get_backend(config.backend)
-        use_budget(config.budget)
         self.backend = OneAtATime(backend) if in_flight > 1 else backend
         self.config = config
         self.done = set(known.done)
-        self.copies = config.copies or Shared(CopyIndex(known.digests))
+        self.hub = hub or HubJob(config.budget or Shared(RateBudget()),
+                                 config.copies or Shared(CopyIndex(known.digests)), config.timeouts)
 
     def scan(self, unit: WorkUnit) -> UnitResult:
         result = UnitResult()
@@ -133,7 +142,8 @@ class Scanner:
         Raises :class:`ScanError` on bad input.
         """
         force = self.config.force
-        opened = open_source(source, None if force else self.done, None if force else self.copies)
+        hub = dataclasses.replace(self.hub, copies=None) if force else self.hub
+        opened = open_source(source, None if force else self.done, hub)
         if isinstance(opened, CopyOf):
             return (opened.model, opened.revision), Signature(
                 opened.model, opened.revision, opened.source, weights_digest=opened.weights_digest,

@@ -145,20 +145,21 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
         pending.clear()
         last_flush = time.perf_counter()
 
-    copies = _Copies(store, flush)
+    copies = _Copies(store, pending)
     if store.remote:
         config = dataclasses.replace(config, store=store.root)
     try:
         known = Known(frozenset(store.done()), store.digests())
         for result in executor.run(islice(units, max_units), config, known):
-            shown = shown or (_Progress() if progress else None)
-            settled = copies.settle(result.scanned)
-            pending.extend(s for s in settled if not (result.stored and s.identical_to is None))
-            summary.add(UnitResult(settled, result.skipped))
-            if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_seconds:
+            if result.scanned or result.skipped:  # else a heartbeat: a slow model is still being scanned
+                shown = shown or (_Progress() if progress else None)
+                settled = copies.settle(result.scanned)
+                pending.extend(s for s in settled if not (result.stored and s.identical_to is None))
+                summary.add(UnitResult(settled, result.skipped))
+                if shown:
+                    shown.update(summary)
+            if len(pending) >= flush_every or (pending and time.perf_counter() - last_flush >= flush_seconds):
                 flush()
-            if shown:
-                shown.update(summary)
     finally:
         unsettled = copies.unsettled()
         pending.extend(unsettled)
@@ -173,16 +174,17 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
 
 class _Copies:
     """Completes copies' signatures in the driver. A copy's stub (no bytes read) gets its original's
-    measurements: from the RECENT originals this batch scanned (kept in memory), else from the store
-    (writing what is pending first, if the original was scanned in this batch); a stub whose original is
-    still being scanned waits for it, and one whose original failed is deferred (the next run scans it)."""
+    measurements: from the RECENT originals this batch scanned (kept in memory), else from those not yet
+    written, else from the store; a stub whose original is still being scanned waits for it, and one whose
+    original failed is deferred (the next run scans it)."""
 
     #: Originals kept in memory for their copies: re-uploads come soon after their original, and a store
     #: lookup (DuckDB over every file) costs far more than the scan it saves on a small model.
     RECENT = 1024
 
-    def __init__(self, store: Store, flush):
-        self.store, self.flush = store, flush
+    def __init__(self, store: Store, pending: list[Signature]):
+        self.store, self.pending = store, pending
+        self._before = None  # a connection to the store as it was before this batch: lookups in a row
         self.waiting: dict[str, list[Signature]] = {}
         self.scanned: dict[str, bool] = {}  # "model@revision" of this batch's originals -> scanned ok
         self.recent: OrderedDict[str, Signature | None] = OrderedDict()
@@ -197,11 +199,14 @@ class _Copies:
             key = f"{sig.model}@{sig.revision}"
             if sig.weights_digest or sig.content_digest:  # others may copy it (a copy too: a copy's re-upload)
                 self.scanned[key] = sig.ok
-                self.recent[key] = sig if sig.ok else None
-                if len(self.recent) > self.RECENT:
-                    self.recent.popitem(last=False)
+                # the recent ones are what copies point to: originals, and re-sharded copies (other files, whose
+                # own re-uploads copy them); an exact copy's files are its original's, which take its re-uploads
+                if sig.identical_to is None or sig.content_digest is not None:
+                    self.recent[key] = sig if sig.ok else None
+                    if len(self.recent) > self.RECENT:
+                        self.recent.popitem(last=False)
             for stub in self.waiting.pop(key, []):
-                ready(self._completed(stub, self.recent.get(key)))
+                ready(self._completed(stub, sig if sig.ok else None))
 
         for sig in results:
             if sig.identical_to is None:
@@ -209,28 +214,41 @@ class _Copies:
             elif sig.identical_to in self.recent:
                 self.recent.move_to_end(sig.identical_to)
                 ready(self._completed(sig, self.recent[sig.identical_to]))
-            elif sig.identical_to in self.scanned:
-                ready(self._completed(sig, self._original(sig.identical_to, flush=True)))
-            elif (original := self._original(sig.identical_to)) is not None:
+            elif sig.identical_to in self.scanned:  # an original of this batch (None: it failed)
+                ready(self._completed(sig, self._recall(sig.identical_to) if self.scanned[sig.identical_to] else None))
+            elif (original := self._recall(sig.identical_to)) is not None:
                 ready(self._completed(sig, original))
             else:
                 self.waiting.setdefault(sig.identical_to, []).append(sig)
         return out
 
     def unsettled(self) -> list[Signature]:
-        """Copies whose original never came: deferred rows."""
+        """Copies whose original never came: deferred rows (the batch is over)."""
+        if self._before is not None:
+            self._before.close()
+            self._before = None
         stubs = [stub for waiting in self.waiting.values() for stub in waiting]
         self.waiting.clear()
         return [self._completed(stub, None) for stub in stubs]
 
-    def _original(self, key: str, flush: bool = False) -> Signature | None:
-        """The stored original (after writing what is pending, when it was scanned in this batch)."""
-        if flush and self.scanned[key]:
-            self.flush()
-        try:
-            return self.store.load(*key.rsplit("@", 1))
-        except SourceError:
-            return None
+    def _recall(self, key: str) -> Signature | None:
+        """The original, not yet written or from the store, kept among the recent ones again: its other
+        copies (a re-upload is seldom alone) need no lookup of their own."""
+        original = next((p for p in reversed(self.pending) if p.ok and f"{p.model}@{p.revision}" == key), None)
+        if original is None:
+            if self._before is None:
+                self._before = self.store.connect()
+            try:  # stored before this batch (a night's copies are mostly of earlier nights' originals)
+                original = self.store.load(*key.rsplit("@", 1), con=self._before)
+            except SourceError:
+                try:  # written by this batch
+                    original = self.store.load(*key.rsplit("@", 1))
+                except SourceError:
+                    return None
+        self.recent[key] = original
+        if len(self.recent) > self.RECENT:
+            self.recent.popitem(last=False)
+        return original
 
     @staticmethod
     def _completed(stub: Signature, original: Signature | None) -> Signature:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from lineage_scanner.errors import InternalError, StoreError, WorkerDied
 from lineage_scanner.readers.shared import CopyIndex, RateBudget, Shared
-from lineage_scanner.run.base import Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
+from lineage_scanner.run.base import HEARTBEAT_S, Known, ScanConfig, Scanner, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.run.placement import placement
 from lineage_scanner.signature.record import Signature
 from lineage_scanner.sources import name_of
@@ -201,7 +201,11 @@ class RayExecutor:
                     pending[actor.scan.remote(unit, stem, fence)] = (actor, unit, stem)
                 if not pending:
                     break
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=HEARTBEAT_S)
+                if not ready:  # a slow unit: let the loop write what finished meanwhile
+                    yield UnitResult()
+                    continue
+                (ref,) = ready
                 actor, unit, stem = pending.pop(ref)
                 try:
                     result = ray.get(ref)

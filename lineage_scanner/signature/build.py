@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from lineage_scanner.layouts.arch import from_config
+from lineage_scanner.layouts.derive import complete_config
 from lineage_scanner.layouts.resolve import resolve
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.moments import measure
 from lineage_scanner.measure.sampling import SamplePlan
-from lineage_scanner.readers.open import OpenedModel
+from lineage_scanner.readers.opened import OpenedModel
 from lineage_scanner.signature.features import curves_from, embedding, invariant_errors, invariants
 from lineage_scanner.signature.record import Signature
 
 
 def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | None = None) -> Signature:
     """Scan an opened checkpoint into a signature; raises ScanError on bad input."""
-    facts = from_config(opened.config, opened.format, opened.source)
     tensors = opened.reader.tensors()
-    layout = resolve(facts.spec, tensors, facts.shape, opened.config, facts.n_layers, opened.source)
+    config = complete_config(opened.config, tensors, opened.config_file)  # a Hub commit's: no download counted
+    facts = from_config(config, opened.format, opened.source)
+    layout = resolve(facts.spec, tensors, facts.shape, config, facts.n_layers, opened.source)
     result = measure(opened.reader, layout, backend, sample)
     features = invariants(result.stats, layout.n_layers)
     return Signature(

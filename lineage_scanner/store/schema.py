@@ -70,7 +70,12 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "catalog": (
         ("model", "string"), ("sha", "string"), ("last_modified", "timestamp"), ("params", "int64"),
         ("declared_base", "strings"), ("gated", "bool"), ("downloads", "int64"), ("listed_at", "timestamp"),
+        # what a scan needs of a listed commit (lineage_scanner.sources.hub.HubCommit): no model-info call
+        ("files", "strings"), ("config_json", "string"), ("declared_relation", "string"),
     ),
+    # one row per complete Hub listing: its query and the newest last modification it saw (the next
+    # listing of the same query stops there)
+    "listings": (("query", "string"), ("high_water", "timestamp"), ("models", "int64"), ("listed_at", "timestamp")),
     "edges": (
         ("a", "string"), ("b", "string"), ("score", "float64"), ("p_value", "float64"), ("kind", "string"),
         ("computed_at", "timestamp"),
@@ -81,7 +86,8 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
 #: Columns without which a file cannot belong to a table (the views key on them).
 REQUIRED = {"signatures": ("model", "revision", "status", "scanned_at", "scan_id"),
             "layers": ("scan_id", "model", "revision", "layer", "role"),
-            "catalog": ("model", "sha", "listed_at"), "edges": ("a", "b", "computed_at")}
+            "catalog": ("model", "sha", "listed_at"), "edges": ("a", "b", "computed_at"),
+            "listings": ("query", "listed_at")}
 _INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 _FLOATS = {"FLOAT", "DOUBLE"}
 

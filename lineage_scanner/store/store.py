@@ -34,6 +34,11 @@ if TYPE_CHECKING:  # writing signatures needs no DuckDB: it is imported by what 
     import duckdb
 
 
+#: Error statuses that no retry of the same commit changes: ``todo`` leaves such commits out until they are
+#: listed again (a deleted repo's, say, which the Hub's listing no longer shows).
+PERMANENT = ("not_found", "unsafe_format", "bad_header", "non_finite", "bad_identity")
+
+
 def edge_rows(edges) -> list[dict]:
     """Rows of the ``edges`` table for one detection run (one time for all of them)."""
     now = datetime.now(timezone.utc)
@@ -145,8 +150,20 @@ class Store:
             return False
 
     def write_catalog(self, entries) -> int:
-        """Append a catalog listing (see :mod:`lineage_scanner.sources.catalog`) as one new file."""
+        """Append a catalog listing (:class:`lineage_scanner.sources.hub.HubCommit` records) as one new file."""
         return self._append("catalog", [{name: getattr(e, name) for name in columns("catalog")} for e in entries])
+
+    def write_listing(self, query: str, high_water: datetime | None, models: int) -> None:
+        """Record a complete Hub listing of ``query``: the next one stops at ``high_water``."""
+        self._append("listings", [{"query": query, "high_water": high_water, "models": models,
+                                   "listed_at": datetime.now(timezone.utc)}])
+
+    def high_water(self, query: str) -> datetime | None:
+        """The newest last modification a complete listing of ``query`` saw (None: never listed)."""
+        if not self.files("listings"):
+            return None
+        with self.connect() as con:
+            return con.execute("SELECT max(high_water) FROM listings_files WHERE query = ?", [query]).fetchone()[0]
 
     # ---- reading --------------------------------------------------------------------------------------
 
@@ -159,14 +176,28 @@ class Store:
 
     def todo(self, limit: int | None = None) -> list[str]:
         """``hf://model@sha`` sources listed in the catalog and not yet scanned: those deferred by a spent Hub
-        budget first, then the most downloaded."""
+        budget first, then the most downloaded. Each carries what its listing said of the commit
+        (:class:`lineage_scanner.sources.hub.ListedSource`), so its scan needs no model-info call. Left out:
+        a commit read under the name it was listed by (a renamed repo's signature is under its new name),
+        and one whose last scan since it was listed met an error no retry of that commit changes
+        (PERMANENT: a repo deleted since, pickled weights, a lying header)."""
+        import json
+
+        from lineage_scanner.sources.hub import HubCommit, ListedSource
+
         with self.connect() as con:
             rows = con.execute(
-                "SELECT t.model, t.sha FROM todo t LEFT JOIN (SELECT model, revision FROM errors "
-                "WHERE status = 'deferred') d ON d.model = t.model AND d.revision = t.sha "
-                "ORDER BY d.model IS NULL, t.downloads DESC NULLS LAST, t.model LIMIT ?",
-                [limit if limit is not None else 1 << 62]).fetchall()
-        return [f"hf://{model}@{sha}" for model, sha in rows]
+                "SELECT t.model, t.sha, t.files, t.config_json, t.declared_base, t.declared_relation, t.gated, "
+                "t.last_modified, t.params, t.downloads FROM todo t LEFT JOIN errors e "
+                "ON e.model = t.model AND e.revision = t.sha "
+                "WHERE NOT (coalesce(list_contains(?, e.status), false) AND e.scanned_at >= t.listed_at) "
+                "AND 'hf://' || t.model || '@' || t.sha NOT IN (SELECT source FROM signatures WHERE source NOT NULL) "
+                "ORDER BY e.status IS DISTINCT FROM 'deferred', t.downloads DESC NULLS LAST, t.model LIMIT ?",
+                [list(PERMANENT), limit if limit is not None else 1 << 62]).fetchall()
+        return [f"hf://{model}@{sha}" if files is None else ListedSource(HubCommit(
+                    model, sha, tuple(files), json.loads(config or "{}"), list(base or []), relation, bool(gated),
+                    modified, params, downloads))
+                for model, sha, files, config, base, relation, gated, modified, params, downloads in rows]
 
     def done(self) -> set[tuple[str, str]]:
         """(model, revision) pairs already scanned successfully: a re-run skips these."""
@@ -189,13 +220,16 @@ class Store:
                 "WHERE d IS NOT NULL AND identical_to IS NULL GROUP BY d").fetchall()
         return {digest: (model, revision) for digest, model, revision in rows}
 
-    def load(self, model: str, revision: str | None = None) -> Signature:
+    def load(self, model: str, revision: str | None = None, con: duckdb.DuckDBPyConnection | None = None
+             ) -> Signature:
         """A stored signature by model id (newest revision unless one is named), with its provenance (files,
-        bytes read, scanner version, when), which a report shows, not only what scoring reads."""
+        bytes read, scanner version, when), which a report shows, not only what scoring reads. ``con``: a
+        connection of :meth:`connect` to ask (it sees the files there were when it was made), for many
+        lookups in a row."""
         query = (f"SELECT {', '.join(PROVENANCE)} FROM signatures WHERE model = ? AND (? IS NULL OR revision = ?) "
                  "ORDER BY scanned_at DESC LIMIT 1")
-        with self.connect() as con:
-            rows = con.execute(query, [model, revision, revision]).fetchall()
+        with contextlib.nullcontext(con) if con is not None else self.connect(for_query=query) as asked:
+            rows = asked.execute(query, [model, revision, revision]).fetchall()
         if not rows:
             raise SourceError(model, f"not in the store at {self.root}")
         return signatures_from(PROVENANCE, rows)[0]
