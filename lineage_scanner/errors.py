@@ -123,6 +123,13 @@ class SourceError(ScanError):
     status = "not_found"
 
 
+class ChangedError(ScanError):
+    """A local file changed while it was scanned (written, truncated or replaced): what was measured is not
+    what its revision names. Scanning it again once it is still gives a signature."""
+
+    status = "changed"
+
+
 class UnsupportedError(ScanError):
     """The checkpoint is readable but holds no attention tensors this scanner understands."""
 

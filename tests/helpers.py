@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -60,6 +62,38 @@ def write_llama(
     save_file(tensors, directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps(llama_config(n_layers, hidden, heads, kv)))
     return directory
+
+
+#: A CLI command in a subprocess, reporting its exit code, its wall time and its peak RSS as stderr's last line.
+#: The peak is the process's own (VmHWM): getrusage's ru_maxrss keeps, across exec, the high-water mark of
+#: the process it was forked from, here the test's, often larger than what is measured.
+CLI = """
+import json, re, sys, time
+from lineage_scanner.cli.main import main
+started = time.monotonic()
+code = main(sys.argv[1:])
+with open("/proc/self/status") as status:
+    rss = int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1)) << 10
+print(json.dumps({"code": code, "seconds": time.monotonic() - started, "rss": rss}), file=sys.stderr)
+"""
+
+
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``lineage ARGS`` started in a subprocess under :data:`CLI` (finish it with :func:`cli_report`)."""
+    return subprocess.Popen([sys.executable, "-c", CLI, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def cli_report(process: subprocess.Popen, timeout: float = 300) -> tuple[dict, list[str], str]:
+    """A :func:`start_cli` process's (exit code, seconds and peak RSS; its ``Error:`` lines; its stdout)."""
+    out, err = process.communicate(timeout=timeout)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines, err[-3000:]
+    return json.loads(lines[-1]), [line for line in lines[:-1] if line.startswith("Error:")], out
+
+
+def run_cli_process(*args: str, env: dict | None = None, timeout: float = 300) -> tuple[dict, list[str], str]:
+    return cli_report(start_cli(*args, env=env), timeout)
 
 
 def raw_safetensors(path: Path, header: object, data: bytes = b"", length: int | None = None) -> Path:

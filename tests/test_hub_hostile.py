@@ -4,11 +4,8 @@ in bounded time and memory, and the good models of the same batch land."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -22,16 +19,7 @@ from lineage_scanner.run.batch import ScanConfig, run_batch
 from lineage_scanner.run.local import InProcess
 from lineage_scanner.store.store import Store
 from lineage_scanner.testing.hub_server import HubStandIn, Repo
-
-#: A CLI scan in a subprocess, reporting its exit code, its stderr, its wall time and its peak RSS.
-CLI = """
-import json, resource, sys, time
-from lineage_scanner.cli.main import main
-started = time.monotonic()
-code = main(sys.argv[1:])
-print(json.dumps({"code": code, "seconds": time.monotonic() - started,
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10}), file=sys.stderr)
-"""
+from tests.helpers import run_cli_process
 
 
 @pytest.fixture
@@ -51,11 +39,8 @@ def cli(hub, *args, timeout=300) -> tuple[dict, list[str]]:
     """``lineage ARGS`` in a subprocess: (its exit code, seconds and peak RSS; its error lines)."""
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    lines = done.stderr.strip().splitlines()
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    return json.loads(lines[-1]), [line for line in lines[:-1] if line.startswith("Error:")]
+    report, errors, _ = run_cli_process(*args, env=env, timeout=timeout)
+    return report, errors
 
 
 def rows(db) -> dict[str, tuple[str, str | None]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,19 +62,8 @@ class Reader(Protocol):
         ...
 
     def fingerprint(self) -> bytes:
-        """Bytes that identify the checkpoint's content without reading its data (headers, sizes)."""
+        """Bytes that identify the checkpoint's content: a local checkpoint's digest of every byte of its files
+        (its revision is made from it); a Hub reader's, what its headers say (its commit is its revision)."""
         ...
 
     def close(self) -> None: ...
-
-
-def content_digest(path: str, start: int, end: int, windows: int = 8, size: int = 4096) -> bytes:
-    """sha256 of ``windows`` evenly spaced byte windows of [start, end): a few KB that change when the
-    weights change (a fine-tune keeps the header but not the bytes), without reading the whole file."""
-    h = hashlib.sha256()
-    span = max(end - start - size, 0)
-    with open(path, "rb") as f:
-        for i in range(windows):
-            f.seek(start + span * i // max(windows - 1, 1))
-            h.update(f.read(min(size, end - start)))
-    return h.digest()

@@ -6,7 +6,8 @@ cost a real checkpoint's scan seconds and hundreds of MB. Tensor bytes are read 
 found there: F32, F16 and BF16 as views in their stored dtype (the moments kernels read them natively),
 the common quantizations through the compiled decoders of :mod:`lineage_scanner.readers.ggml_quants`, the
 rest through the ``gguf`` package's numpy dequantizer on just those bytes. :class:`GgufTensors` does that
-for any source of bytes: a local file's memory map here, range reads for the Hub
+for any source of bytes: a local file's positioned reads here (:class:`lineage_scanner.readers.local.LocalFile`:
+no memory map, so a file truncated under the scan is an error, not SIGBUS), range reads for the Hub
 (:class:`lineage_scanner.readers.hub_gguf.HubGguf`). Large tensors are handed to the measurement as
 blocks of rows (:meth:`GgufTensors.read_blocks`), so a quantized matrix is never held whole in float32.
 """
@@ -22,15 +23,16 @@ import numpy as np
 from lineage_scanner.errors import HeaderError
 from lineage_scanner.readers import ggml_quants
 from lineage_scanner.readers.arrays import DTYPES, take_runs
-from lineage_scanner.readers.base import TensorInfo, content_digest
+from lineage_scanner.readers.base import TensorInfo
 from lineage_scanner.readers.gguf_header import BLOCKS, GgufHeader, parse_header
-from lineage_scanner.readers.local import close_map, drop_pages, map_file
+from lineage_scanner.readers.local import LocalFile
 
 #: Stored types read as views, in the dtype the moments kernels decode natively.
 NATIVE = {name: DTYPES[name] for name in ("F32", "F16", "BF16")}
 #: Tensors whose stored bytes exceed this are measured by blocks of rows ...
 STREAM_BYTES = 4 << 20
-#: ... of at most this many bytes once decoded to float32 (smaller, cache-sized blocks measured slower:
+#: ... of at most this many bytes once decoded to float32 (and a local file is read in spans of at most this many
+#: stored bytes) (smaller, cache-sized blocks measured slower:
 #: the per-block work outweighs the cache; bench/RESULTS.md).
 BLOCK_BYTES = 8 << 20
 
@@ -142,39 +144,43 @@ class GgufTensors:
 
 
 class GgufFile(GgufTensors):
-    """A local ``.gguf`` checkpoint, memory-mapped: the header parsed from the map (only the pages the walk
-    touches are read), tensors decoded from views of it."""
+    """A local ``.gguf`` checkpoint: the header parsed from windows read as the walk reaches them, tensors
+    decoded from positioned reads of at most BLOCK_BYTES of whole units."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
-        size = os.path.getsize(self.path)
-        self._mmap = map_file(self.path, size)
+        self._file = LocalFile(path)
+        size = self._file.size
+
+        def window(pos: int, n: int, hint: int) -> tuple[np.ndarray, int]:
+            return self._file.read(pos, min(size - pos, max(n, min(hint, BLOCK_BYTES))), "the header"), pos
+
         try:
-            self.header = parse_header(size, self.path, (self._mmap if self._mmap is not None else b"", 0))
+            self.header = parse_header(size, self.path, window(0, 0, BLOCK_BYTES), window)
         except BaseException:
-            close_map(self._mmap)
+            self._file.close()
             raise
         self.bytes_read = self.header.data_start if self.header.tensors else size
 
     def prefetch(self, names: list[str]) -> None:
-        """Nothing ahead of time: a read pages in what it touches."""
+        """Nothing ahead of time: each span is one positioned read (the kernel reads ahead)."""
 
     def _spans(self, info: TensorInfo, unit_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
-        yield 0, np.frombuffer(self._mmap, np.uint8, info.nbytes, info.start)
+        step = max(1, BLOCK_BYTES // unit_bytes) * unit_bytes
+        for at in range(info.start, info.end, step):
+            span = self._file.read(at, min(step, info.end - at), f"tensor {info.name!r}")
+            yield (at - info.start) // unit_bytes, span
 
     def _count(self, info: TensorInfo) -> None:
         self.bytes_read += info.nbytes
 
     def release(self, name: str) -> None:
-        drop_pages(self._mmap, self.header.tensors[name])
+        """Nothing held: each span's buffer is freed with its last view."""
 
     def fingerprint(self) -> bytes:
         h = self.header_digest()
-        infos = self.header.tensors.values()
-        if infos:
-            h.update(content_digest(self.path, min(t.start for t in infos), max(t.end for t in infos)))
+        h.update(self._file.digest())
         return h.digest()
 
     def close(self) -> None:
-        close_map(self._mmap)
-        self._mmap = None
+        self._file.close()

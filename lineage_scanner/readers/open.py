@@ -3,8 +3,11 @@ local checkpoint here, a Hub commit in :mod:`lineage_scanner.readers.open_hub`.
 
 A local source is a directory holding ``config.json`` and safetensors or GGUF weights, a single
 ``.safetensors`` file, a ``model.safetensors.index.json``, or a ``.gguf`` file. Its identity is (model id,
-revision): the id is the directory (or file stem) name, the revision a hash of the headers and config,
-so a changed checkpoint gets a new revision without its data being read.
+revision): the id is the directory (or file stem) name, the revision the full SHA-256 of its config and of
+every byte of its weight files (:meth:`lineage_scanner.readers.local.LocalFile.digest`), so an edit of any
+byte, wherever it lies and whatever the file's mtime says, is a new revision (a digest of sampled bytes at
+public positions let an edit between them keep the old revision, and with it a stale signature). It is
+not truncated: 16 hex digits (64 bits) collide after about 2^32 tries, which an adversary can afford.
 """
 
 from __future__ import annotations
@@ -81,9 +84,13 @@ def _open_directory(path: Path) -> OpenedModel:
 
 
 def _opened(model: str, path: Path, config: dict, reader: Reader, base: list[str]) -> OpenedModel:
-    digest = hashlib.sha256(reader.fingerprint())
+    try:
+        digest = hashlib.sha256(reader.fingerprint())
+    except BaseException:
+        reader.close()
+        raise
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    return OpenedModel(model, digest.hexdigest()[:16], str(path), config, reader, base)
+    return OpenedModel(model, digest.hexdigest(), str(path), config, reader, base)
 
 
 def _read_config(path: Path) -> dict:
