@@ -158,7 +158,7 @@ def test_alignment_recovers_a_deletion():
     a = rng.standard_normal((10, 3))
     b = np.delete(a, 4, axis=0)
     matched = align(b[None], a[None])[0]
-    assert [tuple(map(int, p)) for p in zip(*np.nonzero(matched))] == [(i, i if i < 4 else i + 1) for i in range(9)]
+    assert [tuple(map(int, p)) for p in matched if p[0] >= 0] == [(i, i if i < 4 else i + 1) for i in range(9)]
 
 
 def test_alignment_is_the_same_one_by_one_and_in_a_batch():

@@ -33,6 +33,11 @@ NOISE_SHARE = 0.15
 SURROGATES = 1999
 #: Degree of the depth trend each model keeps in its surrogates.
 TREND_DEGREE = 2
+#: Cells of alignment traceback held at once (one byte each): the batch of surrogate pairs aligned together
+#: shrinks with depth, so 4,096 layers align in the memory 80 do.
+CELLS = 1 << 24
+#: Surrogate pairs made at once (each [depth, features] floats, on both sides), fewer at great depth.
+SURROGATE_CHUNK = 500
 
 
 def usable(features: dict[str, list[float]], errors: dict[str, list[float]] | None = None
@@ -58,19 +63,29 @@ def usable(features: dict[str, list[float]], errors: dict[str, list[float]] | No
 
 def align(xa: np.ndarray, xb: np.ndarray, gap: float = GAP) -> np.ndarray:
     """Monotone alignments of pairs of layer sequences maximising similarity minus gap costs
-    (Needleman-Wunsch), for a batch: ``xa`` [B, n, f] and ``xb`` [B, m, f] give a [B, n, m] mask of
-    matched layers.
+    (Needleman-Wunsch), for a batch: ``xa`` [B, n, f] and ``xb`` [B, m, f] give the matched layers as
+    [B, min(n, m), 2] pairs (a's layer, b's layer), in order, -1 after each alignment's last pair.
 
     Rows of the DP are whole vectors over the batch and one model's layers: a row's best "gap in a" run is
-    a running maximum, so thousands of surrogate pairs align in the time of a few. Ties prefer a match,
-    then a gap in ``b``."""
-    sim = 1.0 - ((xa[:, :, None, :] - xb[:, None, :, :]) ** 2).mean(axis=3) / 2.0
-    batch, n, m = sim.shape
+    a running maximum, so thousands of surrogate pairs align in the time of a few. Memory is bounded
+    whatever the depth: the similarity is made a row at a time, and the batch is taken in chunks whose
+    traceback (one byte per cell) holds at most CELLS cells. Ties prefer a match, then a gap in ``b``."""
+    batch, n, m = len(xa), xa.shape[1], xb.shape[1]
+    out = np.full((batch, min(n, m), 2), -1, dtype=np.int32)
+    step = max(1, CELLS // ((n + 1) * (m + 1)))
+    for lo in range(0, batch, step):
+        out[lo : lo + step] = _align_chunk(xa[lo : lo + step], xb[lo : lo + step], gap)
+    return out
+
+
+def _align_chunk(xa: np.ndarray, xb: np.ndarray, gap: float) -> np.ndarray:
+    batch, n, m = len(xa), xa.shape[1], xb.shape[1]
     steps = gap * np.arange(m + 1)
     prev = np.broadcast_to(-steps, (batch, m + 1))
     move = np.zeros((batch, n + 1, m + 1), dtype=np.int8)  # 0 match, 1 gap in b (up), 2 gap in a (left)
     for i in range(1, n + 1):
-        diag = prev[:, :-1] + sim[:, i - 1]
+        sim = 1.0 - ((xa[:, i - 1, None, :] - xb) ** 2).mean(axis=2) / 2.0
+        diag = prev[:, :-1] + sim
         up = prev[:, 1:] - gap
         row = np.empty((batch, m + 1))
         row[:, 0] = -gap * i
@@ -80,27 +95,34 @@ def align(xa: np.ndarray, xb: np.ndarray, gap: float = GAP) -> np.ndarray:
         left = row[:, :-1] - gap
         move[:, i, 1:] = np.where((diag >= up) & (diag >= left), 0, np.where(up >= left, 1, 2))
         prev = row
-    matched = np.zeros((batch, n, m), dtype=bool)
+    pairs = np.full((batch, min(n, m), 2), -1, dtype=np.int32)
+    found = np.zeros(batch, dtype=np.int64)  # pairs found so far, from the end
     rows = np.arange(batch)
     i, j = np.full(batch, n), np.full(batch, m)
     while True:
         live = (i > 0) & (j > 0)
         if not live.any():
-            return matched
-        step = np.where(live, move[rows, i, j], -1)
-        hit = step == 0
-        matched[rows[hit], i[hit] - 1, j[hit] - 1] = True
-        i = i - ((step == 0) | (step == 1))
-        j = j - ((step == 0) | (step == 2))
+            break
+        kind = np.where(live, move[rows, i, j], -1)
+        hit = kind == 0
+        pairs[rows[hit], found[hit]] = np.stack([i[hit] - 1, j[hit] - 1], axis=1)
+        found += hit
+        i = i - ((kind == 0) | (kind == 1))
+        j = j - ((kind == 0) | (kind == 2))
+    for b in range(batch):  # found from the end: put each path in order
+        pairs[b, : found[b]] = pairs[b, found[b] - 1 :: -1] if found[b] else pairs[b, :0]
+    return pairs
 
 
-def correlations(xa: np.ndarray, xb: np.ndarray, matched: np.ndarray) -> np.ndarray:
-    """Pearson r per feature over each alignment's matched layers: [B, f]; NaN under 3 matched layers."""
-    w = matched.astype(np.float64)
-    count = w.sum(axis=(1, 2))[:, None]
-    sa, sb = np.einsum("bnm,bnf->bf", w, xa), np.einsum("bnm,bmf->bf", w, xb)
-    saa, sbb = np.einsum("bnm,bnf->bf", w, xa * xa), np.einsum("bnm,bmf->bf", w, xb * xb)
-    sab = np.einsum("bnm,bnf,bmf->bf", w, xa, xb)
+def correlations(xa: np.ndarray, xb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Pearson r per feature over each alignment's matched layers (``pairs`` as :func:`align` gives them):
+    [B, f]; NaN under 3 matched layers."""
+    w = (pairs[:, :, 0] >= 0).astype(np.float64)[:, :, None]
+    rows = np.arange(len(pairs))[:, None]
+    ga, gb = xa[rows, np.maximum(pairs[:, :, 0], 0)] * w, xb[rows, np.maximum(pairs[:, :, 1], 0)] * w
+    count = w.sum(axis=1)
+    sa, sb = ga.sum(axis=1), gb.sum(axis=1)
+    saa, sbb, sab = (ga * ga).sum(axis=1), (gb * gb).sum(axis=1), (ga * gb).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (count * sab - sa * sb) / np.sqrt((count * saa - sa * sa) * (count * sbb - sb * sb))
     r[np.broadcast_to(count < 3, r.shape)] = np.nan
@@ -131,8 +153,9 @@ def surrogate_p(xa: np.ndarray, xb: np.ndarray, observed: float, draws: int = SU
     more, aligned as freely: (1 + hits) / (1 + draws)."""
     rng = np.random.default_rng(seed)
     done, hits = 0, 0
+    chunk = max(1, min(SURROGATE_CHUNK, CELLS // ((len(xa) + 1) * (len(xb) + 1))))
     while done < draws:  # in chunks, to bound memory at long depths
-        size = min(500, draws - done)
+        size = min(chunk, draws - done)
         sa, sb = surrogates(xa, size, rng), surrogates(xb, size, rng)
         r = correlations(sa, sb, align(sa, sb))
         finite = np.isfinite(r)
@@ -164,11 +187,11 @@ def evidence(a: dict[str, list[float]], b: dict[str, list[float]], a_errors: dic
         return Evidence(math.nan, {}, [], shared)
     xa = ma[:, [na.index(f) for f in shared]]
     xb = mb[:, [nb.index(f) for f in shared]]
-    matched = align(xa[None], xb[None])
-    pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(matched[0]))]
+    path = align(xa[None], xb[None])
+    pairs = [(int(i), int(j)) for i, j in path[0] if i >= 0]
     if len(pairs) < 3:
         return Evidence(math.nan, {}, pairs, shared)
-    r = correlations(xa[None], xb[None], matched)[0]
+    r = correlations(xa[None], xb[None], path)[0]
     per = {f: float(r[k]) if np.isfinite(r[k]) else math.nan for k, f in enumerate(shared)}
     finite = [v for v in per.values() if math.isfinite(v)]
     score = float(np.mean(finite)) if finite else math.nan
