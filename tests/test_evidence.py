@@ -115,8 +115,10 @@ def test_pruned_layers_align_to_their_originals(zoo_by_name):
 
 
 def test_zoo_verdicts(zoo):
+    from lineage_scanner.demo.zoo import family_roots
+
     sigs = {e.model: scan(e.path) for e in zoo}
-    root = {e.model: e.parent or e.model for e in zoo}
+    root = family_roots(zoo)
     kinds = {}
     for e in zoo:
         if e.parent:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import csv
-import math
 import os
 import sys
 
 from lineage_scanner import __version__
-from lineage_scanner.cli.output import fmt, print_json, print_table
+from lineage_scanner.cli.output import compare_lines, fmt_p, plural, print_csv, print_json, print_table, say, tree_lines
 from lineage_scanner.errors import InternalError, LineageError, UsageError
 from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
 
@@ -28,8 +26,12 @@ from lineage_scanner.measure.kernels import BACKENDS, BackendUnavailable
 def cmd_scan(args) -> int:
     from lineage_scanner.measure.sampling import SamplePlan
     from lineage_scanner.run.batch import ScanConfig, choose_executor, run_batch
+    from lineage_scanner.sources import is_hub
     from lineage_scanner.store.store import Store
 
+    missing = [s for s in args.sources if not is_hub(s) and not os.path.lexists(os.path.expanduser(s))]
+    if missing:  # a typo, not a model: nothing to record in the store
+        raise UsageError(f"{missing[0]}: no such file or directory")
     store = Store(args.db)
     sources = list(args.sources) + (store.todo(args.limit) if args.catalog else [])
     if not sources:
@@ -40,10 +42,10 @@ def cmd_scan(args) -> int:
     summary = run_batch(sources, store, choose_executor(args.workers, args.address),
                         config=ScanConfig(args.backend, args.force, sample), progress=not args.quiet)
     for record in summary.failed:
-        print(f"Error: {record.error}", file=sys.stderr)
+        say(f"Error: {record.error}", err=True)
     for record in summary.records:
         if record.layout_source == "name-patterns":
-            print(f"note: {record.model}: unknown architecture; attention found by name patterns", file=sys.stderr)
+            say(f"note: {record.model}: unknown architecture; attention found by name patterns", err=True)
     if args.json:
         print_json({"scanned": [r.__dict__ for r in summary.records],
                      "skipped": [{"model": m, "revision": r} for m, r in summary.skipped],
@@ -53,9 +55,12 @@ def cmd_scan(args) -> int:
         if ok:
             print_table(["model", "revision", "layers", "MB read"],
                          [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
-        print(f"scanned {len(ok)} ({summary.n_copies} exact copies, no weights read), skipped "
-              f"{len(summary.skipped)} already stored, failed {len(summary.failed)}, deferred {summary.n_deferred} "
-              "(Hub budget spent: the next scan --catalog takes them first)", file=sys.stderr)
+        copies = f"; {plural(summary.n_copies, 'exact copy', 'exact copies')} of stored weights" \
+            if summary.n_copies else ""
+        deferred = f", deferred {summary.n_deferred} (Hub budget spent: the next scan --catalog takes them " \
+                   "first)" if summary.n_deferred else ""
+        print(f"scanned {len(ok)} ({summary.bytes_read / 1e6:.1f} MB read{copies}), skipped "
+              f"{len(summary.skipped)} already stored, failed {len(summary.failed)}{deferred}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
@@ -119,31 +124,10 @@ def cmd_compare(args) -> int:
     if args.json:
         print_json(out)
         return 0
-    print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
-    print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
-    print(f"decided by   {v.decided_by or 'nothing: no evidence applies'}")
-    if v.sketch is not None:
-        s = v.sketch
-        print(f"sketch       |r| = {fmt(s.score)}   p = 1e{s.log10_p:.1f}  (exact null; roles {', '.join(s.roles)}; "
-              f"{len(s.pairing)} layer pairs)")
-        moved = [(i, j) for i, j in s.pairing if i != j]
-        if moved:
-            print(f"  layers paired out of order (a, b): {moved}")
-    else:
-        print("sketch       does not apply: no attention matrix has the same shape in both")
-    print(f"curves       score {fmt(v.evidence.score)}   p = {fmt(v.p_curves)}  (reference: {v.null_size} unrelated "
-          f"pairs from the {v.null.source}, p = {fmt(v.p_null)}; surrogates p = {fmt(v.evidence.surrogate_p)})")
-    for name, r in v.evidence.per_feature.items():
-        print(f"  {name}  r = {fmt(r)}")
-    gaps_a = sorted(set(range(a.n_layers or 0)) - {i for i, _ in v.evidence.alignment})
-    gaps_b = sorted(set(range(b.n_layers or 0)) - {j for _, j in v.evidence.alignment})
-    if gaps_a or gaps_b:
-        print(f"  unaligned layers: {a.model} {gaps_a}, {b.model} {gaps_b}")
-    print(f"paper_score  {fmt(v.paper.score)}  (the seed method, for reference)")
-    for role, r in v.paper.per_role.items():
-        print(f"  {role}  r = {fmt(r)}")
+    for line in compare_lines(a, b, v):
+        print(line)
     if args.plot:
-        print(f"plot written to {args.plot}", file=sys.stderr)
+        say(f"plot written to {args.plot}", err=True)
     return 0
 
 
@@ -165,12 +149,13 @@ def cmd_report(args) -> int:
     if args.json:
         print_json({"report": str(out), **verdict_json(v)})
     else:
-        print(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
+        say(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
     return 0
 
 
 def cmd_match(args) -> int:
     from lineage_scanner.lineage.null import null_for
+    from lineage_scanner.lineage.relatives import rank
     from lineage_scanner.lineage.verdict import decide, q_values
     from lineage_scanner.run.lookup import signature_for
     from lineage_scanner.signature.record import EMBED_DIM
@@ -179,25 +164,22 @@ def cmd_match(args) -> int:
     store = Store(args.db)
     query = signature_for(args.source, store, args.backend)
     candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
-    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates), key=_strength)
-    qs = q_values([v.p_value for v in verdicts])
-    rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,
-             "sketch_score": v.sketch.score if v.sketch else None, "decided_by": v.decided_by,
-             "p_value": v.p_value, "log10_p": v.log10_p, "q_value": q, "verdict": v.verdict, "kind": v.kind,
-             "paper_score": v.paper.score} for v, q in zip(verdicts, qs)][: args.top]
+    ranked = rank(query, candidates, [decide(query, c, null_for(store, query, c)) for c in candidates])
+    qs = q_values([r.verdict.p_value for r in ranked])
+    rows = [{"model": r.signature.model, "revision": r.signature.revision, "relation": r.relation,
+             "direction": r.direction, "closeness": r.closeness.value if r.closeness else None,
+             "closeness_evidence": r.closeness.evidence if r.closeness else None, "score": r.verdict.evidence.score,
+             "sketch_score": r.verdict.sketch.score if r.verdict.sketch else None, "decided_by": r.verdict.decided_by,
+             "p_value": r.verdict.p_value, "log10_p": r.verdict.log10_p, "q_value": q, "verdict": r.verdict.verdict,
+             "kind": r.verdict.kind, "paper_score": r.verdict.paper.score} for r, q in zip(ranked, qs)][: args.top]
     if args.json:
         print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
     else:
-        print(f"nearest to {query.model}@{query.revision}:")
-        print_table(["model", "sketch", "score", "log10 p", "q", "verdict", "kind", "paper_score"],
-                     [(r["model"], r["sketch_score"], r["score"], r["log10_p"], r["q_value"], r["verdict"],
-                       r["kind"] or "", r["paper_score"]) for r in rows])
+        say(f"nearest to {query.model}@{query.revision} (derived relatives first, the parent on top):")
+        print_table(["model", "relation", "closeness", "p", "q", "verdict", "kind", "paper_score"],
+                    [(r["model"], r["relation"], r["closeness"], fmt_p(r["p_value"], r["log10_p"]),
+                      fmt_p(r["q_value"]), r["verdict"], r["kind"], r["paper_score"]) for r in rows])
     return 0
-
-
-def _strength(v) -> tuple[float, float]:
-    """Strongest evidence first: the deciding p-value (in logs), then the curve score."""
-    return v.log10_p, -v.evidence.score if math.isfinite(v.evidence.score) else math.inf
 
 
 def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
@@ -220,9 +202,7 @@ def cmd_sql(args) -> int:
     if args.json:
         print_json([dict(zip(columns, r)) for r in rows])
     elif args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
+        print_csv(columns, rows)
     else:
         print_table(columns, rows)
     return 0
@@ -257,38 +237,44 @@ def cmd_plot(args) -> int:
     store = Store(args.db)
     sigs = [signature_for(s, store, args.backend) for s in args.sources]
     plot_curves(sigs, args.out, title="per-layer std of attention projections")
-    print(f"plot written to {args.out}", file=sys.stderr)
+    say(f"plot written to {args.out}", err=True)
     return 0
 
 
 def cmd_graph(args) -> int:
-    from lineage_scanner.lineage.graph import detect, export
+    from pathlib import Path
+
+    from lineage_scanner.lineage.graph import detect, graph_data, write
     from lineage_scanner.store.store import Store
 
     store = Store(args.db)
-    edges = detect(store, args.min_confidence)
-    store.write_edges(edges)
-    graph = export(store, edges, args.out)
+    forest = detect(store, args.min_confidence)
+    store.write_edges(forest.edges)
+    graph = graph_data(store)
+    written = [str(write(graph, args.out))] if args.out else []
     if args.html:
-        from pathlib import Path
-
         from lineage_scanner.report.lineage_map import lineage_map
 
         Path(args.html).write_text(lineage_map(graph, f"Lineage map of {Path(args.db).resolve().name}"),
                                    encoding="utf-8")
+        written.append(args.html)
     with store.connect() as con:
         disagreements = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
     if args.json:
         print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
         return 0
-    print(f"{len(edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}"
-          + (f", map to {args.html}" if args.html else ""))
-    for family in graph["families"]:
-        if len(family) > 1:
-            print("  " + ", ".join(family))
+    directed = [e for e in forest.edges if e.direction != "unknown"]
+    by_card = sum(e.direction == "card" for e in directed)
+    say(f"{plural(len(graph['nodes']), 'model')} in {plural(len(graph['families']), 'family', 'families')}; "
+        f"{plural(len(forest.edges), 'derivation')}: {len(directed) - by_card} directed by the weights, "
+        f"{by_card} by cards, {len(forest.edges) - len(directed)} of unknown direction")
+    for line in tree_lines(graph):
+        print(line)
     if disagreements:
         print("cards and weights disagree:")
         print_table(["model", "other", "problem"], disagreements)
+    if written:
+        say(f"written: {', '.join(written)}", err=True)
     return 0
 
 
@@ -406,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("graph", parents=[common], help="lineage graph of the store: detected and declared edges")
+    p = sub.add_parser("graph", parents=[common], help="family trees of the store's models: each model's parent, "
+                       "each derivation typed and directed, beside what the cards declare")
     p.add_argument("--min-confidence", type=float, default=0.99, help="1 - p-value an edge needs (default 0.99)")
-    p.add_argument("--out", default="lineage-graph.json", help="FILE.graphml or FILE.json")
+    p.add_argument("--out", metavar="FILE", help="also write the graph: FILE.graphml (GraphML) or any other name "
+                   "(JSON)")
     p.add_argument("--html", metavar="FILE.html", help="also a self-contained page of the families, for a browser")
     p.set_defaults(func=cmd_graph)
 
@@ -433,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug and not expected:
             raise
         message = str(exc) if expected else str(InternalError.of("lineage " + args.command, exc))
-        print(f"Error: {' '.join(message.split())[:2000]}", file=sys.stderr)
+        say(f"Error: {' '.join(message.split())[:2000]}", err=True)
         return 1
 
 

@@ -1,0 +1,156 @@
+"""Family trees: closeness as an effect size, the direction of a derivation, and the tree built from them.
+
+Unit tests on hand-made sketches and links (fast), then the whole path on the demo zoo: `lineage graph`
+hangs every model under the model it was made from, `match` ranks the parent first, the `edges` and
+`disagreements` views hold derivations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from lineage_scanner.lineage.closeness import TIER_STEP, Closeness, closeness, measured
+from lineage_scanner.lineage.direction import UNKNOWN, Direction, direction
+from lineage_scanner.lineage.sketch import sketch_evidence
+from lineage_scanner.lineage.tree import Link, build
+from lineage_scanner.measure.sketch import SketchPart
+
+
+def model(name, *, fmt="safetensors", dtype="BF16", family="llama", layers=12, hidden=128, base=(), sketch=()):
+    return SimpleNamespace(model=name, format=fmt, dtype=dtype, family=family, n_layers=layers, hidden_size=hidden,
+                           declared_base=list(base), sketch=tuple(sketch))
+
+
+def parts(values: np.ndarray) -> tuple[SketchPart, ...]:
+    """Sketch parts from a layers × roles × 400 array (Q/K/V/O values of 64 × 64 matrices)."""
+    return tuple(SketchPart(layer, role, 64, 64, values[layer, k].astype(np.float32))
+                 for layer in range(values.shape[0]) for k, role in enumerate("qkvo"))
+
+
+def drifted(values: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    return values + noise * np.random.default_rng(seed).standard_normal(values.shape)
+
+
+# ---- closeness ----------------------------------------------------------------------------------------
+
+def test_closeness_is_the_mean_r_of_the_weights_and_orders_a_chain():
+    base = np.random.default_rng(0).standard_normal((12, 4, 400))
+    child = drifted(base, 0.3, 1)
+    grandchild = drifted(child, 0.3, 2)
+    sigs = {name: model(name, sketch=parts(v)) for name, v in (("base", base), ("child", child),
+                                                                 ("grandchild", grandchild))}
+
+    def near(a, b):
+        s = sketch_evidence(sigs[a].sketch, sigs[b].sketch)
+        return closeness(sigs[a], sigs[b], s, math.nan)
+
+    c = near("base", "child")
+    assert c.evidence == "weights" and c.value == pytest.approx(1 / math.sqrt(1 + 0.09), abs=0.005)
+    # -log r adds up along the chain: base -> child -> grandchild
+    far = near("base", "grandchild")
+    assert far.distance == pytest.approx(c.distance + near("child", "grandchild").distance, abs=0.004)
+    assert far.distance > c.distance
+    # the same numbers without a verdict's exact test
+    fast, grid = measured(sigs["base"], sigs["child"])
+    assert fast.value == pytest.approx(c.value, abs=1e-9) and grid.pairing == [(i, i) for i in range(12)]
+    assert measured(sigs["base"], model("stranger", sketch=parts(np.random.default_rng(9).standard_normal(
+        (12, 4, 400))))) is None
+
+
+def test_tiers_never_mix():
+    assert Closeness(0.2, "weights").distance < Closeness(0.9999, "v-gram").distance
+    assert Closeness(0.9999, "v-gram").distance < Closeness(1.0, "curves").distance <= 2 * TIER_STEP
+    assert math.isfinite(Closeness(math.nan, "curves").distance)
+
+
+# ---- direction ----------------------------------------------------------------------------------------
+
+def test_direction_from_what_the_weights_show():
+    base = model("base")
+    gguf = direction(base, model("base-q4", fmt="gguf", dtype="Q4_0"))
+    assert gguf.upstream == "base" and gguf.basis == "quantized" and "gguf" in gguf.note
+    assert direction(model("moe", family="mixtral"), base).upstream == "base"
+    narrow = direction(model("small", hidden=64), base)
+    assert narrow.upstream == "base" and narrow.basis == "narrower"
+    same = direction(model("a"), model("b"))
+    assert same == Direction(None, UNKNOWN, same.note) and same.downstream("a", "b") is None
+
+
+def test_pruned_and_up_scaled_are_told_apart_by_their_layers():
+    deep, shallow = model("deep", layers=6), model("shallow", layers=4)
+    eye = np.eye(6) * 0.99 + 0.05
+    pruned = eye[:, [0, 2, 3, 5]]  # rows: the deeper model's layers; 1 and 4 match nothing
+    found = direction(deep, shallow, pruned, 0.99)
+    assert found.upstream == "deep" and found.basis == "fewer layers" and "2 of deep's" in found.note
+    repeated = eye[[0, 1, 2, 3], :][:, [0, 1, 2, 3]][[0, 1, 1, 2, 2, 3]]  # 6 layers, two of them repeats
+    up = direction(model("up", layers=6), model("small", layers=4), repeated, 0.99)
+    assert up.upstream == "small" and up.basis == "more layers"
+    assert direction(shallow, deep, pruned.T, 0.99).upstream == "deep"  # either order
+
+
+def test_cards_give_a_direction_the_weights_do_not_overrule():
+    base, tuned = model("base"), model("tuned", base=["base"])
+    assert direction(tuned, base) == Direction("base", "card", "the card of tuned declares base as its base")
+    liar = model("base-q8", fmt="gguf", dtype="Q8_0")
+    claims = model("base", base=["base-q8"])  # a float model claiming to come from a quantized one
+    found = direction(claims, liar)
+    assert found.upstream == "base" and found.basis == "quantized" and "declares the opposite" in found.note
+
+
+# ---- the tree -----------------------------------------------------------------------------------------
+
+def link(a, b, r, upstream=None, basis=UNKNOWN, evidence="weights", kind="fine-tune"):
+    return Link(a, b, kind, 1e-300, -700.0, Closeness(r, evidence), Direction(upstream, basis, ""))
+
+
+def family_links():
+    """A base, its quantized copy (closer to everything than anything else), a declared fine-tune, a
+    continued-training child that declares nothing, and its own fine-tune: all pairs linked, as verdicts
+    link them."""
+    return [
+        link("base", "base-q8", 0.99990, "base", "quantized", kind="quantized copy"),
+        link("base", "ft", 0.9986, "base", "card"),
+        link("base", "ct", 0.9550),
+        link("base", "ct-ft", 0.9537),
+        link("base-q8", "ft", 0.99855, "ft", "quantized"),
+        link("base-q8", "ct", 0.95502, "ct", "quantized"),  # as close as the parent: only the format tells
+        link("base-q8", "ct-ft", 0.9536, "ct-ft", "quantized"),
+        link("ft", "ct", 0.9539),
+        link("ft", "ct-ft", 0.9525),
+        link("ct", "ct-ft", 0.9986, "ct", "card"),
+    ]
+
+
+def test_each_model_hangs_under_what_it_was_made_from():
+    forest = build(["base", "base-q8", "ft", "ct", "ct-ft", "alone"], family_links(), quantized=["base-q8"],
+                   declared={"ft": ["base"], "ct-ft": ["ct"]})
+    parent = {e.child: e.parent for e in forest.edges}
+    assert parent == {"base-q8": "base", "ft": "base", "ct": "base", "ct-ft": "ct"}
+    assert [(f.root, len(f.members)) for f in forest.families] == [("base", 5), ("alone", 1)]
+    edge = {e.child: e for e in forest.edges}
+    assert edge["ct"].direction == UNKNOWN and edge["ft"].direction == "card" and edge["ft"].declared
+    assert edge["base-q8"].direction == "quantized" and edge["ct-ft"].family == "base"
+    assert edge["ct"].runner_up == "ft"  # the sibling came next; the quantized copy is no parent
+    assert forest.relation("ct-ft", "ct") == "parent" and forest.relation("ct", "ct-ft") == "child"
+    assert forest.relation("ct", "ft") == "sibling" and forest.relation("ct-ft", "base") == "ancestor"
+    assert forest.relation("base", "ct-ft") == "descendant" and forest.relation("ct-ft", "ft") == "relative"
+    assert forest.relation("base", "alone") is None
+
+
+def test_a_model_something_says_is_derived_is_never_the_root():
+    links = [link("pruned", "base", 0.9986, "base", "fewer layers", kind="pruned or depth up-scaled"),
+             link("base", "tuned", 0.9985)]
+    forest = build(["pruned", "base", "tuned"], links)
+    assert forest.families[0].root == "base" and forest.parent("pruned").kind == "pruned"
+
+
+def test_weights_tie_before_curves():
+    links = [link("a", "b", 0.9999, evidence="curves"), link("a", "c", 0.30), link("b", "c", 0.31)]
+    forest = build(["a", "b", "c"], links)
+    # c's weights tie it to a and to b; a and b share only curves, however alike
+    assert {frozenset((e.parent, e.child)) for e in forest.edges} == {frozenset("ac"), frozenset("bc")}
