@@ -51,7 +51,15 @@ def pvalue(p: float | None, log10_p: float | None = None) -> str:
         p = 10.0**log10_p
     if p is None or not math.isfinite(p):
         return "n/a"
+    if p < 10.0**P_FLOOR_LOG10:  # 0.0 where a float underflowed
+        return f"< 1e{P_FLOOR_LOG10}"
     if p >= 1e-3:
         return f"{p:.3g}"
     mantissa, exponent = f"{p:.1e}".split("e")
     return f"{mantissa}e{int(exponent)}"
+
+
+def p_is(p: float | None, log10_p: float | None = None) -> str:
+    """``p = 0.034``, or ``p < 1e-300 (log10 p = -658.2)``: :func:`pvalue` after "p"."""
+    text = pvalue(p, log10_p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"

@@ -13,7 +13,7 @@ import json
 import math
 import sys
 
-from lineage_scanner.printable import printable
+from lineage_scanner.printable import p_is, printable
 from lineage_scanner.printable import pvalue as fmt_p
 
 #: A family tree lists at most this many children of one model; the rest are counted.
@@ -128,17 +128,17 @@ def compare_lines(a, b, v) -> list[str]:
     if s is None:
         lines.append("sketch       does not apply: no attention matrix has the same shape in both")
     else:
-        gram = "" if s.gram_log10_p is None else f"; V Gram p = {fmt_p(None, s.gram_log10_p)}"
+        gram = "" if s.gram_log10_p is None else f"; V Gram {p_is(None, s.gram_log10_p)}"
         lines.append(f"sketch       |r| = {s.score:.4f} over {plural(len(s.pairing), 'layer pair')} "
-                     f"(channels {', '.join(s.roles)}), p = {fmt_p(None, s.log10_p)}{gram}")
+                     f"(channels {', '.join(s.roles)}), {p_is(None, s.log10_p)}{gram}")
         if v.verdict == "derived" and v.decided_by == "sketch" and not s.in_order:
             pairs = s.gram_pairing if v.kind == ROTATED else s.pairing
             lines.append(f"  layers paired ({a.model} -> {b.model}): " + ", ".join(f"{i}->{j}" for i, j in pairs))
     surrogate = ("not run: the reference null alone puts the pair among unrelated ones"
                  if v.evidence.surrogate_p is None else fmt_p(v.evidence.surrogate_p))
     null = f"{plural(v.null_size, 'unrelated pair')} from the {v.null.source} null" if v.null else "no reference null"
-    lines.append(f"curves       score {fmt(v.evidence.score)}, p = {fmt_p(v.p_curves)} (reference: {null}, "
-                 f"p = {fmt_p(v.p_null)}; surrogates: {surrogate})")
+    lines.append(f"curves       score {fmt(v.evidence.score)}, {p_is(v.p_curves)} (reference: {null}, "
+                 f"{p_is(v.p_null)}; surrogates: {surrogate})")
     lines += [f"  {name}  r = {fmt(r)}" for name, r in v.evidence.per_feature.items()]
     if v.verdict == "derived" and v.decided_by == "curves":
         gaps_a = sorted(set(range(a.n_layers or 0)) - {i for i, _ in v.evidence.alignment})
@@ -155,7 +155,7 @@ def _decider(v) -> str:
 
     if v.decided_by == "sketch":
         which = "V Gram randomisation test" if v.kind == ROTATED else "exact test of the values"
-        return f"the weight sketch ({which}), p = {fmt_p(v.p_value, v.log10_p)}"
+        return f"the weight sketch ({which}), {p_is(v.p_value, v.log10_p)}"
     if v.decided_by == "curves":
-        return f"the feature curves, p = {fmt_p(v.p_value)}"
+        return f"the feature curves, {p_is(v.p_value)}"
     return "nothing: no evidence applies"

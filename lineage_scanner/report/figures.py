@@ -30,7 +30,7 @@ from lineage_scanner.lineage.closeness import channel_grid
 from lineage_scanner.lineage.sketch import TESTED_GRAM
 from lineage_scanner.lineage.verdict import ROTATED
 from lineage_scanner.measure.sketch import SKETCH_RUN, SKETCH_RUNS
-from lineage_scanner.printable import printable, pvalue
+from lineage_scanner.printable import p_is, printable
 
 #: How each model of a figure is drawn: the second dashed with open markers, over the first.
 STYLES = ({"linestyle": "-", "marker": "o"}, {"linestyle": "--", "marker": "s", "markerfacecolor": "none"})
@@ -61,10 +61,10 @@ def draw_sketch(fig, verdict, a=None, b=None) -> None:
     gram = channel_grid(a.sketch, b.sketch, (TESTED_GRAM,)) if verdict.kind == ROTATED and a and b else None
     if gram is not None:
         grid, layers, pairing = gram.grid, (gram.layers_a, gram.layers_b), s.gram_pairing
-        what, title = "V Gram sketches", f"V Gram sketches: p = {pvalue(None, s.gram_log10_p)} (randomisation)"
+        what, title = "V Gram sketches", f"V Gram sketches: {p_is(None, s.gram_log10_p)} (randomisation)"
     else:
         grid, layers, pairing = s.grid, s.layers, s.pairing
-        what, title = "Q/K/V/O values", f"weight sketch: p = {pvalue(None, s.log10_p)} (exact, values)"
+        what, title = "Q/K/V/O values", f"weight sketch: {p_is(None, s.log10_p)} (exact, values)"
     image = heat.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto",
                         interpolation="nearest")
     fig.colorbar(image, ax=heat, label=f"mean |r| over {what}")
@@ -72,11 +72,10 @@ def draw_sketch(fig, verdict, a=None, b=None) -> None:
     pairs = [(index_a[i], index_b[j]) for i, j in pairing if i in index_a and j in index_b]
     if pairs:
         ya, xb = zip(*pairs)
-        heat.scatter(xb, ya, s=14, facecolors="none", edgecolors="white", linewidths=1.0, label="layer pairing")
-        heat.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize=7, frameon=False)
+        heat.scatter(xb, ya, s=14, facecolors="none", edgecolors="white", linewidths=1.0)
     heat.set_xlabel(f"layer of {_short(verdict.b)}")
     heat.set_ylabel(f"layer of {_short(verdict.a)}")
-    heat.set_title(title, fontsize=10)
+    heat.set_title(f"{title}; circles: the layer pairing", fontsize=10)
     channels = sorted(s.per_channel or {}, key=lambda c: (":" in c, c))
     values = [(s.per_channel or {})[c] for c in channels]
     colors = ["tab:blue" if ":" not in c else "tab:grey" for c in channels]
@@ -87,9 +86,9 @@ def draw_sketch(fig, verdict, a=None, b=None) -> None:
     bars.axvline(2.0 / math.sqrt(SKETCH_RUNS * SKETCH_RUN), color="tab:red", linewidth=0.8, linestyle="--",
                  label="~2σ if unrelated")
     bars.set_xlabel("median |r| (blue: tested, grey: Gram)")
-    gram_p = "" if s.gram_log10_p is None else f"; V Gram p = {pvalue(None, s.gram_log10_p)}"
+    gram_p = "" if s.gram_log10_p is None else f"; V Gram {p_is(None, s.gram_log10_p)}"
     bars.set_title(f"per channel{gram_p}", fontsize=10)
-    bars.legend(loc="upper right", bbox_to_anchor=(1.0, -0.22), fontsize=7, frameon=False)
+    bars.legend(loc="upper right", bbox_to_anchor=(1.0, -0.16), fontsize=7, frameon=False)
 
 
 def draw_features(fig, a, b, verdict) -> None:
@@ -116,7 +115,7 @@ def draw_features(fig, a, b, verdict) -> None:
     for ax in axes[len(names):]:
         ax.set_visible(False)
     _legend(fig, axes[0])
-    fig.suptitle(f"feature curves over relative depth: score {ev.score:.3f}, p = {pvalue(verdict.p_curves)}",
+    fig.suptitle(f"feature curves over relative depth: score {ev.score:.3f}, {p_is(verdict.p_curves)}",
                  fontsize=10)
 
 
@@ -148,10 +147,10 @@ def draw_seed(fig, signatures, alignment=None, per_role: dict[str, float] | None
 
 
 def _legend(fig, ax) -> None:
-    """One legend for the (sub)figure, above its axes: it never covers a curve."""
+    """One legend for the (sub)figure, below its axes: it never covers a curve or a title."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 3), fontsize=7,
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8,
                    frameon=False)
 
 

@@ -108,7 +108,8 @@ def lineage_map(graph: dict, title: str = "Lineage map") -> str:
 <span class="muted">beside each name: the kind of derivation, and what says which way it runs (hover for
 details; ▸ opens a group)</span></div>
 <div id="canvas"><div class="zoom"><button id="zoom-in" title="zoom in">+</button>
-<button id="zoom-out" title="zoom out">&minus;</button><button id="fit" title="fit to the window">fit</button></div></div>
+<button id="zoom-out" title="zoom out">&minus;</button>
+<button id="fit" title="fit to the window">fit</button></div></div>
 <noscript><p>The map needs JavaScript; the same graph is in <code>lineage graph --out FILE.json</code>.</p></noscript>
 {json_script("lineage-data", data)}"""
     script = resources.files("lineage_scanner.report").joinpath("assets", "lineage_map.js").read_text("utf-8")

@@ -12,7 +12,7 @@ import math
 import shlex
 
 from lineage_scanner.lineage.verdict import ROTATED
-from lineage_scanner.printable import pvalue
+from lineage_scanner.printable import p_is, pvalue
 from lineage_scanner.report.figures import draw_features, draw_seed, draw_sketch, new_figure, svg
 from lineage_scanner.report.page import esc, page, table
 
@@ -72,19 +72,19 @@ def _confidence(v) -> list[tuple[str, str]]:
     s = v.sketch
     if s is not None:
         pairs = f"{len(s.pairing)} layer pair{'s' if len(s.pairing) != 1 else ''}"
-        rows.append(("weight sketch (values)", esc(f"median |r| {_num(s.score)} over {pairs}, p = "
-                                                   f"{pvalue(None, s.log10_p)}: exact null, self-normalised per "
+        rows.append(("weight sketch (values)", esc(f"median |r| {_num(s.score)} over {pairs}, "
+                                                   f"{p_is(None, s.log10_p)}: exact null, self-normalised per "
                                                    "position")))
         if s.gram_log10_p is not None:
-            rows.append(("weight sketch (V Gram)", esc(f"p = {pvalue(None, s.gram_log10_p)}: randomisation over "
+            rows.append(("weight sketch (V Gram)", esc(f"{p_is(None, s.gram_log10_p)}: randomisation over "
                                                        "V's row signs")))
     else:
         rows.append(("weight sketch", "does not apply: no attention matrix has the same shape in both"))
     null = f"{v.null_size} unrelated pairs from the {v.null.source} null" if v.null else "no reference null"
     surrogate = ("not run: the reference null alone puts the pair among unrelated ones"
-                 if v.evidence.surrogate_p is None else f"p = {pvalue(v.evidence.surrogate_p)}")
-    rows.append(("feature curves", esc(f"score {_num(v.evidence.score)}, p = {pvalue(v.p_curves)} (the larger of: "
-                                       f"{null}, p = {pvalue(v.p_null)}; surrogates with each model's own depth "
+                 if v.evidence.surrogate_p is None else p_is(v.evidence.surrogate_p))
+    rows.append(("feature curves", esc(f"score {_num(v.evidence.score)}, {p_is(v.p_curves)} (the larger of: "
+                                       f"{null}, {p_is(v.p_null)}; surrogates with each model's own depth "
                                        f"trend: {surrogate})")))
     rows.append(("seed method", esc(f"paper_score {_num(v.paper.score)} (not calibrated; for reference)")))
     return rows
