@@ -17,6 +17,7 @@ each trained from scratch, two of them fine-tuned.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -33,6 +34,8 @@ from torch import nn
 from lineage_scanner.lineage.generator import ToyModel
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN, VOCAB, CONTEXT = 96, 4, 2, 10, 256, 256, 64
+#: Progress lines, shown as they happen even when the output is a file.
+LOG = functools.partial(print, flush=True)
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ RELATIONS: dict[str, tuple[str, Recipe] | None] = {
 }
 
 
-def trained_family(seed: int, children: bool = True, log=print) -> dict[str, ToyModel]:
+def trained_family(seed: int, children: bool = True, log=LOG) -> dict[str, ToyModel]:
     """A base trained from scratch with ``seed`` and (``children``) its trained children and grandchildren
     (:data:`RELATIONS`): {relation: model}."""
     name = f"trained-{seed}"
@@ -296,7 +299,7 @@ def write_encoder(model: TinyEncoder, directory: Path) -> Path:
     return directory
 
 
-def ensure_encoders(out: Path, fine_tuned: int = 2, log=print) -> dict[str, tuple[Path, str | None]]:
+def ensure_encoders(out: Path, fine_tuned: int = 2, log=LOG) -> dict[str, tuple[Path, str | None]]:
     """Every encoder of ENCODERS trained from scratch (its own seed) and the first ``fine_tuned`` also
     fine-tuned on other text; written under ``out`` once. Returns {name: (path, parent or None)}."""
     models: dict[str, tuple[Path, str | None]] = {}

@@ -198,29 +198,6 @@ def test_compare_and_match_json(zoo, tmp_path, capsys):
     assert not math.isnan(matches[0]["score"])
 
 
-def test_graph_families_and_disagreements(zoo, tmp_path, capsys):
-    import networkx as nx
-
-    from lineage_scanner.cli.main import main
-
-    db = str(tmp_path / "db")
-    assert main(["scan", *[e.path for e in zoo], "--db", db, "-q"]) == 0
-    capsys.readouterr()
-    out = tmp_path / "g.graphml"
-    assert main(["graph", "--db", db, "--out", str(out), "--json"]) == 0
-    graph = json.loads(capsys.readouterr().out)
-    roots: dict[str, set[str]] = {}
-    for e in zoo:
-        roots.setdefault(e.parent or e.model, set()).add(e.model)
-    assert sorted(map(sorted, roots.values())) == sorted(graph["families"])
-    flagged = {d["model"] for d in graph["disagreements"]} | {d["other"] for d in graph["disagreements"]}
-    # they claim to be trained from scratch
-    undeclared = {e.model for e in zoo if e.relation in ("continued", "permuted", "rotated")}
-    assert undeclared <= flagged
-    assert all(d["model"] in undeclared or d["other"] in undeclared for d in graph["disagreements"])
-    assert nx.read_graphml(out).number_of_nodes() == len(zoo)
-
-
 def _features(x: np.ndarray) -> dict[str, list[float]]:
     return {name: list(map(float, x[:, k])) for k, name in enumerate(("qk", "vo", "kurt_q"))}
 

@@ -7,18 +7,27 @@ hangs every model under the model it was made from, `match` ranks the parent fir
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from lineage_scanner.cli.main import main
 from lineage_scanner.lineage.closeness import TIER_STEP, Closeness, closeness, measured
 from lineage_scanner.lineage.direction import UNKNOWN, Direction, direction
 from lineage_scanner.lineage.sketch import sketch_evidence
 from lineage_scanner.lineage.tree import Link, build
 from lineage_scanner.measure.sketch import SketchPart
+from lineage_scanner.store.store import Store
 
 
 def model(name, *, fmt="safetensors", dtype="BF16", family="llama", layers=12, hidden=128, base=(), sketch=()):
@@ -154,3 +163,134 @@ def test_weights_tie_before_curves():
     forest = build(["a", "b", "c"], links)
     # c's weights tie it to a and to b; a and b share only curves, however alike
     assert {frozenset((e.parent, e.child)) for e in forest.edges} == {frozenset("ac"), frozenset("bc")}
+
+
+# ---- the demo zoo, end to end, as the README shows it ---------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+#: The demo store's scan and one `lineage graph` (40 models: about 2 minutes on 2 idle cores) come with the
+#: first test that asks for them.
+SLOW = pytest.mark.timeout(1800)
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def lineage(*argv) -> tuple[int, str]:
+    """One command in this process, as the README runs it; its exit code and what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo(zoo, tmp_path_factory):
+    """The README's setting: ./lineage-demo holds the zoo and ./lineage-db its scans; then every command the
+    README shows the output of runs there (one `lineage graph`, whose derivations the other tests read)."""
+    root = tmp_path_factory.mktemp("readme")
+    shutil.copytree(Path(zoo[0].path).parent, root / "lineage-demo")
+    with working_directory(root):
+        assert lineage("scan", *sorted(str(p) for p in Path("lineage-demo").iterdir() if p.is_dir()), "-q")[0] == 0
+        before = sorted(os.listdir(root))
+        shown = {command: lineage(*shlex.split(command)[1:]) for command, _ in output_blocks()}
+        assert sorted(os.listdir(root)) == before  # graph wrote no file: none was asked for
+    return root, shown
+
+
+def output_blocks() -> list[tuple[str, list[str]]]:
+    """The README's ```text blocks that show a command (``$ lineage ...``) and what it prints."""
+    blocks = re.findall(r"```text\n\$ (lineage [^\n]+)\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    return [(command, body.rstrip("\n").split("\n")) for command, body in blocks]
+
+
+def example_commands() -> list[str]:
+    """The commands of the README's block that says every one of them runs as shown."""
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"runs every command of this block.*?```bash\n(.*?)```", text, re.S).group(1)
+    return [line for line in block.splitlines() if line.startswith("lineage ")]
+
+
+@SLOW
+def test_the_readme_shows_what_the_commands_print(demo):
+    _, shown = demo
+    blocks = output_blocks()
+    assert [c for c, _ in blocks] == ["lineage graph", "lineage match llama-a-ct --top 5"]
+    for command, expected in blocks:
+        code, out = shown[command]
+        assert code == 0, command
+        if command == "lineage graph":
+            assert out.splitlines() == expected  # the trees, line for line
+        else:  # the same models in the same order with the same relations; the figures may move
+            got = [line.split()[:2] for line in out.splitlines()[3:]]
+            assert got == [line.split()[:2] for line in expected[3:]] and out.splitlines()[1] == expected[1]
+
+
+@SLOW
+def test_every_readme_example_runs(demo):
+    root, _ = demo
+    commands = example_commands()
+    assert len(commands) >= 6
+    with working_directory(root):
+        for command in commands:
+            assert lineage(*shlex.split(command)[1:])[0] == 0, command
+        assert Path("pruned.png").stat().st_size > 10_000 and Path("map.html").is_file()
+
+
+@SLOW
+def test_every_model_hangs_under_the_one_it_was_made_from(demo, zoo):
+    root, _ = demo
+    store = Store(root / "lineage-db")
+    with store.connect() as con:
+        edges = {child: (parent, kind, way) for parent, child, kind, way in
+                 con.execute("SELECT parent, child, kind, direction FROM edges").fetchall()}
+        problems = con.execute("SELECT model, other, problem FROM disagreements ORDER BY ALL").fetchall()
+    truth = {e.model: e for e in zoo if e.parent}
+    assert {child: parent for child, (parent, _, _) in edges.items()} == {m: e.parent for m, e in truth.items()}
+    expected = {"quantized": "quantized", "pruned": "fewer layers", "moe_upcycle": "experts", "finetune": "card",
+                "continued": "unknown", "permuted": "unknown", "rotated": "unknown"}
+    assert {m: way for m, (_, _, way) in edges.items()} == {m: expected[e.relation] for m, e in truth.items()}
+    assert edges["llama-a-pruned"][1] == "pruned" and edges["llama-a-ct-ft"][1] == "fine-tune"
+    # the views hold derivations: one disagreement per model whose card claims training from scratch
+    undeclared = {e.model: e.parent for e in zoo if e.relation in ("continued", "permuted", "rotated")}
+    assert {(m, other) for m, other, _ in problems} == set(undeclared.items())
+    assert {p for _, _, p in problems} == {"derivation the weights show but no card declares"}
+
+
+@SLOW
+def test_graph_files_are_directed(demo, tmp_path):
+    import networkx as nx
+
+    from lineage_scanner.lineage.graph import graph_data, write
+
+    root, _ = demo
+    graph = graph_data(Store(root / "lineage-db"))
+    g = nx.read_graphml(write(graph, tmp_path / "g.graphml"))
+    assert g.is_directed() and g.has_edge("llama-a-ct", "llama-a-ct-ft")
+    assert not g.has_edge("llama-a-ct-ft", "llama-a-ct")
+    assert g.edges["llama-a", "llama-a-q8_0"]["direction"] == "quantized" and g.number_of_nodes() == len(graph["nodes"])
+    data = json.loads(write(graph, tmp_path / "g.json").read_text())
+    assert data["families"] == graph["families"] and len(data["families"]) == 5
+
+
+@SLOW
+def test_match_ranks_a_grandchild_under_its_parent(demo):
+    root, _ = demo
+    with working_directory(root):
+        code, out = lineage("match", "llama-a-ft-q4_0", "--top", "3", "--prefilter", "12", "--json")
+    parent, *rest = json.loads(out)["matches"]
+    assert code == 0 and parent["model"] == "llama-a-ft" and parent["relation"] == "parent"
+    assert parent["direction"] == "quantized" and {m["relation"] for m in rest} <= {"ancestor", "relative"}
+
+
+def test_a_missing_local_path_is_an_error_not_a_row(tmp_path, capsys):
+    code = main(["scan", str(tmp_path / "no-such-model"), "--db", str(tmp_path / "db")])
+    assert code == 1 and capsys.readouterr().err == f"Error: {tmp_path / 'no-such-model'}: no such file or directory\n"
+    assert not (tmp_path / "db").exists()  # nothing was stored, not even an error row
