@@ -16,7 +16,8 @@ import sys
 from lineage_scanner.printable import p_is, printable
 from lineage_scanner.printable import pvalue as fmt_p
 
-#: A family tree lists at most this many children of one model; the rest are counted.
+#: A family tree lists at most this many children of one model (and of the models with no relative); the
+#: rest are counted.
 CHILDREN_SHOWN = 30
 #: What a spreadsheet reads as the start of a formula (or a command, for tab and carriage return).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -97,7 +98,9 @@ def tree_lines(graph: dict) -> list[str]:
         lines.extend(_branches(root, children, edge, ""))
     alone = [m[0] for m in graph["families"] if len(m) == 1]
     if alone:
-        lines.append(f"no relative in the store: {', '.join(printable(m) for m in alone)}")
+        more = f" and {len(alone) - CHILDREN_SHOWN:,} more" if len(alone) > CHILDREN_SHOWN else ""
+        lines.append(f"no relative in the store ({len(alone):,}): "
+                     f"{', '.join(printable(m) for m in alone[:CHILDREN_SHOWN])}{more}")
     return lines
 
 
