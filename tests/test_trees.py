@@ -159,6 +159,13 @@ def test_a_model_something_says_is_derived_is_never_the_root():
     assert forest.families[0].root == "base" and forest.parent("pruned").kind == "pruned"
 
 
+def test_between_a_parent_and_its_exact_copy_the_card_decides():
+    links = [link("base", "copy", 1.0, kind="identical weights"), link("base", "tuned", 0.9985, "base", "card"),
+             link("copy", "tuned", 0.9985)]
+    for order in (links, links[::-1]):
+        assert build(["copy", "base", "tuned"], order).parent("tuned").parent == "base"
+
+
 def test_weights_tie_before_curves():
     links = [link("a", "b", 0.9999, evidence="curves"), link("a", "c", 0.30), link("b", "c", 0.31)]
     forest = build(["a", "b", "c"], links)

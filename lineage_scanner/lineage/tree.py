@@ -14,7 +14,9 @@ is the minimum-cost spanning arborescence (Edmonds' algorithm, networkx's implem
 - a large penalty where the direction says ``c`` came first (a quantized model is never the source of
   float weights, a pruned one never of the deeper original);
 - a smaller one where ``p`` is stored quantized: a quantized copy can be as close to a sibling as the
-  parent itself (its rounding is tiny), but copies are what people run, not what they train from.
+  parent itself (its rounding is tiny), but copies are what people run, not what they train from;
+- and where the child's card names ``p``, a hair less, so that between a parent and an exact copy of it
+  (equally near) the card decides.
 
 A virtual root links to every model of the family; linking it costs the same for all, plus the penalty
 for a model that something says came from another, so the root is a model nothing says was derived.
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from lineage_scanner.lineage.closeness import Closeness, closeness, measured
-from lineage_scanner.lineage.direction import UNKNOWN, Direction, direction
+from lineage_scanner.lineage.direction import CARD, UNKNOWN, Direction, direction
 
 #: Making the later model of a directed pair the parent of the earlier one: past any sum of distances.
 CONTRADICTED = 1000.0
@@ -43,6 +45,9 @@ QUANTIZED_PARENT = 5.0
 ROOT_COST = 1e6
 #: Per direction naming a model as the source: a tie-breaker among roots, far below any distance.
 SOURCE_BONUS = 1e-6
+#: What a card naming the parent takes off: between two candidates equally near (the parent and an exact
+#: copy of it), the one the card names; far below any difference the weights can resolve.
+CARD_TIE = 1e-6
 _ROOT = ("virtual root",)  # not a string, so no model name can be it
 
 
@@ -218,6 +223,8 @@ def _cost(link: Link, parent: str, child: str, copies: set[str]) -> float:
     cost = link.closeness.distance
     if link.direction.upstream == child:
         cost += CONTRADICTED
+    elif link.direction.basis == CARD:  # the child's card names this parent: it wins a tie (an exact copy)
+        cost -= CARD_TIE
     if parent in copies:
         cost += QUANTIZED_PARENT
     return cost
