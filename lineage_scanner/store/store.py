@@ -52,7 +52,7 @@ VIEWS = {
             "WHERE NOT c.gated",
     # the newest detection run (lineage graph): its derivations, parent to child
     "edges": "SELECT a AS parent, b AS child, kind, coalesce(direction, 'unknown') AS direction, note, "
-             "score AS closeness, evidence, p_value, log10_p, declared, family, runner_up, "
+             "score AS closeness, evidence, p_value, log10_p, 1 - p_value AS confidence, declared, family, runner_up, "
              "runner_up_score AS runner_up_closeness, computed_at "
              "FROM edges_files WHERE computed_at = (SELECT max(computed_at) FROM edges_files)",
     # where model cards and weights disagree: a declared base (scanned) that the weights' tree does not put
