@@ -160,20 +160,32 @@ def build(models: Iterable[str], links: Iterable[Link], quantized: Iterable[str]
     """The forest of ``models`` tied by ``links``; ``quantized`` names the models stored quantized (see
     :func:`lineage_scanner.lineage.verdict.quantized`), which make poor parents; ``declared`` is each
     model's card-declared bases, to mark the edges a card names."""
-    import networkx as nx
-
-    links = list(links)
+    unique: dict[frozenset[str], Link] = {}
+    for link in links:  # one link per pair (the first)
+        unique.setdefault(frozenset((link.a, link.b)), link)
     copies = set(quantized)
-    g = nx.Graph()
-    g.add_nodes_from(sorted(set(models) | {m for link in links for m in (link.a, link.b)}))
-    for link in links:
-        g.add_edge(link.a, link.b, link=link)
+    nodes = set(models) | {m for link in unique.values() for m in (link.a, link.b)}
+    joined = {m: m for m in nodes}  # union-find over the links: the families
+
+    def find(m: str) -> str:
+        while joined[m] != m:
+            joined[m] = joined[joined[m]]
+            m = joined[m]
+        return m
+
+    for link in unique.values():
+        joined[find(link.a)] = find(link.b)
+    members: dict[str, list[str]] = {}
+    for m in sorted(nodes):
+        members.setdefault(find(m), []).append(m)
+    family_links: dict[str, list[Link]] = {}
+    for link in unique.values():
+        family_links.setdefault(find(link.a), []).append(link)
     edges: list[TreeEdge] = []
     families: list[Family] = []
-    for members in sorted(nx.connected_components(g), key=lambda c: (-len(c), min(c))):
-        family_links = [g.edges[pair]["link"] for pair in g.subgraph(members).edges]
-        root, tree = _arborescence(sorted(members), family_links, copies)
-        families.append(Family(root, tuple(sorted(members))))
+    for key, group in sorted(members.items(), key=lambda item: (-len(item[1]), item[1][0])):
+        root, tree = _arborescence(group, family_links.get(key, []), copies)
+        families.append(Family(root, tuple(group)))
         edges.extend(replace(e, family=root, declared=e.parent in (declared or {}).get(e.child, ())) for e in tree)
     return Forest(edges, families)
 
