@@ -215,6 +215,25 @@ def test_weights_tie_before_curves():
     assert {frozenset((e.parent, e.child)) for e in forest.edges} == {frozenset("ac"), frozenset("bc")}
 
 
+def test_tree_scores_count_edges_three_ways():
+    from sklearn.metrics import adjusted_rand_score
+
+    from lineage_scanner.lineage.treescore import Edge, adjusted_rand_index, score
+
+    truth = [Edge("a", "b", "fine-tune"), Edge("b", "c", "quantized"), Edge("x", "y", "pruned")]
+    found = [Edge("b", "a", "fine-tune", evidenced=False), Edge("b", "c", "quantized"), Edge("x", "y", "fine-tune")]
+    result = score(found, truth, ["a", "b", "c", "x", "y", "z"])
+    assert result.untyped == (1.0, 1.0, 1.0) and result.typed[2] == pytest.approx(2 / 3)
+    assert result.directed[2] == pytest.approx(2 / 3) and result.top1_parent == pytest.approx(2 / 3)
+    assert result.ari == 1.0 and (result.evidenced, result.evidenced_right) == (2, 2)
+    assert result.wrong_parents == [("b", None, "a")]
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        t, f = rng.integers(0, 4, 30), rng.integers(0, 5, 30)
+        parts = [[[str(i) for i in range(30) if labels[i] == k] for k in set(labels)] for labels in (t, f)]
+        assert adjusted_rand_index(*parts) == pytest.approx(adjusted_rand_score(t, f))
+
+
 # ---- the demo zoo, end to end, as the README shows it ---------------------------------------------------
 
 README = Path(__file__).resolve().parents[1] / "README.md"
