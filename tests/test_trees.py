@@ -107,6 +107,9 @@ def test_pruned_and_up_scaled_are_told_apart_by_their_layers():
 def test_cards_give_a_direction_the_weights_do_not_overrule():
     base, tuned = model("base"), model("tuned", base=["base"])
     assert direction(tuned, base) == Direction("base", "card", "the card of tuned declares base as its base")
+    # quantizing keeps the shape: a quantized dense model did not come from a float MoE one, nor it from that
+    apart = direction(model("q", fmt="gguf", dtype="Q4_0"), model("moe", family="mixtral"))
+    assert apart.upstream is None and apart.basis == "apart"
     liar = model("base-q8", fmt="gguf", dtype="Q8_0")
     claims = model("base", base=["base-q8"])  # a float model claiming to come from a quantized one
     found = direction(claims, liar)
@@ -205,7 +208,7 @@ def test_between_a_parent_and_its_exact_copy_the_card_decides():
     links = [link("base", "copy", 1.0, kind="identical weights"), link("base", "tuned", 0.9985, "base", "card"),
              link("copy", "tuned", 0.9985)]
     for order in (links, links[::-1]):
-        assert build(["copy", "base", "tuned"], order).parent("tuned").parent == "base"
+        assert build(["copy", "base", "tuned"], order, declared={"tuned": ["base"]}).parent("tuned").parent == "base"
 
 
 def test_weights_tie_before_curves():

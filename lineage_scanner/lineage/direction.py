@@ -12,6 +12,9 @@ that. Some derivations leave a mark that only runs one way:
 - **narrower**: with other widths only the curves tie the pair; pruning and distillation make models
   smaller, never larger.
 
+Quantizing changes storage only: a quantized model and a float one of another shape (experts, depth,
+width) are not parent and child either way (:data:`APART`), whatever else they share.
+
 Then a model card's ``base_model`` names where a model came from. What the weights show is taken before
 what a card declares (a card can be wrong; a quantized model cannot be the source of float weights), and
 a card that says the opposite is noted. Anything else (a fine-tune and its base, both float, one shape)
@@ -28,6 +31,9 @@ from lineage_scanner.layouts.families import is_moe
 from lineage_scanner.lineage.verdict import quantized
 
 UNKNOWN = "unknown"
+#: Neither came from the other directly: the marks run both ways (a quantized copy is made from float
+#: weights of its own architecture, so a quantized dense model and a float MoE one are siblings at most).
+APART = "apart"
 #: The bases of a direction, strongest first: what the weights show, then the card.
 WEIGHT_BASES = ("quantized", "experts", "fewer layers", "more layers", "narrower")
 CARD = "card"
@@ -72,6 +78,10 @@ def _from_weights(a, b, grid: np.ndarray | None, typical_r: float | None) -> Dir
     qa, qb = quantized(a), quantized(b)
     if qa != qb:
         up, down = (b, a) if qa else (a, b)
+        if (is_moe(up.family), up.n_layers, up.hidden_size) != (is_moe(down.family), down.n_layers, down.hidden_size):
+            return Direction(None, APART, f"{down.model} is stored quantized ({_storage(down)}) but is not shaped "
+                                          f"as {up.model} ({down.family}, {down.n_layers} layers against "
+                                          f"{up.family}, {up.n_layers}): quantizing changes neither")
         return Direction(up.model, "quantized", f"{down.model} is stored quantized ({_storage(down)}), "
                                                 f"{up.model} in floats")
     ma, mb = is_moe(a.family), is_moe(b.family)

@@ -12,7 +12,7 @@ is the minimum-cost spanning arborescence from the family's root (Edmonds' algor
   nearest to it: a child of a derivative under that derivative, siblings under their parent rather than
   under each other, since a sibling carries a change of its own on top of the parent's weights;
 - a large penalty where the direction says ``c`` came first (a quantized model is never the source of
-  float weights, a pruned one never of the deeper original);
+  float weights, a pruned one never of the deeper original), or that neither came from the other;
 - a smaller one where ``p`` is stored quantized: a quantized copy can be as close to a sibling as the
   parent itself (its rounding is tiny), but copies are what people run, not what they train from;
 - and where the child's card names ``p``, a hair less, so that between a parent and an exact copy of it
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from lineage_scanner.lineage.closeness import Closeness, closeness, measured
-from lineage_scanner.lineage.direction import CARD, UNKNOWN, Direction, direction
+from lineage_scanner.lineage.direction import APART, UNKNOWN, Direction, direction
 
 #: Making the later model of a directed pair the parent of the earlier one: past any sum of distances.
 CONTRADICTED = 1000.0
@@ -159,7 +159,8 @@ def build(models: Iterable[str], links: Iterable[Link], quantized: Iterable[str]
           declared: dict[str, list[str]] | None = None) -> Forest:
     """The forest of ``models`` tied by ``links``; ``quantized`` names the models stored quantized (see
     :func:`lineage_scanner.lineage.verdict.quantized`), which make poor parents; ``declared`` is each
-    model's card-declared bases, to mark the edges a card names."""
+    model's card-declared bases, which break ties and mark the edges a card names."""
+    declared = declared or {}
     unique: dict[frozenset[str], Link] = {}
     for link in links:  # one link per pair (the first)
         unique.setdefault(frozenset((link.a, link.b)), link)
@@ -184,13 +185,14 @@ def build(models: Iterable[str], links: Iterable[Link], quantized: Iterable[str]
     edges: list[TreeEdge] = []
     families: list[Family] = []
     for key, group in sorted(members.items(), key=lambda item: (-len(item[1]), item[1][0])):
-        root, tree = _arborescence(group, family_links.get(key, []), copies)
+        root, tree = _arborescence(group, family_links.get(key, []), copies, declared)
         families.append(Family(root, tuple(group)))
-        edges.extend(replace(e, family=root, declared=e.parent in (declared or {}).get(e.child, ())) for e in tree)
+        edges.extend(replace(e, family=root, declared=e.parent in declared.get(e.child, ())) for e in tree)
     return Forest(edges, families)
 
 
-def _arborescence(members: list[str], links: list[Link], copies: set[str]) -> tuple[str, list[TreeEdge]]:
+def _arborescence(members: list[str], links: list[Link], copies: set[str], declared: dict[str, list[str]]
+                  ) -> tuple[str, list[TreeEdge]]:
     """The family's root and its edges in breadth-first order from the root."""
     if len(members) == 1:
         return members[0], []
@@ -201,7 +203,7 @@ def _arborescence(members: list[str], links: list[Link], copies: set[str]) -> tu
     for link in links:
         for parent, child in ((link.a, link.b), (link.b, link.a)):
             if index[child] != root:
-                arcs.append((index[parent], index[child], _cost(link, parent, child, copies)))
+                arcs.append((index[parent], index[child], _cost(link, parent, child, copies, declared)))
                 carried.append(link)
     chosen = min_arborescence(len(members), arcs, root)
     children: dict[int, list[int]] = {}
@@ -303,11 +305,11 @@ def min_arborescence(n: int, arcs: list[tuple[int, int, float]], root: int) -> l
     return best
 
 
-def _cost(link: Link, parent: str, child: str, copies: set[str]) -> float:
+def _cost(link: Link, parent: str, child: str, copies: set[str], declared: dict[str, list[str]]) -> float:
     cost = link.closeness.distance
-    if link.direction.upstream == child:
+    if link.direction.upstream == child or link.direction.basis == APART:
         cost += CONTRADICTED
-    elif link.direction.basis == CARD:  # the child's card names this parent: it wins a tie (an exact copy)
+    if parent in declared.get(child, ()):  # the child's card names this parent: it wins a tie (an exact copy)
         cost -= CARD_TIE
     if parent in copies:
         cost += QUANTIZED_PARENT
