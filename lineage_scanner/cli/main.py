@@ -166,12 +166,7 @@ def cmd_match(args) -> int:
     candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), args.prefilter)
     ranked = rank(query, candidates, [decide(query, c, null_for(store, query, c)) for c in candidates])
     qs = q_values([r.verdict.p_value for r in ranked])
-    rows = [{"model": r.signature.model, "revision": r.signature.revision, "relation": r.relation,
-             "direction": r.direction, "closeness": r.closeness.value if r.closeness else None,
-             "closeness_evidence": r.closeness.evidence if r.closeness else None, "score": r.verdict.evidence.score,
-             "sketch_score": r.verdict.sketch.score if r.verdict.sketch else None, "decided_by": r.verdict.decided_by,
-             "p_value": r.verdict.p_value, "log10_p": r.verdict.log10_p, "q_value": q, "verdict": r.verdict.verdict,
-             "kind": r.verdict.kind, "paper_score": r.verdict.paper.score} for r, q in zip(ranked, qs)][: args.top]
+    rows = [r.row(q) for r, q in zip(ranked, qs)][: args.top]
     if args.json:
         print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
     else:

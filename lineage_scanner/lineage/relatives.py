@@ -36,6 +36,16 @@ class Relative:
     relation: str | None = None
     direction: str | None = None
 
+    def row(self, q_value: float | None) -> dict:
+        """``match --json``'s row of this candidate, with its Benjamini-Hochberg ``q_value``."""
+        v = self.verdict
+        return {"model": self.signature.model, "revision": self.signature.revision, "relation": self.relation,
+                "direction": self.direction, "closeness": self.closeness.value if self.closeness else None,
+                "closeness_evidence": self.closeness.evidence if self.closeness else None,
+                "score": v.evidence.score, "sketch_score": v.sketch.score if v.sketch else None,
+                "decided_by": v.decided_by, "p_value": v.p_value, "log10_p": v.log10_p, "q_value": q_value,
+                "verdict": v.verdict, "kind": v.kind, "paper_score": v.paper.score}
+
 
 def rank(query, candidates: list, verdicts: list[Verdict]) -> list[Relative]:
     """``candidates`` (signatures) with their ``verdicts`` against ``query``, parent first (see module)."""
