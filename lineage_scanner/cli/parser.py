@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("graph", parents=[common], help="lineage graph of the store: detected and declared edges")
+    p = sub.add_parser("graph", parents=[common], help="family trees of the store's models: each model's parent, "
+                       "each derivation typed and directed, beside what the cards declare")
     p.add_argument("--min-confidence", type=float, default=0.99, help="1 - p-value an edge needs (default 0.99)")
-    p.add_argument("--out", default="lineage-graph.json", help="FILE.graphml or FILE.json")
+    p.add_argument("--out", metavar="FILE", help="also write the graph: FILE.graphml (GraphML) or any other name "
+                   "(JSON)")
     p.add_argument("--html", metavar="FILE.html", help="also a self-contained page of the families, for a browser")
     p.set_defaults(func=cmd_graph)
 

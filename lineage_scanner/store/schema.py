@@ -76,9 +76,13 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     # one row per complete Hub listing: its query and the newest last modification it saw (the next
     # listing of the same query stops there)
     "listings": (("query", "string"), ("high_water", "timestamp"), ("models", "int64"), ("listed_at", "timestamp")),
+    # one row per derivation of a ``lineage graph`` run: a is the parent, b the child (names kept from the
+    # first version, whose rows were undirected pairs); score is their closeness
     "edges": (
         ("a", "string"), ("b", "string"), ("score", "float64"), ("p_value", "float64"), ("kind", "string"),
-        ("computed_at", "timestamp"),
+        ("computed_at", "timestamp"), ("direction", "string"), ("note", "string"), ("evidence", "string"),
+        ("log10_p", "float64"), ("declared", "bool"), ("family", "string"), ("runner_up", "string"),
+        ("runner_up_score", "float64"),
     ),
 }
 
