@@ -80,37 +80,15 @@ def cmd_catalog(args) -> int:
     return 0
 
 
-def verdict_json(v) -> dict:
-    """A verdict with both kinds of evidence: which one decided, and what each said."""
-    sketch = v.sketch
-    return {
-        "a": v.a, "b": v.b, "verdict": v.verdict, "kind": v.kind, "reason": v.reason, "decided_by": v.decided_by,
-        "p_value": v.p_value, "log10_p": v.log10_p, "paper_score": v.paper.score, "score": v.evidence.score,
-        "sketch": None if sketch is None else {
-            "score": sketch.score, "p_value": sketch.p_value, "log10_p": sketch.log10_p,
-            "channels": list(sketch.roles), "per_channel": sketch.per_channel, "spread": sketch.spread,
-            "gram_log10_p": sketch.gram_log10_p,
-            "pairing": [{"a": i, "b": j, "r": r} for (i, j), r in zip(sketch.pairing, sketch.r)],
-        },
-        "curves": {
-            "score": v.evidence.score, "p_value": v.p_curves, "p_null": v.p_null, "p_surrogate": v.evidence.surrogate_p,
-            "per_feature": v.evidence.per_feature, "alignment": [{"a": i, "b": j} for i, j in v.evidence.alignment],
-            "null": {"source": v.null.source, "size": v.null_size, "excluded": v.null.excluded} if v.null else None,
-        },
-        "per_role": v.paper.per_role,
-    }
-
-
 def cmd_compare(args) -> int:
-    from lineage_scanner.lineage.null import null_for
-    from lineage_scanner.lineage.verdict import decide
     from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.run.verify import judge
     from lineage_scanner.store.store import Store
 
     store = Store(args.db)
     a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
-    v = decide(a, b, null_for(store, a, b))
-    out = verdict_json(v)
+    v = judge(a, b, store, args.backend, args.verify)
+    out = v.to_dict()
     if args.plot:
         from lineage_scanner.report.plot import plot_evidence
 
@@ -121,7 +99,18 @@ def cmd_compare(args) -> int:
         return 0
     print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
     print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
-    print(f"decided by   {v.decided_by or 'nothing: no evidence applies'}")
+    print(f"decided by   {v.decided_by or 'nothing: no unforgeable evidence is firm'}")
+    for ch in v.channels:
+        p = "" if ch.log10_p is None else f"   log10 p {ch.log10_p:.1f}"
+        robust = "" if ch.robust_log10_p is None else f" (robust {ch.robust_log10_p:.1f})"
+        print(f"  {ch.name:<13}{ch.says:<10}{p}{robust}   {ch.null} null; {ch.note}")
+    if v.conflict:
+        print(f"disagreement {v.conflict}")
+    if v.verification:
+        ver = v.verification
+        print("verified     " + (f"read again under a fresh key ({ver['values_per_matrix']} values per matrix, "
+                                  f"{ver['bytes_read'] / 1e6:.1f} MB, {ver['seconds']:.1f} s); stored evidence said "
+                                  f"{ver['stored_verdict']}" if ver.get("ran") else f"not possible: {ver['why']}"))
     if v.sketch is not None:
         s = v.sketch
         print(f"sketch       |r| = {fmt(s.score)}   p = 1e{s.log10_p:.1f}  (exact null; roles {', '.join(s.roles)}; "
@@ -150,20 +139,19 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from lineage_scanner.lineage.null import null_for
-    from lineage_scanner.lineage.verdict import decide
     from lineage_scanner.report.pair import pair_report
     from lineage_scanner.run.lookup import signature_for
+    from lineage_scanner.run.verify import judge
     from lineage_scanner.store.store import Store
 
     store = Store(args.db)
     a, b = signature_for(args.a, store, args.backend), signature_for(args.b, store, args.backend)
-    v = decide(a, b, null_for(store, a, b))
+    v = judge(a, b, store, args.backend, args.verify)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(pair_report(a, b, v), encoding="utf-8")
     if args.json:
-        print_json({"report": str(out), **verdict_json(v)})
+        print_json({"report": str(out), **v.to_dict()})
     else:
         print(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
     return 0
@@ -184,7 +172,7 @@ def cmd_match(args) -> int:
     rows = [{"model": v.b.rpartition("@")[0], "revision": v.b.rpartition("@")[2], "score": v.evidence.score,
              "sketch_score": v.sketch.score if v.sketch else None, "decided_by": v.decided_by,
              "p_value": v.p_value, "log10_p": v.log10_p, "q_value": q, "verdict": v.verdict, "kind": v.kind,
-             "paper_score": v.paper.score} for v, q in zip(verdicts, qs)][: args.top]
+             "paper_score": v.paper.score, "disagreement": v.conflict} for v, q in zip(verdicts, qs)][: args.top]
     if args.json:
         print_json({"query": f"{query.model}@{query.revision}", "matches": rows})
     else:
@@ -368,14 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.set_defaults(func=cmd_catalog)
 
-    p = sub.add_parser("compare", parents=[common], help="score two models (paths or stored ids)")
+    verify = argparse.ArgumentParser(add_help=False)
+    how = verify.add_mutually_exclusive_group()
+    how.add_argument("--verify", dest="verify", action="store_const", const="always", default="auto",
+                     help="read both models again at fresh positions drawn now, and judge by what was read (by "
+                          "default this happens when the stored evidence disagrees or would call weights identical)")
+    how.add_argument("--no-verify", dest="verify", action="store_const", const="never",
+                     help="judge by the stored sketches alone")
+
+    p = sub.add_parser("compare", parents=[common, verify], help="score two models (paths or stored ids)")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--plot", metavar="FILE.png", help="draw the evidence that decided (the sketch's layer pairs, or "
                    "the aligned feature curves) and the seed method's curves")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", parents=[common], help="a self-contained HTML report of two models' lineage")
+    p = sub.add_parser("report", parents=[common, verify], help="a self-contained HTML report of two models' lineage")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--out", default="lineage-report.html", metavar="FILE.html")

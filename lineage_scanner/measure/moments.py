@@ -10,13 +10,15 @@ Either way each Q/K/V/O matrix also yields its positional sketch (see sketch.py)
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from lineage_scanner.errors import NonFiniteError
 from lineage_scanner.layouts.resolve import Layout, Part
+from lineage_scanner.measure.circuits import CIRCUIT_ROLES, CircuitAccumulator
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.kernels.stats import Moments
 from lineage_scanner.measure.records import ColumnSums, LayerStat, Measurement
@@ -32,14 +34,12 @@ from lineage_scanner.measure.sampling import (
     run_length,
 )
 from lineage_scanner.measure.sketch import (
-    GRAM_ROLES,
-    SKETCH_RUNS,
     SKETCHED_ROLES,
+    SketchKey,
     SketchPart,
     anchor_rows,
     anchors,
     bands,
-    gram,
     positions,
     rope_row,
 )
@@ -76,13 +76,75 @@ def flat_spans(part: Part, shape: tuple[int, ...]) -> list[tuple[int, int]] | No
     return [(a * cols, (b - a) * cols) for a, b in part.ranges]
 
 
-def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: SamplePlan | None = None
-            ) -> Measurement:
+@dataclass
+class Sketching:
+    """What a measurement gathers for the lineage tests besides moments: each matrix's value sketch as read
+    (``raw``), at positions of ``key``, and the circuit sketches (``circuits``, from whole matrices)."""
+
+    key: SketchKey
+    layout: Layout
+    raw: list[RawSketch] = field(default_factory=list)
+    circuits: CircuitAccumulator | None = None
+    #: with ``key.digest``: each part's SHA-256 over its values in float32, rows as ``nn.Linear`` holds them
+    digests: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    #: a part was measured without being held whole (streamed or sampled): no digest of all values
+    partial: bool = False
+
+    def record(self, part: Part, group: list[np.ndarray]) -> None:
+        """A part read whole: into the digest of every attention value, where the key asks for one."""
+        if not self.key.digest:
+            return
+        axis = (part.axis if part.ranges else 0) if group[0].ndim == 2 else 0
+        whole = floats(np.concatenate(group, axis=axis) if len(group) > 1 else group[0], np.float32)
+        if whole.ndim == 2:
+            if self.layout.spec.transposed:
+                whole = whole.T
+            whole = whole[_stored_rows(part, self.layout, whole.shape[0], np.arange(whole.shape[0]))]
+        self.digests[(part.layer, part.role)] = hashlib.sha256(np.ascontiguousarray(whole).tobytes()).digest()
+
+    def attention_digest(self) -> str | None:
+        """One digest of every attention value the scan read, None where some part was not read whole."""
+        if not self.key.digest or self.partial:
+            return None
+        total = hashlib.sha256()
+        for key in sorted(self.digests):
+            total.update(repr(key).encode() + self.digests[key])
+        return total.hexdigest()
+
+    def matrix(self, part: Part, group: list[np.ndarray]) -> None:
+        """A whole Q/K/V/O part as read (its segments along the part's axis): into the circuit sketches."""
+        if part.role not in CIRCUIT_ROLES or group[0].ndim != 2 or not self.layout.head_dim:
+            return
+        axis = part.axis if part.ranges else 0
+        if self.layout.spec.transposed:  # GPT-2's Conv1D stores [in, out]
+            group, axis = [g.T for g in group], 1 - axis
+        whole = floats(np.concatenate(group, axis=axis) if len(group) > 1 else group[0], np.float64)
+        if self.circuits is None:
+            width = whole.shape[0] if part.role == "o" else whole.shape[1]
+            self.circuits = CircuitAccumulator(width, self.layout.head_dim, self.key, self.layout.n_layers)
+        self.circuits.add(part.layer, part.role, whole)
+
+    def gain(self, layer: int, gain: np.ndarray) -> None:
+        if self.circuits is None:
+            self.circuits = CircuitAccumulator(gain.size, self.layout.head_dim or 1, self.key, self.layout.n_layers)
+        self.circuits.gain(layer, gain)
+
+    def parts(self, gains: dict[int, np.ndarray]) -> tuple[SketchPart, ...]:
+        values = [r.folded(gains.get(r.part.layer)) for r in self.raw]
+        circuits = self.circuits.parts() if self.circuits is not None else ()
+        return tuple(sorted([*values, *circuits], key=lambda p: (p.layer, p.role, p.kind)))
+
+
+def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: SamplePlan | None = None,
+            key: SketchKey | None = None) -> Measurement:
+    """Every attention part's moments, and the sketches the lineage tests read (at ``key``'s positions:
+    a store's secret, else this process's own)."""
     infos = reader.tensors()
     by_tensor: dict[str, list[Part]] = defaultdict(list)
     for part in layout.parts:
         by_tensor[part.tensor].append(part)
-    names = list(by_tensor)
+    # norms first: a layer's gain is folded into the circuits of its matrices as they pass
+    names = sorted(by_tensor, key=lambda n: not any(p.role == "attn_norm" for p in by_tensor[n]))
     sampled = {n for n in names if sample and _samplable(infos[n], by_tensor[n], layout)}
     streamed = [n for n in names if n not in sampled and _streamable(reader, infos[n], by_tensor[n], layout)]
     exact = [n for n in names if n not in sampled and n not in streamed]
@@ -91,9 +153,10 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
     stats: list[LayerStat] = []
     sums: list[ColumnSums] = []
     gains: dict[int, np.ndarray] = {}
-    sketches: list[RawSketch] = []
+    sketches = Sketching(key or SketchKey.of_process(), layout)
     for batch in batches:
         stats.extend(_exact(reader, batch, by_tensor, backend, layout, sums, gains, sketches))
+    sketches.partial = bool(streamed or sampled)
     for name in streamed:
         stats.extend(_streamed(reader, name, by_tensor[name], backend, layout, sums, sketches))
     if sampled:
@@ -104,10 +167,8 @@ def measure(reader: Reader, layout: Layout, backend: MomentsBackend, sample: Sam
     for name in names:
         dtypes[infos[name].dtype] += infos[name].nbytes
     dtype = max(dtypes, key=dtypes.get) if dtypes else "unknown"
-    sketch = tuple(sorted((p for r in sketches for p in r.folded(gains.get(r.part.layer))),
-                          key=lambda p: (p.layer, p.role, p.kind)))
     return Measurement(tuple(sorted(stats, key=lambda s: (s.layer, s.role))), dtype, any(s.std_se for s in stats),
-                       sketch)
+                       sketches.parts(gains), sketches.attention_digest())
 
 
 def _fold(stats: list[LayerStat], sums: list[ColumnSums], gains: dict[int, np.ndarray]) -> list[LayerStat]:
@@ -119,26 +180,21 @@ def _fold(stats: list[LayerStat], sums: list[ColumnSums], gains: dict[int, np.nd
 
 @dataclass(frozen=True)
 class RawSketch:
-    """A matrix's sketch as read, before its layer's norm gain is known: the runs' values (``part``), their
-    positions in the matrix (``flat``) and, for Q/K/V, the anchor rows whole (``rows``) for the Gram sketch."""
+    """A matrix's sketch as read, before its layer's norm gain is known: the runs' values (``part``) and
+    their positions in the matrix (``flat``)."""
 
     part: SketchPart
     flat: np.ndarray
-    rows: np.ndarray | None = None
 
-    def folded(self, gain: np.ndarray | None) -> list[SketchPart]:
-        """The sketches of W·diag(γ) for Q/K/V (of W itself for O, or when the gain does not fit)."""
+    def folded(self, gain: np.ndarray | None) -> SketchPart:
+        """The sketch of W·diag(γ) for Q/K/V (of W itself for O, or when the gain does not fit)."""
         p = self.part
         fits = gain is not None and gain.size == p.cols
         values = p.values * gain[self.flat % p.cols] if fits and p.role != "o" else p.values
-        out = [SketchPart(p.layer, p.role, p.rows, p.cols, values.astype(np.float32))]
-        if self.rows is not None:
-            rows = self.rows * gain[None, :] if fits else self.rows
-            out.append(SketchPart(p.layer, p.role, p.rows, p.cols, gram(rows), "gram"))
-        return out
+        return SketchPart(p.layer, p.role, p.rows, p.cols, values.astype(np.float32))
 
 
-def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout) -> RawSketch:
+def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout, key: SketchKey) -> RawSketch:
     """The sketches of a part's matrix (its segments laid end to end along the part's axis), taken as
     ``nn.Linear`` holds it ([out, in], rows in the order of the original checkpoint), whatever the format
     stored, so that an export to another format has the same sketch."""
@@ -164,15 +220,10 @@ def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout) -> RawSketch
                 values[sel] = floats(g[rr, cc])
         return values
 
-    flat = positions(rows, cols)
+    flat = positions(rows, cols, key)
     r, c = np.divmod(flat, cols)
     values = take(stored_row(r), c)
-    whole = None
-    if part.role in GRAM_ROLES and rows >= SKETCH_RUNS:
-        anchor = stored_row(anchor_rows(rows, cols))
-        whole = (floats(group[0][anchor]) if len(group) == 1 else  # whole rows: a slice each, not a gather
-                 take(np.repeat(anchor, cols).reshape(-1, cols), np.tile(np.arange(cols), (len(anchor), 1))))
-    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat, whole)
+    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat)
 
 
 def _sketched(part: Part, group: list[np.ndarray]) -> bool:
@@ -196,10 +247,11 @@ def _column_sums(layer: int, role: str, group: list[np.ndarray], powers: list[np
 
 def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
            layout: Layout, sums: list[ColumnSums], gains: dict[int, np.ndarray] | None,
-           sketches: list[RawSketch]) -> list[LayerStat]:
+           sketches: Sketching) -> list[LayerStat]:
     """Whole tensors through the backend, with what folding the norm needs (``sums``, ``gains``) and each
-    matrix's sketch. A Q/K/V part's moments and column sums come from one read of it (one pass on the
-    CPU; on the GPU, one launch for all of a model's Q/K/V segments and one for the rest)."""
+    matrix's sketches (with ``gains`` None, a sampled part read whole: its value sketch only). A Q/K/V
+    part's moments and column sums come from one read of it (one pass on the CPU; on the GPU, one launch
+    for all of a model's Q/K/V segments and one for the rest)."""
     infos = reader.tensors()
     tensors = {name: reader.read(name) for name in batch}
     pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in by_tensor[name]]
@@ -223,10 +275,14 @@ def _exact(reader: Reader, batch: list[str], by_tensor: dict[str, list[Part]], b
         for partial in partials:
             total = total + Moments.from_partial(partial)
         out.append(_checked(infos[name], part, total))
+        sketches.record(part, group)
         if _sketched(part, group):
-            sketches.append(_sketch_of(part, group, layout))
+            sketches.raw.append(_sketch_of(part, group, layout, sketches.key))
+            if gains is not None:
+                sketches.matrix(part, group)
         if gains is not None and part.role == "attn_norm" and layout.spec.pre_norm:
             gains[part.layer] = floats(tensors[name], np.float64).reshape(-1) + layout.spec.norm_offset
+            sketches.gain(part.layer, gains[part.layer])
     del tensors, pieces
     for name in batch:
         reader.release(name)
@@ -242,7 +298,7 @@ def _streamable(reader: Reader, info: TensorInfo, parts: list[Part], layout: Lay
 
 
 def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBackend, layout: Layout,
-              sums: list[ColumnSums], sketches: list[RawSketch]) -> list[LayerStat]:
+              sums: list[ColumnSums], sketches: Sketching) -> list[LayerStat]:
     """A tensor larger than the reader holds, measured as its blocks of rows pass: each part's moments and
     column sums merge over the blocks (both are sums), and the rows its sketch needs are kept on the way."""
     info = reader.tensors()[name]
@@ -250,7 +306,7 @@ def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBack
     spans = {p: list(p.ranges) or [(0, rows)] for p in parts}
     totals = {p: Moments() for p in parts}
     powers = {p: np.zeros((4, cols)) for p in parts if p.role in FOLDED_ROLES}
-    wanted = {p: _sketch_rows(p, spans[p], cols, layout) for p in parts if p.role in SKETCHED_ROLES}
+    wanted = {p: _sketch_rows(p, spans[p], cols, layout, sketches.key) for p in parts if p.role in SKETCHED_ROLES}
     kept: dict[int, np.ndarray] = {}
     for first, block in reader.read_blocks(name):
         last = first + block.shape[0]
@@ -277,7 +333,8 @@ def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBack
         if part in powers:
             sums.append(ColumnSums(part.layer, part.role, powers[part], size))
         if part in wanted:
-            sketches.append(_sketch_from_rows(part, sum(b - a for a, b in spans[part]), cols, wanted[part], kept))
+            sketches.raw.append(_sketch_from_rows(part, sum(b - a for a, b in spans[part]), cols, wanted[part], kept,
+                                                  sketches.key))
     reader.release(name)
     return out
 
@@ -292,26 +349,24 @@ def _stored_rows(part: Part, layout: Layout, rows: int, logical: np.ndarray) -> 
     return logical
 
 
-def _sketch_rows(part: Part, spans: list[tuple[int, int]], cols: int, layout: Layout) -> dict[int, int]:
+def _sketch_rows(part: Part, spans: list[tuple[int, int]], cols: int, layout: Layout, key: SketchKey
+                 ) -> dict[int, int]:
     """Each anchor row of a part's matrix (rows as ``nn.Linear`` holds them) -> the stored tensor's row."""
     rows = sum(b - a for a, b in spans)
-    logical = anchor_rows(rows, cols)
+    logical = anchor_rows(rows, cols, key)
     stored = _stored_rows(part, layout, rows, logical)
     starts = np.cumsum([0, *(b - a for a, b in spans)])
     span = np.searchsorted(starts, stored, side="right") - 1
     return {int(v): int(spans[k][0] + s - starts[k]) for v, s, k in zip(logical, stored, span)}
 
 
-def _sketch_from_rows(part: Part, rows: int, cols: int, where: dict[int, int], kept: dict[int, np.ndarray]
-                      ) -> RawSketch:
+def _sketch_from_rows(part: Part, rows: int, cols: int, where: dict[int, int], kept: dict[int, np.ndarray],
+                      key: SketchKey) -> RawSketch:
     """The sketch of a part whose anchor rows were kept while it streamed (as :func:`_sketch_of` takes it)."""
-    flat = positions(rows, cols)
+    flat = positions(rows, cols, key)
     r, c = np.divmod(flat, cols)
     values = np.array([kept[where[int(i)]][j] for i, j in zip(r, c)], dtype=np.float32)
-    whole = None
-    if part.role in GRAM_ROLES and rows >= SKETCH_RUNS:
-        whole = np.stack([kept[where[int(i)]] for i in anchor_rows(rows, cols)])
-    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat, whole)
+    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat)
 
 
 def _samplable(info: TensorInfo, parts: list[Part], layout: Layout) -> bool:
@@ -323,7 +378,7 @@ def _samplable(info: TensorInfo, parts: list[Part], layout: Layout) -> bool:
 
 def _sampled(reader: Reader, names: list[str], by_tensor: dict[str, list[Part]], backend: MomentsBackend,
              plan: SamplePlan, exact: list[LayerStat], layout: Layout, sums: list[ColumnSums],
-             sketches: list[RawSketch]) -> list[LayerStat]:
+             sketches: Sketching) -> list[LayerStat]:
     """Sample every part. With a target error, a cheap survey first measures how much each role's curve
     moves between layers, then each part is estimated to the error its role needs (the target, or less for
     a flat curve: see :func:`lineage_scanner.measure.sampling.required_se`): lineage, not one std, sets the precision.
@@ -331,39 +386,40 @@ def _sampled(reader: Reader, names: list[str], by_tensor: dict[str, list[Part]],
     every matrix its sketch (read by the final sample's runs) to ``sketches``."""
     parts = [(name, part) for name in names for part in by_tensor[name]]
     survey = None if plan.target_se is None else max(plan.target_se, SURVEY_SE)
-    out = {(n, p): _estimate(reader, n, p, backend, plan, survey, layout) for n, p in parts}
+    out = {(n, p): _estimate(reader, n, p, backend, plan, survey, layout, sketches.key) for n, p in parts}
     if plan.target_se is not None:
         curves: dict[str, dict[int, float]] = defaultdict(dict)
         for stat in [*exact, *(stat for stat, _, _ in out.values())]:
             curves[stat.role][stat.layer] = stat.moments.std
         needed = {role: required_se(list(c.values()), plan.target_se) for role, c in curves.items()}
         for name, part in parts:  # always anew: the survey's own error estimate rests on too few elements
-            out[(name, part)] = _estimate(reader, name, part, backend, plan, needed[part.role], layout)
+            out[(name, part)] = _estimate(reader, name, part, backend, plan, needed[part.role], layout, sketches.key)
     sums.extend(c for _, c, _ in out.values() if c is not None)
-    sketches.extend(k for _, _, k in out.values() if k is not None)
+    sketches.raw.extend(k for _, _, k in out.values() if k is not None)
     return [stat for stat, _, _ in out.values()]
 
 
 def _estimate(reader: Reader, name: str, part: Part, backend: MomentsBackend, plan: SamplePlan,
-              target: float | None, layout: Layout) -> tuple[LayerStat, ColumnSums | None, RawSketch | None]:
+              target: float | None, layout: Layout, key: SketchKey
+              ) -> tuple[LayerStat, ColumnSums | None, RawSketch | None]:
     """One part from stratified runs, at larger fractions until ``target`` is met; else read whole."""
     info = reader.tensors()[name]
     spans = flat_spans(part, info.shape)
     fraction = plan.fraction if target is None else fraction_for(target, sum(n for _, n in spans))
     for round_ in range(ROUNDS):
-        starts = _run_starts(spans, info.shape[1], fraction)
+        starts = _run_starts(spans, info.shape[1], fraction, key)
         if starts is None:
             break
         runs = reader.read_runs(name, starts.storage, starts.run)
         total, se, kurtosis_se = pooled([Moments.from_partial(p) for p in backend.partials(list(runs))])
         if target is None or se <= target or round_ == ROUNDS - 1:
             sums = _sampled_column_sums(runs, starts, info.shape, part, layout.spec.transposed)
-            return _checked(info, part, total, se, kurtosis_se), sums, _sampled_sketch(part, runs, starts)
+            return _checked(info, part, total, se, kurtosis_se), sums, _sampled_sketch(part, runs, starts, key)
         fraction = next_fraction(fraction, se, target)
     sums: list[ColumnSums] = []
-    sketches: list[RawSketch] = []
+    sketches = Sketching(key, layout)
     stat = _exact(reader, [name], {name: [part]}, backend, layout, sums, None, sketches)[0]
-    return stat, (sums[0] if sums else None), (sketches[0] if sketches else None)
+    return stat, (sums[0] if sums else None), (sketches.raw[0] if sketches.raw else None)
 
 
 @dataclass(frozen=True)
@@ -397,35 +453,30 @@ def _sampled_column_sums(runs: np.ndarray, starts: Runs, shape: tuple[int, ...],
     return ColumnSums(part.layer, part.role, powers, values.size)
 
 
-def _sampled_sketch(part: Part, runs: np.ndarray, starts: Runs) -> RawSketch | None:
-    """The sketch, cut out of the runs that cover it (each run covers its anchor row whole)."""
+def _sampled_sketch(part: Part, runs: np.ndarray, starts: Runs, key: SketchKey) -> RawSketch | None:
+    """The sketch, cut out of the runs that cover it (each run covers its anchor run)."""
     if part.role not in SKETCHED_ROLES:
         return None
     table = floats(runs)
     index = np.arange(len(starts.anchors))[:, None]
     values = table[index, (starts.anchors - starts.virtual)[:, None] + np.arange(starts.anchor_run)].reshape(-1)
-    flat = positions(starts.rows, starts.cols)
-    whole = None
-    if part.role in GRAM_ROLES and starts.rows >= SKETCH_RUNS:
-        row_starts = starts.anchors // starts.cols * starts.cols
-        whole = table[index, (row_starts - starts.virtual)[:, None] + np.arange(starts.cols)]
-    return RawSketch(SketchPart(part.layer, part.role, starts.rows, starts.cols, values), flat, whole)
+    flat = positions(starts.rows, starts.cols, key)
+    return RawSketch(SketchPart(part.layer, part.role, starts.rows, starts.cols, values), flat)
 
 
-def _run_starts(spans: list[tuple[int, int]], cols: int, fraction: float) -> Runs | None:
-    """One run per band of the part's rows, over the band's anchor row whole (so over the sketch's run),
-    kept inside the span (row range of the stored tensor) that holds it; None means read the part whole."""
+def _run_starts(spans: list[tuple[int, int]], cols: int, fraction: float, key: SketchKey) -> Runs | None:
+    """One run per band of the part's rows, over the band's sketch run, kept inside the span (row range of
+    the stored tensor) that holds it; None means read the part whole."""
     lengths = np.array([n for _, n in spans], dtype=np.int64)
     rows = int(lengths.sum()) // cols
-    anchor, anchor_run = anchors(rows, cols)
-    run = run_length(rows * cols, fraction, SKETCH_RUNS, cols)
+    anchor, anchor_run = anchors(rows, cols, key)
+    run = run_length(rows * cols, fraction, len(anchor), anchor_run)
     if run is None:
         return None
-    row_start = anchor // cols * cols
     cum = np.concatenate([[0], np.cumsum(lengths)])
     k = np.searchsorted(cum, anchor, side="right") - 1  # the span of each anchor
-    low, high = bands(rows, cols)
-    virtual = placed(row_start, cols, np.maximum(low, cum[k]), np.minimum(high, cum[k + 1]), run)
+    low, high = bands(rows, cols, key)
+    virtual = placed(anchor, anchor_run, np.maximum(low, cum[k]), np.minimum(high, cum[k + 1]), run)
     if virtual is None:
         return None
     storage = np.array([s for s, _ in spans], dtype=np.int64)[k] + (virtual - cum[k])

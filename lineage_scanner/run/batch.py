@@ -25,8 +25,10 @@ from typing import Protocol
 
 from lineage_scanner.errors import DeferredError, SourceError
 from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.measure.sketch import SketchKey
 from lineage_scanner.readers.shared import CopyIndex, Shared, use_budget
 from lineage_scanner.signature.record import Signature
+from lineage_scanner.store.key import store_key
 from lineage_scanner.store.store import Store
 
 #: Target bytes per unit: about a few seconds of scanning on one worker.
@@ -59,6 +61,9 @@ class ScanConfig:
     #: process its own budget, and an index seeded with :attr:`Known.digests`
     budget: Shared | None = None
     copies: Shared | None = None
+    #: the store's secret sketch key (run_batch takes it from the store; it travels to Ray workers with the
+    #: configuration, never in a runtime environment)
+    key: SketchKey | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,8 @@ class Scanner:
 
         result = UnitResult()
         for source in unit.sources:
-            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample, self.copies)
+            key, sig = scan_one(source, self.backend, self.done, self.config.force, self.config.sample, self.copies,
+                                self.config.key)
             if sig is None:
                 result.skipped.append(key)
             else:
@@ -244,6 +250,8 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
         from lineage_scanner.run.local import InProcess
 
         executor = InProcess()
+    if config.key is None:
+        config = dataclasses.replace(config, key=store_key(store))
     summary = BatchSummary(keep_records=keep_records)
     started = last_flush = time.perf_counter()
     units = plan_units(sources, unit_bytes)

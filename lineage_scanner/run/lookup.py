@@ -17,8 +17,9 @@ def signature_for(text: str, store: Store, backend: str = "auto") -> Signature:
         return store.load(model, revision or None)
     from lineage_scanner.measure.kernels import get_backend
     from lineage_scanner.run.scan import scan_strict
+    from lineage_scanner.store.key import store_key
 
-    key, sig = scan_strict(text, get_backend(backend), store.done())
+    key, sig = scan_strict(text, get_backend(backend), store.done(), sketch_key=store_key(store))
     if sig is None:
         return store.load(*key)
     store.write([sig])

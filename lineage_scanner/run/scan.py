@@ -5,6 +5,7 @@ from __future__ import annotations
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.measure.sketch import SketchKey
 from lineage_scanner.readers.open import CopyOf, OpenedModel, open_source
 from lineage_scanner.readers.shared import Shared
 from lineage_scanner.signature.build import build
@@ -14,7 +15,9 @@ Key = tuple[str, str]
 
 
 def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-                sample: SamplePlan | None = None, copies: Shared | None = None) -> tuple[Key, Signature | None]:
+                sample: SamplePlan | None = None, copies: Shared | None = None,
+                sketch_key: SketchKey | None = None
+                ) -> tuple[Key, Signature | None]:
     """Scan one source; the signature is None when (model, revision) is in ``done`` and not forced. A Hub
     commit whose weight files another commit holds (``copies``, see :class:`lineage_scanner.readers.shared.CopyIndex`)
     is not read: its signature is a stub naming the original (``identical_to``), which the batch completes.
@@ -34,16 +37,18 @@ def scan_strict(source: str, backend: MomentsBackend, done: set[Key], force: boo
         key = (opened.model, opened.revision)
         if key in done and not force:
             return key, None
-        return key, build(opened, backend, sample)
+        return key, build(opened, backend, sample, sketch_key)
     finally:
         opened.close()
 
 
 def scan_one(source: str, backend: MomentsBackend, done: set[Key], force: bool = False,
-             sample: SamplePlan | None = None, copies: Shared | None = None) -> tuple[Key, Signature | None]:
+             sample: SamplePlan | None = None, copies: Shared | None = None,
+             sketch_key: SketchKey | None = None
+             ) -> tuple[Key, Signature | None]:
     """Like :func:`scan_strict`, but bad input becomes an error signature instead of an exception."""
     try:
-        return scan_strict(source, backend, done, force, sample, copies)
+        return scan_strict(source, backend, done, force, sample, copies, sketch_key)
     except Exception as exc:  # noqa: BLE001 - the error boundary: one model's bug never stops a batch
         sig = Signature.failed(source, exc if isinstance(exc, ScanError) else InternalError.of(source, exc))
         return sig.key, sig
