@@ -15,11 +15,14 @@ Two models' circuit sketches (:mod:`lineage_scanner.measure.circuits`) are compa
   most; the rest is no larger than the honest terms' own sum, bounded as before (each pair's weight taken
   as the sum of its terms' magnitudes, which bounds any honest part of it).
 - **Gram** (calibrated null). The cosines between a model's circuits are unchanged by a rotation of the
-  residual stream too. For models trained apart the two Gram sketches are unrelated draws, and their
-  correlation is judged as a correlation of CALIBRATED_SHARE of their entries' number of independent values
-  (Fisher's z): the Gram's entries are not independent, and how dependent they are was measured on models
-  trained apart here (bench/adversarial.py), not derived, so this p-value is calibrated, not exact, and it
-  decides only where the entries cannot (a rotated residual stream).
+  residual stream too. But models of one recipe share much of their Gram (0.73 between two llamas trained
+  apart here), so first each model's common trend is removed (per kind of pair, a quadratic in the layers'
+  depth and distance: :func:`_trend`); what is left still agrees up to 0.41 between models trained apart,
+  against 0.88 for a continued-training child and 0.997 for a fine-tuned copy. So the null is a composite
+  one, honestly calibrated rather than exact: a correlation of at most SHARED_R between the residuals, judged
+  with Fisher's z as if CALIBRATED_SHARE of the entries were independent, and no verdict below
+  GRAM_DERIVED_R. It decides only where the exact tests cannot see (a rotated residual stream, and small
+  models whose few residual pairs cap the exact test's power).
 """
 
 from __future__ import annotations
@@ -44,12 +47,18 @@ CIRCUIT_ROLES = ("ov", "qk")
 #: The share of a model's attention values a forger is assumed to copy at most (the goal is 5%; the margin
 #: covers partial copies of matrices).
 ADVERSARY_SHARE = 0.075
-#: Above this r on every paired layer, two models' circuits are equal (rounding aside): the same function.
-SAME_FUNCTION_R = 0.9999
-#: The Gram sketch's entries are treated as this share of independent values (measured on models trained
-#: apart; see the module docstring), and need at least MIN_GRAM of them.
+#: Above this r on every paired layer, two models' circuits are equal to the rounding of their storage (bf16
+#: rounds each weight by up to 0.4%): the same function. A light fine-tune stays below it (0.997 here).
+SAME_FUNCTION_R = 0.999
+#: The Gram's calibration (module docstring): its entries count as this share of independent values, and
+#: models trained apart may share up to SHARED_R of what is left of them once their common trend is removed
+#: (measured: up to 0.41 between llamas trained apart here, 0.10 between generated ones). It needs at least
+#: MIN_GRAM entries (three layers), and decides only from GRAM_DERIVED_R up: a rotated copy, or one lightly
+#: trained after its rotation; heavier training after a disguise is for deep verification.
 CALIBRATED_SHARE = 0.25
-MIN_GRAM = 12
+SHARED_R = 0.6
+MIN_GRAM = 15
+GRAM_DERIVED_R = 0.98
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ def circuit_evidence(a: tuple[SketchPart, ...], b: tuple[SketchPart, ...],
     units = terms.reshape(-1, terms.shape[-1])  # [(layer pair, role), k]
     plain = _plain(units)
     robust = _robust(units, _affordable(len(pairing), costs))
-    r = [_raw_r(a, b, i, j) for i, j in pairing]
+    r = _raw_r(a, b, pairing)
     return CircuitEvidence(pairing, min(0.0, plain + search) / LOG10, min(0.0, robust + search) / LOG10,
                            float(np.median(r)), float(np.min(r)), *(gram or (None, None)))
 
@@ -172,39 +181,67 @@ def _entries(parts: tuple[SketchPart, ...]) -> dict[int, np.ndarray]:
     for p in parts:
         if p.kind == "circuit" and p.role in CIRCUIT_ROLES and p.values.size % 2 == 0:
             by.setdefault(p.layer, {})[p.role] = p.values
-    out = {}
-    for layer, roles in by.items():
-        if len(roles) == len(CIRCUIT_ROLES) and len({v.size for v in roles.values()}) == 1:
-            out[layer] = np.stack([scaled(roles[r][None, :]).reshape(2, -1) for r in CIRCUIT_ROLES])
-    return out
+    complete = sorted(layer for layer, roles in by.items()
+                      if len(roles) == len(CIRCUIT_ROLES) and len({v.size for v in roles.values()}) == 1)
+    if not complete or len({by[layer]["ov"].size for layer in complete}) != 1:
+        return {}
+    rows = scaled(np.stack([by[layer][r] for layer in complete for r in CIRCUIT_ROLES]))
+    return {layer: rows[k * len(CIRCUIT_ROLES) : (k + 1) * len(CIRCUIT_ROLES)].reshape(len(CIRCUIT_ROLES), 2, -1)
+            for k, layer in enumerate(complete)}
 
 
 def _width(parts: tuple[SketchPart, ...]) -> int | None:
     return next((p.rows for p in parts if p.kind == "circuit"), None)
 
 
-def _raw_r(a: tuple[SketchPart, ...], b: tuple[SketchPart, ...], i: int, j: int) -> float:
-    """The smaller over the two circuits of the Pearson r of two layers' entries as measured (not scaled):
-    1 for the same function, whatever scale a map left on each circuit."""
-    rs = []
-    for role in CIRCUIT_ROLES:
-        va = next((p.values for p in a if p.kind == "circuit" and p.layer == i and p.role == role), None)
-        vb = next((p.values for p in b if p.kind == "circuit" and p.layer == j and p.role == role), None)
-        if va is None or vb is None or va.size != vb.size or va.std() == 0 or vb.std() == 0:
-            return math.nan
-        rs.append(float(np.corrcoef(va, vb)[0, 1]))
-    return min(rs)
+def _raw_r(a: tuple[SketchPart, ...], b: tuple[SketchPart, ...], pairing) -> list[float]:
+    """Per layer pair, the smaller over the two circuits of the Pearson r of their entries as measured (not
+    scaled): 1 for the same function, whatever scale a map left on each circuit."""
+    raw_a = {(p.layer, p.role): p.values for p in a if p.kind == "circuit"}
+    raw_b = {(p.layer, p.role): p.values for p in b if p.kind == "circuit"}
+    out = []
+    for i, j in pairing:
+        x = np.stack([raw_a[(i, r)] for r in CIRCUIT_ROLES]).astype(np.float64)
+        y = np.stack([raw_b[(j, r)] for r in CIRCUIT_ROLES]).astype(np.float64)
+        x -= x.mean(axis=1, keepdims=True)
+        y -= y.mean(axis=1, keepdims=True)
+        norm = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        out.append(float(np.min((x * y).sum(axis=1) / norm)) if np.all(norm > 0) else math.nan)
+    return out
 
 
 def _gram(a: tuple[SketchPart, ...], b: tuple[SketchPart, ...]) -> tuple[float, float] | None:
-    """(r, log10 p) of the rotation-invariant Gram sketches, calibrated (module docstring)."""
-    ga = next((p.values for p in a if p.kind == "circuit_gram"), None)
-    gb = next((p.values for p in b if p.kind == "circuit_gram"), None)
-    if ga is None or gb is None or ga.size != gb.size or ga.size < MIN_GRAM:
+    """(r, log10 p) of the rotation-invariant Gram sketches, their shared structure removed (module
+    docstring)."""
+    ga = next((p for p in a if p.kind == "circuit_gram"), None)
+    gb = next((p for p in b if p.kind == "circuit_gram"), None)
+    if ga is None or gb is None or ga.values.size != gb.values.size or ga.values.size < MIN_GRAM:
         return None
-    if ga.std() == 0 or gb.std() == 0:
+    design = _trend(ga.rows)
+    ra, rb = (_residual(g.values, design) for g in (ga, gb))
+    if ra.std() == 0 or rb.std() == 0:
         return None
-    r = float(np.corrcoef(ga, gb)[0, 1])
-    effective = CALIBRATED_SHARE * ga.size
-    z = math.atanh(min(r, 1 - 1e-12)) * math.sqrt(max(effective - 3.0, 1.0))
-    return r, (math.log(2.0) + log_normal_sf(z)) / LOG10 if z > 0 else 0.0
+    r = float(np.corrcoef(ra, rb)[0, 1])
+    effective = CALIBRATED_SHARE * ra.size
+    z = (math.atanh(min(r, 1 - 1e-12)) - math.atanh(SHARED_R)) * math.sqrt(max(effective - 3.0, 1.0))
+    return r, (log_normal_sf(z) / LOG10 if z > 0 else 0.0)
+
+
+def _trend(units: int) -> np.ndarray:
+    """What models of one recipe share in their Gram: per kind of pair (OV-OV, QK-QK, OV-QK) a quadratic in
+    the two layers' mean depth and distance, and whether they are one layer's two circuits. Rows follow the
+    Gram sketch's upper triangle over units [OV, QK] of each layer, in depth order."""
+    depth = np.repeat(np.arange(units // 2), 2) / max(units // 2, 1)
+    kind = np.tile([0, 1], units // 2)
+    u, v = np.triu_indices(units, 1)
+    x, y = (depth[u] + depth[v]) / 2, np.abs(depth[u] - depth[v])
+    same = (depth[u] == depth[v]).astype(float)
+    pair = kind[u] + kind[v]  # 0: OV-OV, 1: OV-QK, 2: QK-QK
+    base = np.stack([np.ones_like(x), x, y, x * x, y * y, x * y, same], axis=1)
+    return np.concatenate([base * (pair == k)[:, None] for k in range(3)], axis=1)
+
+
+def _residual(values: np.ndarray, design: np.ndarray) -> np.ndarray:
+    g = values.astype(np.float64)
+    beta, *_ = np.linalg.lstsq(design, g, rcond=None)
+    return g - design @ beta

@@ -58,8 +58,10 @@ def scaled(x: np.ndarray) -> np.ndarray:
     all zero (or NaN) comes back NaN: it says nothing."""
     x = np.asarray(x, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.nanmedian(np.abs(x), axis=-1, keepdims=True) / 0.6745
-        rms = np.sqrt(np.nanmean(x * x, axis=-1, keepdims=True))
+        magnitude = np.abs(x)
+        whole = np.isfinite(x).all(axis=-1, keepdims=True)  # rows are either whole or missing (NaN)
+        scale = np.where(whole, np.median(np.where(whole, magnitude, 0.0), axis=-1, keepdims=True), np.nan) / 0.6745
+        rms = np.sqrt(np.mean(x * x, axis=-1, keepdims=True))
         scale = np.where(scale > 0, scale, rms)  # a sparse row (mostly zeros) falls back on its RMS
         out = np.clip(x / scale, -CLIP, CLIP)
     return np.where(np.isfinite(scale) & (scale > 0), out, np.nan)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lineage_scanner.layouts.families import is_moe
-from lineage_scanner.lineage.circuits import CircuitEvidence, circuit_evidence
+from lineage_scanner.lineage.circuits import GRAM_DERIVED_R, CircuitEvidence, circuit_evidence
 from lineage_scanner.lineage.null import Null
 from lineage_scanner.lineage.paper import PaperScore, paper_score
 from lineage_scanner.lineage.score import Evidence, evidence
@@ -220,11 +220,16 @@ def decide(a, b, null: Null, verification: dict | None = None) -> Verdict:
                                   "null) where the weights themselves "
                                   f"{'agree only weakly' if values and values.says != 'unrelated' else 'do not'}",
                        "circuits", kind, disagree)
-    if gram is not None and gram.says == "related" and gram.log10_p <= LOG10_DERIVED:
-        kind = ROTATED if circuits.same_function_rotated else ROTATED_TRAINED
-        return verdict("derived", f"the circuits' Gram agrees (r {circuits.gram_r:.3f}, p = {_p(gram.log10_p)}, "
-                                  "calibrated null): the same circuits in another residual basis", "circuit gram",
-                       kind, disagree)
+    if gram is not None and gram.says == "related" and gram.log10_p <= LOG10_DERIVED \
+            and circuits.gram_r >= GRAM_DERIVED_R:
+        rotated = entries is None or entries.log10_p > LOG10_UNRELATED  # the entries moved: another basis
+        same = circuits.same_function_rotated if rotated else circuits.same_function
+        kind = ((ROTATED if same else ROTATED_TRAINED) if rotated
+                else (REPARAMETRISED if same else REPARAMETRISED_TRAINED))
+        return verdict("derived", f"the circuits' Gram agrees (r {circuits.gram_r:.3f} once the trend models of one "
+                                  f"recipe share is removed, p = {_p(gram.log10_p)}, calibrated null)"
+                                  + (": the same circuits in another residual basis" if rotated else ""),
+                       "circuit gram", kind, disagree)
     if not comparable and parts_a and parts_b:
         unkeyed = "sketches taken under different keys (another store's, or none), so no weights were compared"
         return verdict("inconclusive", unkeyed, None, None, unkeyed)
