@@ -202,3 +202,29 @@ def test_forged_curves_copy_moments_not_values(width):
             assert attacks._kurtosis(b[r]) == pytest.approx(attacks._kurtosis(w), rel=1e-6)
         assert set(np.unique(b["attn_norm"])) <= set(np.asarray(a["attn_norm"], np.float64))
     assert np.isfinite(logits(forged, probe_tokens(forged))).all()  # a model that runs, if to no purpose
+
+
+def test_every_disguise_of_the_attack_matrix_keeps_the_function():
+    """bench/adversarial.py's disguises, wired as the matrix runs them, under both rotary conventions."""
+    from bench.adversarial import Family, cases
+
+    base = base_model("b", "llama", 9, 3, hidden=64, n_heads=4, n_kv_heads=2)
+    disguises = [c for c in cases() if c.group == "disguise"]
+    assert len(disguises) >= 14
+    for rope in ROPE_CONVENTIONS:
+        fam = Family("f", "generated", base, attacks.rescale(base, 1), base, (), rope)
+        for case in disguises:
+            inst = case.make(fam, 3)
+            assert inst.keeps_function and function_gap(inst.start, inst.model, rope) < SAME_FUNCTION, case
+
+
+def test_attack_matrix_refuses_a_disguise_that_changes_the_function(tmp_path):
+    """An instance that fails the function check stops the run: an error of the harness, never a result."""
+    from bench.adversarial import DERIVED, Case, Family, Instance, Scanner, run_family
+
+    base = base_model("b", "llama", 9, 3, hidden=64, n_heads=4, n_kv_heads=2)
+    fam = Family("f", "generated", base, base, base, (), "half")
+    wrong = Case("disguise", "Q/K maps for the other convention", "-", DERIVED,
+                 lambda f, seed: Instance(attacks.map_qk(f.base, seed, 1.0, "interleaved"), f.base, f.base, True))
+    with pytest.raises(RuntimeError, match="Q/K maps for the other convention .* changed the function"):
+        run_family(fam, [wrong], 1, Scanner(tmp_path), {}, print)
