@@ -25,6 +25,7 @@ rotary convention.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,9 @@ from itertools import combinations
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+#: The forward passes multiply 24 tokens by a matrix: BLAS threads only spin against each other there (on a
+#: loaded 2-core machine one thread was 10-20x faster). Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from bench.tiny_train import ensure_family  # noqa: E402
 from lineage_scanner.demo import attacks  # noqa: E402
@@ -334,6 +338,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10, help="instances per case and family")
     parser.add_argument("--generated", type=int, default=3, help="generated families")
     parser.add_argument("--strangers", type=int, default=30, help="more generated models, for unrelated pairs")
+    parser.add_argument("--models", default="trained,generated", help="which models: trained, generated or both")
     parser.add_argument("--quick", action="store_true", help="generated models only, small, one of each")
     parser.add_argument("--only", default="", help="run only the cases whose attack contains this")
     parser.add_argument("--md", default="bench/data/adversarial.md", help="where the table is written")
@@ -341,6 +346,11 @@ def main() -> None:
     started = time.perf_counter()
     shape = Shape(hidden=256, heads=4, layers=4) if args.quick else Shape()
     reps, n_generated, n_strangers = (1, 1, 3) if args.quick else (args.reps, args.generated, args.strangers)
+    models = {"generated"} if args.quick else set(args.models.split(","))
+    if not models or models - {"trained", "generated"}:
+        parser.error(f"--models: {args.models!r} is not trained, generated or both")
+    if "generated" not in models:
+        n_generated = n_strangers = 0
     matrix = [c for c in cases() if args.only in c.attack]
     tallies: dict[tuple, Tally] = {}
     root: dict[str, str] = {}
@@ -351,7 +361,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="adversarial-") as tmp:
         scan = Scanner(Path(tmp))
-        trained = [] if args.quick else trained_families(Path(args.trained), range(3), range(3, 6))
+        trained = trained_families(Path(args.trained), range(3), range(3, 6)) if "trained" in models else []
         strangers = tuple(shape.model(f"gen-stranger-{s}", 5000 + s) for s in range(min(3, n_strangers)))
         generated = (generated_family(shape, 1000 + 10 * i, strangers) for i in range(n_generated))
         for fam in (*trained, *generated):  # generated families made one at a time: 70 MB a model
