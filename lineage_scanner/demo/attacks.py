@@ -32,6 +32,9 @@ ATTENTION = ("q", "k", "v", "o")
 #: Where copied or scrubbed values go: random elements of every matrix, random whole rows, whole matrices
 #: (smallest first), the positions the current sketch reads, the current sketch's anchor rows.
 PLACEMENTS = ("positions", "rows", "matrices", "sketch", "anchor rows")
+#: The matrices whose input is the residual stream (after a norm), and those whose output is added to it.
+READS_RESIDUAL = frozenset({"q", "k", "v", "gate", "up"})
+WRITES_RESIDUAL = frozenset({"o", "down"})
 
 
 def as_float64(model: ToyModel, name: str) -> ToyModel:
@@ -73,18 +76,20 @@ def permute_heads(model: ToyModel, seed: int, strength: float = 1.0) -> ToyModel
     for layer in out.layers:
         kv = _partial_shuffle(rng, out.n_kv_heads, strength)
         q_heads = np.concatenate([g * per_group + _partial_shuffle(rng, per_group, strength) for g in kv])
-        q_rows = (q_heads[:, None] * hd + np.arange(hd)).reshape(-1)
-        kv_rows = (kv[:, None] * hd + np.arange(hd)).reshape(-1)
-        layer["q"], layer["o"] = layer["q"][q_rows], layer["o"][:, q_rows]
-        layer["k"], layer["v"] = layer["k"][kv_rows], layer["v"][kv_rows]
-        for role, rows in (("q_bias", q_rows), ("k_bias", kv_rows), ("v_bias", kv_rows)):
-            if role in layer:
-                layer[role] = layer[role][rows]
+        rows = {"q": _head_rows(q_heads, hd), "k": _head_rows(kv, hd), "v": _head_rows(kv, hd)}
+        for key in [key for key in layer if key.removesuffix("_bias") in rows]:  # Q/K/V and their biases
+            layer[key] = layer[key][rows[key.removesuffix("_bias")]]
+        layer["o"] = layer["o"][:, rows["q"]]
         if "gate" in layer:
             units = _partial_shuffle(rng, layer["gate"].shape[0], strength)
             layer["gate"], layer["up"] = layer["gate"][units], layer["up"][units]
             layer["down"] = layer["down"][:, units]
     return out
+
+
+def _head_rows(heads: np.ndarray, head_dim: int) -> np.ndarray:
+    """The rows of a projection that hold ``heads``, head after head."""
+    return (heads[:, None] * head_dim + np.arange(head_dim)).reshape(-1)
 
 
 def fold_norms(model: ToyModel, seed: int = 0, strength: float = 1.0) -> ToyModel:
@@ -115,12 +120,10 @@ def rotate_residual(model: ToyModel, seed: int, strength: float = 1.0) -> ToyMod
     mixed = np.sort(rng.choice(out.hidden, size=max(2, round(strength * out.hidden)), replace=False))
     rotation[np.ix_(mixed, mixed)] = haar_orthogonal(rng, len(mixed))
     for layer in out.layers:
-        for role in ("q", "k", "v", "gate", "up"):
-            if role in layer:
-                layer[role] = layer[role] @ rotation.T
-        for role in ("o", "down"):
-            if role in layer:
-                layer[role] = rotation @ layer[role]
+        for role in READS_RESIDUAL & layer.keys():
+            layer[role] = layer[role] @ rotation.T
+        for role in WRITES_RESIDUAL & layer.keys():
+            layer[role] = rotation @ layer[role]
     out.embed = out.embed @ rotation.T
     return out
 
