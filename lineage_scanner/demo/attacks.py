@@ -338,16 +338,23 @@ def _kurtosis(x: np.ndarray) -> float:
 def _like(rng: np.random.Generator, reference: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Fresh noise of ``shape`` with ``reference``'s mean, std and kurtosis, all three matched exactly (as a
     scan measures them, on the sample itself): Gaussian draws z taken to sign(z)·|z|^p, the power p solved
-    for (kurtosis grows with p: about 1 at p → 0, 3 at p = 1, 11.7 at p = 2), then shifted and scaled."""
-    from scipy.optimize import brentq
+    for (kurtosis grows with p: about 1 at p → 0, 3 at p = 1, 11.7 at p = 2), then shifted and scaled.
+    The power is found on the first 65,536 draws, then refined on all of them by the secant method."""
+    from scipy.optimize import brentq, newton
 
     target = _kurtosis(reference)
-    z = rng.standard_normal(shape)
+    z = rng.standard_normal(shape).reshape(-1)
     sign, log_magnitude = np.sign(z), np.log(np.abs(z))
-    power = brentq(lambda p: _kurtosis(sign * np.exp(p * log_magnitude)) - target, 0.05, 6.0, xtol=1e-12)
+
+    def excess(p: float, n: int | None = None) -> float:
+        return _kurtosis(sign[:n] * np.exp(p * log_magnitude[:n])) - target
+
+    guess = brentq(excess, 0.05, 6.0, args=(65_536,), xtol=1e-4)
+    found = newton(excess, guess, x1=1.01 * guess, tol=1e-10, maxiter=20, full_output=True, disp=False)
+    power = found[0] if found[1].converged else brentq(excess, 0.05, 6.0, xtol=1e-10)
     noise = sign * np.exp(power * log_magnitude)
     noise = (noise - noise.mean()) / noise.std()
-    return reference.mean() + noise * reference.std()
+    return (reference.mean() + noise * reference.std()).reshape(shape)
 
 
 def forge_curves(base: ToyModel, seed: int, width: float = 0.75) -> ToyModel:
