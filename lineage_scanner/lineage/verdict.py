@@ -208,6 +208,8 @@ def decide(a, b, null: Null, verification: dict | None = None) -> Verdict:
     values, entries, gram = found.get("sketch"), found.get("circuits"), found.get("circuit gram")
     if values is not None and values.says == "related" and values.robust_log10_p <= LOG10_DERIVED:
         kind = _kind(a, b, ev, paper, sketch, verification)
+        if circuits is not None and circuits.same_function and sketch.firm_share < 1.0:
+            kind = REPARAMETRISED  # some matrices moved while what they compute did not
         return verdict("derived", f"weights correlate position by position: |r| {sketch.score:.3f} over "
                                   f"{len(sketch.pairing)} layer pairs, robust p = {_p(values.robust_log10_p)} "
                                   "(exact null, a forger's share given away)", "sketch", kind, disagree)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lineage_scanner.measure.sketch import SketchKey, SketchPart
+from lineage_scanner.readers.arrays import floats
 
 CIRCUIT_ROLES = ("q", "k", "v", "o")
 
@@ -44,13 +45,17 @@ def matching(width: int, key: SketchKey) -> tuple[np.ndarray, np.ndarray]:
     return perm[:pairs], perm[pairs : 2 * pairs]
 
 
+#: Fewer layers than this say too little in a Gram sketch to be worth its cost.
+MIN_GRAM_LAYERS = 3
+
+
 def gram_layers(n_layers: int, width: int, key: SketchKey) -> frozenset[int]:
     """The layers whose circuits enter the Gram sketch: all of them where they fit in the key's budget, else
     as many as fit, drawn by the key (the same for every model of one depth and width)."""
     fit = key.gram_bytes // (2 * 4 * width * width) if width else 0
     if fit >= n_layers:
         return frozenset(range(n_layers))
-    if fit < 1:
+    if fit < MIN_GRAM_LAYERS:
         return frozenset()
     return frozenset(int(i) for i in key.rng("gram layers", n_layers, width).choice(n_layers, fit, replace=False))
 
@@ -94,22 +99,23 @@ class CircuitAccumulator:
             self.gains[layer] = np.asarray(gain, dtype=np.float64).reshape(-1)
 
     def add(self, layer: int, role: str, matrix: np.ndarray) -> None:
-        """One projection, [out, in] as ``nn.Linear`` holds it, float32 or float64."""
-        d, at = self.head_dim, self._at
-        w = np.asarray(matrix, dtype=np.float64)
+        """One projection, [out, in] as ``nn.Linear`` holds it, in any dtype :func:`floats` decodes: only the
+        slices a sketch needs are decoded (all of it for a layer the Gram covers)."""
+        d, at, w = self.head_dim, self._at, matrix
         gain = self.gains.get(layer, np.ones(self.width))
         slot = self._layers.setdefault(layer, _Layer())
+        whole = layer in self._gram
         if role == "o":
             if w.shape[0] != self.width or w.shape[1] % d:
                 return
-            summed = w.reshape(self.width, -1, d)  # heads summed per KV group once V says how many groups
-            slot.o_rows = summed[at]
-            slot.o_side = summed if layer in self._gram else None
+            slot.o_rows = floats(w[at], np.float64).reshape(len(at), -1, d)  # heads summed once V tells the groups
+            slot.o_side = floats(w, np.float64).reshape(self.width, -1, d) if whole else None
         elif role in ("q", "k", "v"):
             if w.shape[1] != self.width or w.shape[0] % d:
                 return
-            folded = w.reshape(-1, d, self.width) * gain  # [heads, d, D], the gain folded into the inputs
-            cols, side = folded[:, :, at], folded if layer in self._gram else None
+            heads = w.shape[0] // d  # [heads, d, D], the gain folded into the inputs
+            cols = (floats(w[:, at], np.float64) * gain[at]).reshape(heads, d, len(at))
+            side = (floats(w, np.float64) * gain).reshape(heads, d, self.width) if whole else None
             if role == "v":
                 slot.v_cols, slot.v_side = cols, side
             elif role == "k":

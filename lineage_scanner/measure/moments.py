@@ -118,7 +118,7 @@ class Sketching:
         axis = part.axis if part.ranges else 0
         if self.layout.spec.transposed:  # GPT-2's Conv1D stores [in, out]
             group, axis = [g.T for g in group], 1 - axis
-        whole = floats(np.concatenate(group, axis=axis) if len(group) > 1 else group[0], np.float64)
+        whole = np.concatenate(group, axis=axis) if len(group) > 1 else group[0]
         if self.circuits is None:
             width = whole.shape[0] if part.role == "o" else whole.shape[1]
             self.circuits = CircuitAccumulator(width, self.layout.head_dim, self.key, self.layout.n_layers)
