@@ -128,40 +128,39 @@ class CircuitAccumulator:
 
     def _finish(self, layer: int) -> None:
         s = self._layers[layer]
+        pairs = len(self._at) // 2
+        i, j = np.arange(pairs), np.arange(pairs, 2 * pairs)
         if s.o_rows is not None and s.v_cols is not None:
             groups = s.v_cols.shape[0]
-            o_rows = _group_sum(s.o_rows, groups)
-            pairs = len(self._at) // 2
-            i, j = np.arange(pairs), np.arange(pairs, 2 * pairs)
-            forward = np.einsum("kgd,gdk->k", o_rows[i], s.v_cols[:, :, j])   # OV[i_k, j_k]
-            backward = np.einsum("kgd,gdk->k", o_rows[j], s.v_cols[:, :, i])  # OV[j_k, i_k]
-            self._entries[(layer, "ov")] = np.concatenate([forward, backward])
+            rows = _group_sum(s.o_rows, groups).reshape(2 * pairs, -1)  # [2P, groups·d]
+            cols = s.v_cols.reshape(-1, 2 * pairs).T  # [2P, groups·d]
+            # OV[i_k, j_k], then OV[j_k, i_k]: one dot product each
+            self._entries[(layer, "ov")] = np.concatenate([(rows[i] * cols[j]).sum(1), (rows[j] * cols[i]).sum(1)])
             if s.o_side is not None and s.v_side is not None:
-                o_side = _group_sum(s.o_side, groups)
-                self._units[(layer, "ov")] = np.einsum("pgd,gdq->pq", o_side, s.v_side).astype(np.float32)
+                o_side = _group_sum(s.o_side, groups).reshape(self.width, -1).astype(np.float32)
+                self._units[(layer, "ov")] = o_side @ s.v_side.reshape(-1, self.width).astype(np.float32)
             s.o_rows = s.v_cols = s.o_side = s.v_side = None
         if s.q_cols is not None and s.k_cols is not None:
             groups = s.k_cols.shape[0]
-            q_cols = _group_sum(s.q_cols, groups, axis=0)
-            pairs = len(self._at) // 2
-            i, j = np.arange(pairs), np.arange(pairs, 2 * pairs)
-            forward = np.einsum("gdk,gdk->k", q_cols[:, :, i], s.k_cols[:, :, j])   # QK[i_k, j_k]
-            backward = np.einsum("gdk,gdk->k", q_cols[:, :, j], s.k_cols[:, :, i])  # QK[j_k, i_k]
-            self._entries[(layer, "qk")] = np.concatenate([forward, backward])
+            q = _group_sum(s.q_cols, groups, axis=0).reshape(-1, 2 * pairs).T  # [2P, groups·d]
+            k = s.k_cols.reshape(-1, 2 * pairs).T
+            # QK[i_k, j_k], then QK[j_k, i_k]
+            self._entries[(layer, "qk")] = np.concatenate([(q[i] * k[j]).sum(1), (q[j] * k[i]).sum(1)])
             if s.q_side is not None and s.k_side is not None:
-                q_side = _group_sum(s.q_side, groups, axis=0)
-                self._units[(layer, "qk")] = np.einsum("gdp,gdq->pq", q_side, s.k_side).astype(np.float32)
+                q_side = _group_sum(s.q_side, groups, axis=0).reshape(-1, self.width).astype(np.float32)
+                self._units[(layer, "qk")] = q_side.T @ s.k_side.reshape(-1, self.width).astype(np.float32)
             s.q_cols = s.k_cols = s.q_side = s.k_side = None
 
     def parts(self) -> tuple[SketchPart, ...]:
-        """The circuit sketches: per layer whose circuits are complete, and the Gram of all of them."""
+        """The circuit sketches: per layer whose circuits are complete, and the Gram of all of them (units in
+        depth order, OV before QK in each layer)."""
         out = [SketchPart(layer, role, self.width, self.width, v.astype(np.float32), "circuit")
                for (layer, role), v in sorted(self._entries.items())]
         units = [v.reshape(-1) for _, v in sorted(self._units.items())]
         if len(units) >= 2:
             x = np.stack(units)
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(float).tiny)
-            cos = x @ x.T
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+            cos = (x @ x.T).astype(np.float64) / np.maximum(np.outer(norms, norms), np.finfo(float).tiny)
             n = len(units)
             out.append(SketchPart(-1, "units", n, n, cos[np.triu_indices(n, 1)].astype(np.float32), "circuit_gram"))
         return tuple(out)
