@@ -111,7 +111,8 @@ def test_a_forger_who_copies_whole_layers_gets_no_robust_circuit_evidence(base):
     stranger = base_model("s", "llama", 22, 12, hidden=128, n_heads=8, n_kv_heads=2)
     famous = base_model("f", "llama", 23, 12, hidden=128, n_heads=8, n_kv_heads=2)
     forged = attacks.as_float64(stranger, "forged")
-    forged.layers[3] = {**forged.layers[3], **{r: famous.layers[3][r].copy() for r in ("q", "k", "v", "o", "attn_norm")}}
+    copied = {r: famous.layers[3][r].copy() for r in ("q", "k", "v", "o", "attn_norm")}
+    forged.layers[3] = {**forged.layers[3], **copied}
     ev = circuit_evidence(circuit_parts(famous), circuit_parts(forged))
     assert ev.log10_p < -3 and ev.robust_log10_p > -2  # one layer of twelve: 8% of attention values
 

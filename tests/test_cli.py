@@ -10,6 +10,7 @@ import pytest
 
 from lineage_scanner.cli.main import build_parser, main
 from lineage_scanner.demo.zoo import read_truth
+from lineage_scanner.lineage.verdict import REPARAMETRISED, ROTATED
 from tests.conftest import write_llama
 
 
@@ -131,8 +132,7 @@ def test_demo(capsys, tmp_path):
     assert all(r["family_hit"] and r["verdict"] == "derived" for r in data["rows"])
     kinds = {"finetune": "fine-tune", "continued": "continued training", "pruned": "pruned or depth up-scaled",
              "moe_upcycle": "MoE upcycle", "quantized": "quantized copy",
-             "permuted": "possible evasion (permuted or rotated weights)",
-             "rotated": "rotated residual stream (possible evasion)"}
+             "permuted": REPARAMETRISED, "rotated": ROTATED}
     assert [r["kind"] for r in data["rows"]] == [kinds[r["relation"]] for r in data["rows"]]
     assert "derived" not in data["stranger_verdicts"]
     assert (tmp_path / "zoo" / "compare.png").is_file() and (tmp_path / "zoo" / "lineage.csv").is_file()

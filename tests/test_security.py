@@ -92,10 +92,10 @@ def test_an_unexpected_exception_is_an_internal_error_row(tmp_path, monkeypatch)
 
     real = build.measure
 
-    def exploding(reader, layout, backend, sample=None):
+    def exploding(reader, layout, backend, *rest):
         if "bad" in reader.path:
             raise KeyError("surprise")
-        return real(reader, layout, backend, sample)
+        return real(reader, layout, backend, *rest)
 
     monkeypatch.setattr(build, "measure", exploding)
     summary = run_batch([str(bad), str(good)], Store(tmp_path / "db"), progress=False)

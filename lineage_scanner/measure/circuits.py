@@ -99,31 +99,36 @@ class CircuitAccumulator:
             self.gains[layer] = np.asarray(gain, dtype=np.float64).reshape(-1)
 
     def add(self, layer: int, role: str, matrix: np.ndarray) -> None:
-        """One projection, [out, in] as ``nn.Linear`` holds it, in any dtype :func:`floats` decodes: only the
-        slices a sketch needs are decoded (all of it for a layer the Gram covers)."""
-        d, at, w = self.head_dim, self._at, matrix
-        gain = self.gains.get(layer, np.ones(self.width))
+        """One projection whole, [out, in] as ``nn.Linear`` holds it, in any dtype :func:`floats` decodes."""
+        sink = self.begin(layer, role, matrix.shape)
+        if sink is not None:
+            sink.take(0, matrix)
+            sink.close()
+
+    def begin(self, layer: int, role: str, shape: tuple[int, ...]) -> RowSink | None:
+        """A projection of ``shape`` ([out, in]) that arrives in blocks of rows (a tensor streamed through
+        memory); None where it cannot be a circuit's (its shape does not fit the model's width and heads)."""
+        rows, cols = shape
+        fits = (rows == self.width and cols % self.head_dim == 0) if role == "o" else \
+            (cols == self.width and rows % self.head_dim == 0)
+        if role not in ("q", "k", "v", "o") or not fits:
+            return None
+        return RowSink(self, layer, role, rows, cols, layer in self._gram)
+
+    def _store(self, layer: int, role: str, sliced: np.ndarray, whole: np.ndarray | None) -> None:
+        """A finished projection's slices (O: its rows at the matched coordinates; Q/K/V: its columns there,
+        the gain folded in) and, for the Gram, all of it."""
+        d = self.head_dim
         slot = self._layers.setdefault(layer, _Layer())
-        whole = layer in self._gram
-        if role == "o":
-            if w.shape[0] != self.width or w.shape[1] % d:
-                return
-            slot.o_rows = floats(w[at], np.float64).reshape(len(at), -1, d)  # heads summed once V tells the groups
-            slot.o_side = floats(w, np.float64).reshape(self.width, -1, d) if whole else None
-        elif role in ("q", "k", "v"):
-            if w.shape[1] != self.width or w.shape[0] % d:
-                return
-            heads = w.shape[0] // d  # [heads, d, D], the gain folded into the inputs
-            cols = (floats(w[:, at], np.float64) * gain[at]).reshape(heads, d, len(at))
-            side = (floats(w, np.float64) * gain).reshape(heads, d, self.width) if whole else None
-            if role == "v":
-                slot.v_cols, slot.v_side = cols, side
-            elif role == "k":
-                slot.k_cols, slot.k_side = cols, side
-            else:
-                slot.q_cols, slot.q_side = cols, side
-        else:
-            return
+        if role == "o":  # heads summed once V tells how many KV groups there are
+            slot.o_rows = sliced.reshape(len(self._at), -1, d)
+            slot.o_side = whole.reshape(self.width, -1, d) if whole is not None else None
+        else:  # [heads, d, columns]
+            heads = sliced.shape[0] // d
+            cols = sliced.reshape(heads, d, len(self._at))
+            side = whole.reshape(heads, d, self.width) if whole is not None else None
+            setattr(slot, f"{role}_cols", cols)
+            setattr(slot, f"{role}_side", side)
         self._finish(layer)
 
     def _finish(self, layer: int) -> None:
@@ -164,6 +169,39 @@ class CircuitAccumulator:
             n = len(units)
             out.append(SketchPart(-1, "units", n, n, cos[np.triu_indices(n, 1)].astype(np.float32), "circuit_gram"))
         return tuple(out)
+
+
+@dataclass
+class RowSink:
+    """One projection arriving in blocks of rows: keeps only what the circuit sketches need of each block
+    (O's rows at the matched coordinates, Q/K/V's columns there, everything for a layer the Gram covers)."""
+
+    owner: CircuitAccumulator
+    layer: int
+    role: str
+    rows: int
+    cols: int
+    whole: bool
+
+    def __post_init__(self):
+        at = self.owner._at
+        self._gain = self.owner.gains.get(self.layer, np.ones(self.owner.width))
+        self._sliced = np.zeros((len(at), self.cols) if self.role == "o" else (self.rows, len(at)))
+        self._all = np.zeros((self.rows, self.cols)) if self.whole else None
+
+    def take(self, first: int, block: np.ndarray) -> None:
+        """Rows ``first`` .. ``first + len(block)`` of the projection."""
+        at, last = self.owner._at, first + block.shape[0]
+        if self.role == "o":
+            here = (at >= first) & (at < last)
+            self._sliced[here] = floats(block[at[here] - first], np.float64)
+        else:
+            self._sliced[first:last] = floats(block[:, at], np.float64) * self._gain[at]
+        if self._all is not None:
+            self._all[first:last] = floats(block, np.float64) * (self._gain if self.role != "o" else 1.0)
+
+    def close(self) -> None:
+        self.owner._store(self.layer, self.role, self._sliced, self._all)
 
 
 def _group_sum(x: np.ndarray, groups: int, axis: int = 1) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from lineage_scanner.errors import NonFiniteError
 from lineage_scanner.layouts.resolve import Layout, Part
-from lineage_scanner.measure.circuits import CIRCUIT_ROLES, CircuitAccumulator
+from lineage_scanner.measure.circuits import CIRCUIT_ROLES, CircuitAccumulator, RowSink
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.kernels.stats import Moments
 from lineage_scanner.measure.records import ColumnSums, LayerStat, Measurement
@@ -119,10 +119,19 @@ class Sketching:
         if self.layout.spec.transposed:  # GPT-2's Conv1D stores [in, out]
             group, axis = [g.T for g in group], 1 - axis
         whole = np.concatenate(group, axis=axis) if len(group) > 1 else group[0]
+        sink = self.sink(part, whole.shape)
+        if sink is not None:
+            sink.take(0, whole)
+            sink.close()
+
+    def sink(self, part: Part, shape: tuple[int, int]) -> RowSink | None:
+        """Where a Q/K/V/O part ([out, in]) goes for the circuit sketches, block of rows by block of rows."""
+        if part.role not in CIRCUIT_ROLES or not self.layout.head_dim:
+            return None
         if self.circuits is None:
-            width = whole.shape[0] if part.role == "o" else whole.shape[1]
+            width = shape[0] if part.role == "o" else shape[1]
             self.circuits = CircuitAccumulator(width, self.layout.head_dim, self.key, self.layout.n_layers)
-        self.circuits.add(part.layer, part.role, whole)
+        return self.circuits.begin(part.layer, part.role, shape)
 
     def gain(self, layer: int, gain: np.ndarray) -> None:
         if self.circuits is None:
@@ -307,15 +316,20 @@ def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBack
     totals = {p: Moments() for p in parts}
     powers = {p: np.zeros((4, cols)) for p in parts if p.role in FOLDED_ROLES}
     wanted = {p: _sketch_rows(p, spans[p], cols, layout, sketches.key) for p in parts if p.role in SKETCHED_ROLES}
+    sinks = {p: sketches.sink(p, (sum(b - a for a, b in spans[p]), cols)) for p in parts}
     kept: dict[int, np.ndarray] = {}
     for first, block in reader.read_blocks(name):
         last = first + block.shape[0]
         for part in parts:
+            offset = 0  # rows of the part's matrix before this span
             for a, b in spans[part]:
                 lo, hi = max(a, first), min(b, last)
+                offset += b - a
                 if lo >= hi:
                     continue
                 segment = block[lo - first : hi - first]
+                if sinks[part] is not None:
+                    sinks[part].take(offset - (b - a) + lo - a, segment)
                 if part in powers:
                     ((partial, power),) = backend.partials_with_columns([segment], 1)
                 else:
@@ -328,6 +342,8 @@ def _streamed(reader: Reader, name: str, parts: list[Part], backend: MomentsBack
         del block
     out = []
     for part in parts:
+        if sinks[part] is not None:
+            sinks[part].close()
         out.append(_checked(info, part, totals[part]))
         size = sum(b - a for a, b in spans[part]) * cols
         if part in powers:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import os
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,9 +85,10 @@ class SketchKey:
 
     @classmethod
     def of_process(cls) -> SketchKey:
-        """The key of a scan that names none (no store behind it): random, drawn once per process, so that
-        what one process scans compares with itself and nothing else can aim at it."""
-        return _process_key()
+        """The key of a scan that names none (no store behind it): the operator's (``LINEAGE_SKETCH_KEY``),
+        else random, drawn once per process, so that what one process scans compares with itself and nothing
+        else can aim at it."""
+        return _process_key(os.environ.get(KEY_ENV) or None)
 
     @classmethod
     def from_hex(cls, text: str) -> SketchKey:
@@ -99,9 +101,13 @@ class SketchKey:
         return f"SketchKey(id={self.id})"
 
 
-@lru_cache(maxsize=1)
-def _process_key() -> SketchKey:
-    return SketchKey.fresh()
+#: The operator's key, in hex, for every store and every scan of this process (see lineage_scanner.store.key).
+KEY_ENV = "LINEAGE_SKETCH_KEY"
+
+
+@lru_cache(maxsize=2)
+def _process_key(given: str | None) -> SketchKey:
+    return SketchKey.from_hex(given) if given else SketchKey.fresh()
 
 
 @lru_cache(maxsize=4096)

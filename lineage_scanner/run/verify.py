@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from lineage_scanner.errors import LineageError, SourceError
-from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.sketch import SketchKey
-from lineage_scanner.readers.open import OpenedModel, open_source
-from lineage_scanner.signature.build import build
 from lineage_scanner.signature.record import Signature
+
+if TYPE_CHECKING:  # a verdict on stored signatures imports none of the scanning stack (torch, numba)
+    from lineage_scanner.measure.kernels import MomentsBackend
 
 VERIFY_RUNS = 256
 VERIFY_RUN = 16
@@ -58,6 +59,9 @@ def verification_key() -> SketchKey:
 def reread(sig: Signature, backend: MomentsBackend, key: SketchKey) -> Signature:
     """``sig``'s model read again in full under ``key``; an error if its source is gone or no longer holds the
     weights that were scanned (a local checkpoint changed since: its revision moved)."""
+    from lineage_scanner.readers.open import OpenedModel, open_source
+    from lineage_scanner.signature.build import build
+
     try:
         opened = open_source(sig.source)
     except LineageError as exc:

@@ -13,10 +13,9 @@ import contextlib
 import os
 
 from lineage_scanner.errors import StoreError
-from lineage_scanner.measure.sketch import SketchKey
+from lineage_scanner.measure.sketch import KEY_ENV, SketchKey
 
 KEY_FILE = "sketch.key"
-KEY_ENV = "LINEAGE_SKETCH_KEY"
 
 
 def store_key(store) -> SketchKey:
