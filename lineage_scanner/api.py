@@ -105,11 +105,16 @@ def catalog(store: Store, author: str | None = None, search: str | None = None, 
     return Catalog(entries, set(store.todo()), listing.refused, listing.where)
 
 
-def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Path | None = None) -> Comparison:
-    """The verdict on two models, against the store's null; with ``plot``, the evidence that decided drawn
-    above the seed method's curves."""
+def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Path | None = None,
+            verify: str = "auto") -> Comparison:
+    """The verdict on two models, against the store's null, deep-verified at fresh positions as ``verify``
+    says ("auto": when the stored evidence asks for it; "always"; "never": see
+    :func:`lineage_scanner.run.verify.judge`); with ``plot``, the evidence that decided drawn above the seed
+    method's curves."""
+    from lineage_scanner.run.verify import judge
+
     sig_a, sig_b = signature_for(a, store, backend), signature_for(b, store, backend)
-    v = decide(sig_a, sig_b, null_for(store, sig_a, sig_b))
+    v = judge(sig_a, sig_b, store, backend, verify)
     if plot:
         from lineage_scanner.report.plot import plot_evidence
 
@@ -118,11 +123,11 @@ def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Pat
     return Comparison(sig_a, sig_b, v)
 
 
-def report(a: str, b: str, store: Store, out: str | Path, backend: str = "auto") -> Comparison:
+def report(a: str, b: str, store: Store, out: str | Path, backend: str = "auto", verify: str = "auto") -> Comparison:
     """:func:`compare`, written to ``out`` as one self-contained HTML page."""
     from lineage_scanner.report.pair import pair_report
 
-    pair = compare(a, b, store, backend)
+    pair = compare(a, b, store, backend, verify=verify)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(pair_report(pair.a, pair.b, pair.verdict), encoding="utf-8")

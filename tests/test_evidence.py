@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lineage_scanner.lineage.score import align, evidence
-from lineage_scanner.lineage.verdict import decide, q_values
+from lineage_scanner.lineage.verdict import REPARAMETRISED, ROTATED, decide, q_values
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.run.scan import scan_strict
 from tests.helpers import judge
@@ -126,10 +126,10 @@ def test_zoo_verdicts(zoo):
             v = judge(sigs[e.model], sigs[e.parent])
             assert v.verdict == "derived", e.model
             kinds[e.relation] = v.kind
-    # the two evasions keep the function but move every weight: the curves catch the permuted heads, the
-    # Gram sketch the rotated residual stream, and each is named
-    assert kinds["permuted"] == "possible evasion (permuted or rotated weights)"
-    assert kinds["rotated"] == "rotated residual stream (possible evasion)"
+    # the two evasions keep the function but move every weight: the circuits' entries catch the permuted
+    # heads, their Gram the rotated residual stream, and each is named
+    assert kinds["permuted"] == REPARAMETRISED, kinds
+    assert kinds["rotated"] == ROTATED, kinds
     names = sorted(sigs)
     strangers = [judge(sigs[a], sigs[b]) for a in names for b in names if a < b and root[a] != root[b]]
     assert not [v for v in strangers if v.verdict == "derived"]
@@ -277,7 +277,9 @@ def test_store_null_from_unrelated_pairs_leaves_out_relatives(tmp_path):
     assert len(null.scores) + null.excluded == 78 - 1 and null.excluded == 2
     assert max(null.scores) < 0.95
     v = decide(_stored("base-5-again", noisy), sigs[5], null)
-    assert v.verdict == "derived" and v.null.source == "store" and v.p_value >= v.p_null
+    # curves alone can be forged: related curves keep a pair from "unrelated", never make it "derived"
+    assert v.verdict == "inconclusive" and "curves" in v.conflict
+    assert v.null.source == "store" and v.p_curves >= v.p_null and v.p_curves < 1e-3
 
 
 def test_store_null_needs_many_families_not_just_many_pairs(tmp_path):

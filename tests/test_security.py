@@ -60,6 +60,24 @@ def test_sql_reads_only_the_store(capsys, db, tmp_path, query, problem):
     assert sorted(p for p in Path(db).rglob("*")) == before and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("query, limit, problem", [
+    ("SELECT count(*) FROM range(1e11::BIGINT)", ("--timeout", "2"), "time limit of 2 s"),
+    ("SELECT length(repeat('a', 3000000000))", ("--memory-limit", "512MB"), "memory limit of 0.5 GiB"),
+    ("SELECT list(range) FROM range(300000000)", ("--memory-limit", "512MB"), "memory limit of 0.5 GiB"),
+])
+def test_sql_stops_at_its_limits(db, query, limit, problem):
+    """A query that would run for hours, or take gigabytes (one string DuckDB's own limit does not track
+    among them), stops at its limit with a one-line error, in bounded time and memory."""
+    report = ("import sys; from lineage_scanner.cli.main import main; code = main(sys.argv[1:]); "
+              "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1], file=sys.stderr); "
+              "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", report, "sql", query, "--db", db, *limit], capture_output=True,
+                          text=True, timeout=60)
+    *lines, rss = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and done.stdout == "" and len(lines) == 1 and problem in lines[0], done.stderr
+    assert lines[0].startswith("Error: ") and int(rss) << 10 < 1 << 30  # VmHWM, in KiB
+
+
 def test_sql_select_explain_and_bound_parameters(capsys, db, zoo):
     model = zoo[0].model
     code, out, _ = run(capsys, "sql", "SELECT model FROM signatures WHERE model = ?", "-p", model, "--db", db, "--json")
@@ -93,10 +111,10 @@ def test_an_unexpected_exception_is_an_internal_error_row(tmp_path, monkeypatch)
 
     real = build.measure
 
-    def exploding(reader, layout, backend, sample=None):
+    def exploding(reader, layout, backend, *rest):
         if "bad" in reader.path:
             raise KeyError("surprise")
-        return real(reader, layout, backend, sample)
+        return real(reader, layout, backend, *rest)
 
     monkeypatch.setattr(build, "measure", exploding)
     summary = run_batch([str(bad), str(good)], Store(tmp_path / "db"), progress=False)

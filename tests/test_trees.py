@@ -74,8 +74,8 @@ def test_closeness_is_the_mean_r_of_the_weights_and_orders_a_chain():
 
 
 def test_tiers_never_mix():
-    assert Closeness(0.2, "weights").distance < Closeness(0.9999, "v-gram").distance
-    assert Closeness(0.9999, "v-gram").distance < Closeness(1.0, "curves").distance <= 2 * TIER_STEP
+    assert Closeness(0.2, "weights").distance < Closeness(0.9999, "circuits").distance
+    assert Closeness(0.9999, "circuits").distance < Closeness(1.0, "curves").distance <= 2 * TIER_STEP
     assert math.isfinite(Closeness(math.nan, "curves").distance)
 
 

@@ -79,7 +79,7 @@ def cmd_catalog(args) -> int:
 def cmd_compare(args) -> int:
     from lineage_scanner import api
 
-    pair = api.compare(args.a, args.b, _store(args), args.backend, plot=args.plot)
+    pair = api.compare(args.a, args.b, _store(args), args.backend, plot=args.plot, verify=args.verify)
     a, b, v = pair.a, pair.b, pair.verdict
     if args.json:
         print_json(v.to_dict())
@@ -95,7 +95,7 @@ def cmd_report(args) -> int:
     from lineage_scanner import api
 
     out = Path(args.out)
-    v = api.report(args.a, args.b, _store(args), out, args.backend).verdict
+    v = api.report(args.a, args.b, _store(args), out, args.backend, args.verify).verdict
     if args.json:
         print_json({"report": str(out), **v.to_dict()})
     else:
@@ -130,10 +130,10 @@ def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
 
 
 def cmd_sql(args) -> int:
-    from lineage_scanner.store.sql import run_sql
+    from lineage_scanner.store.sql import SqlLimits, run_sql
 
     query = args.query if args.query not in (None, "-") else sys.stdin.read()
-    columns, rows = run_sql(_store(args), query, sql_params(args.param))
+    columns, rows = run_sql(_store(args), query, sql_params(args.param), SqlLimits(args.timeout, args.memory_limit))
     if args.json:
         print_json([dict(zip(columns, r)) for r in rows])
     elif args.csv:

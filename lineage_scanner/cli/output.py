@@ -119,24 +119,38 @@ def _branches(parent: str, children: dict[str, list[str]], edge: dict, indent: s
 
 
 def compare_lines(a, b, v) -> list[str]:
-    """``lineage compare``'s report of verdict ``v`` on signatures ``a`` and ``b``: the verdict, the test
-    that decided, then each kind of evidence, every p-value written out (see
-    :func:`lineage_scanner.printable.pvalue`)."""
-    from lineage_scanner.lineage.verdict import ROTATED
-
+    """``lineage compare``'s report of verdict ``v`` on signatures ``a`` and ``b``: the verdict, what decided,
+    every channel's finding (and where channels disagree), what deep verification read, then each kind of
+    evidence, every p-value written out (see :func:`lineage_scanner.printable.pvalue`)."""
     lines = [f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)",
              f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}",
              f"decided by   {_decider(v)}"]
+    for ch in v.channels:
+        robust = "" if ch.robust_log10_p is None else f" (robust: {p_is(None, ch.robust_log10_p)})"
+        found = "" if ch.log10_p is None else f", {p_is(None, ch.log10_p)}{robust}"
+        lines.append(f"  {ch.name:<13}{ch.says}{found}; {ch.null} null; {ch.note}")
+    if v.conflict:
+        lines.append(f"disagreement {v.conflict}")
+    if v.verification:
+        ver = v.verification
+        lines.append("verified     " + (
+            f"read again under a fresh key ({ver['values_per_matrix']} values per matrix, "
+            f"{ver['bytes_read'] / 1e6:.1f} MB, {ver['seconds']:.1f} s); the stored evidence said "
+            f"{ver['stored_verdict']}" if ver.get("ran") else f"not possible: {ver['why']}"))
     s = v.sketch
     if s is None:
         lines.append("sketch       does not apply: no attention matrix has the same shape in both")
     else:
-        gram = "" if s.gram_log10_p is None else f"; V Gram {p_is(None, s.gram_log10_p)}"
         lines.append(f"sketch       |r| = {s.score:.4f} over {plural(len(s.pairing), 'layer pair')} "
-                     f"(channels {', '.join(s.roles)}), {p_is(None, s.log10_p)}{gram}")
-        if v.verdict == "derived" and v.decided_by == "sketch" and not s.in_order:
-            pairs = s.gram_pairing if v.kind == ROTATED else s.pairing
-            lines.append(f"  layers paired ({a.model} -> {b.model}): " + ", ".join(f"{i}->{j}" for i, j in pairs))
+                     f"(channels {', '.join(s.roles)}), {p_is(None, s.log10_p)}")
+        if v.verdict == "derived" and not s.in_order:
+            lines.append(f"  layers paired ({a.model} -> {b.model}): "
+                         + ", ".join(f"{i}->{j}" for i, j in s.pairing))
+    c = v.circuits
+    if c is not None:
+        gram = "" if c.gram_r is None else f"; their Gram r = {c.gram_r:.4f}, {p_is(None, c.gram_log10_p)}"
+        lines.append(f"circuits     r = {fmt(c.score)} (weakest layer {fmt(c.weakest)}) over "
+                     f"{plural(len(c.pairing), 'layer pair')}, {p_is(None, c.log10_p)}{gram}")
     surrogate = ("not run: the reference null alone puts the pair among unrelated ones"
                  if v.evidence.surrogate_p is None else fmt_p(v.evidence.surrogate_p))
     null = f"{plural(v.null_size, 'unrelated pair')} from the {v.null.source} null" if v.null else "no reference null"
@@ -154,11 +168,9 @@ def compare_lines(a, b, v) -> list[str]:
 
 
 def _decider(v) -> str:
-    from lineage_scanner.lineage.verdict import ROTATED
-
-    if v.decided_by == "sketch":
-        which = "V Gram randomisation test" if v.kind == ROTATED else "exact test of the values"
-        return f"the weight sketch ({which}), {p_is(v.p_value, v.log10_p)}"
-    if v.decided_by == "curves":
-        return f"the feature curves, {p_is(v.p_value)}"
-    return "nothing: no evidence applies"
+    names = {"sketch": "the weight sketch's exact test of the values", "circuits": "the circuit sketches' exact test",
+             "circuit gram": "the circuits' Gram (invariant to a rotated residual stream)",
+             "curves": "the feature curves"}
+    if v.decided_by is None:
+        return "nothing: no unforgeable evidence is firm"
+    return f"{names.get(v.decided_by, v.decided_by)}, {p_is(v.p_value, v.log10_p)}"

@@ -11,12 +11,13 @@ it, on the scale of that evidence:
   all of them, not a median of layer means: the parent of a continued-training child beats the child's
   sibling fine-tune by about 0.0012 in r, which a median over 12 layers barely resolves and a mean over
   48 matrices of 400 values resolves at about ten standard errors.
-- ``v-gram``: where only the V Gram sketches tie the pair (a rotated residual stream), their mean |r|
-  over the layers that test paired.
-- ``curves``: where only the feature curves do (a permuted copy, other widths), the curve score.
+- ``circuits``: where the values do not tie the pair but the circuit sketches do (a copy reparametrised
+  by a map that keeps its outputs), the circuits' median r over paired layers; the Gram sketches' r where
+  only they do (a rotated residual stream).
+- ``curves``: where only the feature curves do (other widths), the curve score.
 
 The three scales are not comparable, so a distance carries its tier: any relative tied by the weights
-is nearer than one tied only by Gram sketches, which is nearer than one tied only by curves. Within a
+is nearer than one tied only by circuits, which is nearer than one tied only by curves. Within a
 tier the distance is -log r, which adds up along a chain of independent changes (r multiplies).
 """
 
@@ -27,11 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lineage_scanner.lineage.sketch import TESTED_GRAM, SketchEvidence
-from lineage_scanner.lineage.verdict import SKETCH_DERIVED_P
+from lineage_scanner.lineage.circuits import CircuitEvidence
+from lineage_scanner.lineage.sketch import SketchEvidence
+from lineage_scanner.lineage.verdict import LOG10_DERIVED
 
 #: Tiers of evidence, nearest first; a distance is the tier's offset plus -log r within it.
-TIERS = ("weights", "v-gram", "curves")
+TIERS = ("weights", "circuits", "curves")
 #: Far above any -log r a derivation leaves (a continued-training child: 0.05), so tiers never mix.
 TIER_STEP = 10.0
 #: Closeness is clipped here before its log: a pair whose evidence gives nothing usable sits at the far end.
@@ -56,17 +58,19 @@ class Closeness:
         return TIERS.index(self.evidence) * TIER_STEP - math.log(min(max(value, FLOOR), 1.0))
 
 
-def closeness(a, b, sketch: SketchEvidence | None, curve_score: float) -> Closeness:
-    """The closeness of signatures ``a`` and ``b`` (each with its ``sketch`` parts) from their sketch
-    evidence (None where no shape is shared) and their curve score."""
-    if sketch is not None and sketch.log10_p <= math.log10(SKETCH_DERIVED_P):
+def closeness(a, b, sketch: SketchEvidence | None, curve_score: float,
+              circuits: CircuitEvidence | None = None) -> Closeness:
+    """The closeness of signatures ``a`` and ``b`` (each with its ``sketch`` parts) from their value sketch
+    evidence (None where no shape is shared), their circuit evidence and their curve score."""
+    if sketch is not None and sketch.log10_p <= LOG10_DERIVED:
         value = _mean_abs_r(a.sketch, b.sketch, sketch.pairing, sketch.roles)
         if math.isfinite(value):
             return Closeness(value, "weights")
-    if sketch is not None and sketch.gram_log10_p is not None and sketch.gram_log10_p <= math.log10(SKETCH_DERIVED_P):
-        value = _mean_abs_r(a.sketch, b.sketch, sketch.gram_pairing, (TESTED_GRAM,))
-        if math.isfinite(value):
-            return Closeness(value, "v-gram")
+    if circuits is not None:
+        if circuits.log10_p <= LOG10_DERIVED and math.isfinite(circuits.score):
+            return Closeness(abs(circuits.score), "circuits")
+        if circuits.gram_r is not None and circuits.gram_log10_p is not None and circuits.gram_log10_p <= LOG10_DERIVED:
+            return Closeness(abs(circuits.gram_r), "circuits")
     return Closeness(curve_score if math.isfinite(curve_score) else FLOOR, "curves")
 
 
@@ -104,7 +108,7 @@ def measured(a, b) -> tuple[Closeness, Grid] | None:
 
 def channel_grid(a_parts, b_parts, channels) -> Grid | None:
     """Mean |r| of every layer pair over those of ``channels`` that have one matrix shape in both sketches
-    (values, or a Gram channel such as ``v:gram``); None where none has."""
+    (values, or a circuit channel such as ``ov:circuit``); None where none has."""
     shared = [c for c in channels if len(_shapes(a_parts, c)) == 1 and _shapes(a_parts, c) == _shapes(b_parts, c)]
     if not shared:
         return None

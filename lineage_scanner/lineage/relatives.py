@@ -44,7 +44,8 @@ class Relative:
                 "closeness_evidence": self.closeness.evidence if self.closeness else None,
                 "score": v.evidence.score, "sketch_score": v.sketch.score if v.sketch else None,
                 "decided_by": v.decided_by, "p_value": v.p_value, "log10_p": v.log10_p, "q_value": q_value,
-                "verdict": v.verdict, "kind": v.kind, "paper_score": v.paper.score}
+                "verdict": v.verdict, "kind": v.kind, "paper_score": v.paper.score,
+                "disagreement": v.conflict}
 
 
 def rank(query, candidates: list, verdicts: list[Verdict]) -> list[Relative]:

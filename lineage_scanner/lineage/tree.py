@@ -64,7 +64,7 @@ class Link:
         s = verdict.sketch
         typical = float(np.median(s.r)) if s is not None and s.r else None
         return cls(a.model, b.model, verdict.kind, verdict.p_value, verdict.log10_p,
-                   closeness(a, b, s, verdict.evidence.score),
+                   closeness(a, b, s, verdict.evidence.score, verdict.circuits),
                    direction(a, b, s.grid if s is not None else None, typical))
 
     @classmethod

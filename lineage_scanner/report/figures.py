@@ -4,9 +4,8 @@ Each ``draw_*`` function fills a matplotlib (sub)figure, so one drawing serves a
 composite and an inline SVG of the HTML report alike:
 
 - :func:`draw_sketch`: the same-shape test, the mean |r| of every layer pair as a heat map with the
-  layer pairing marked, and each channel's median |r| (values tested, Gram sketches beside them); where
-  the V Gram test decided (a rotated residual stream, whose values correlate nowhere), the heat map is of
-  the V Gram sketches and the pairing that test chose.
+  layer pairing marked, and each channel's median |r|; where the circuits decided (a copy reparametrised
+  so that its values correlate nowhere), the heat map is of the circuit sketches and their pairing.
 - :func:`draw_features`: the invariant feature curves the curve score used, both models z-scored over
   depth, with the alignment's layer pairs joined.
 - :func:`draw_seed`: the seed method's per-role std curves, for reference.
@@ -27,10 +26,12 @@ import numpy as np
 from lineage_scanner.curves import zscore
 from lineage_scanner.layouts.families import CURVE_ROLES
 from lineage_scanner.lineage.closeness import channel_grid
-from lineage_scanner.lineage.sketch import TESTED_GRAM
-from lineage_scanner.lineage.verdict import ROTATED
 from lineage_scanner.measure.sketch import SKETCH_RUN, SKETCH_RUNS
 from lineage_scanner.printable import p_is, printable
+
+#: The circuit channels a figure draws, and the tests that read them.
+CIRCUIT_CHANNELS = ("ov:circuit", "qk:circuit")
+CIRCUIT_TESTS = ("circuits", "circuit gram")
 
 #: How each model of a figure is drawn: the second dashed with open markers, over the first.
 STYLES = ({"linestyle": "-", "marker": "o"}, {"linestyle": "--", "marker": "s", "markerfacecolor": "none"})
@@ -55,16 +56,21 @@ def close(fig) -> None:
 
 def draw_sketch(fig, verdict, a=None, b=None) -> None:
     """The sketch's layer-pair correlations (heat map, pairing as circles) and its channels (bars); with
-    the signatures ``a`` and ``b`` of a rotated copy (kind ROTATED), the V Gram sketches' instead."""
-    s = verdict.sketch
+    the signatures ``a`` and ``b`` of a pair the circuits decided, the circuit sketches' instead."""
+    s, c = verdict.sketch, verdict.circuits
     heat, bars = fig.subplots(1, 2, width_ratios=[3, 2])
-    gram = channel_grid(a.sketch, b.sketch, (TESTED_GRAM,)) if verdict.kind == ROTATED and a and b else None
-    if gram is not None:
-        grid, layers, pairing = gram.grid, (gram.layers_a, gram.layers_b), s.gram_pairing
-        what, title = "V Gram sketches", f"V Gram sketches: {p_is(None, s.gram_log10_p)} (randomisation)"
-    else:
+    by_circuits = a is not None and b is not None and c is not None and verdict.decided_by in CIRCUIT_TESTS
+    found = channel_grid(a.sketch, b.sketch, CIRCUIT_CHANNELS) if by_circuits else None
+    if found is not None:
+        grid, layers, pairing = found.grid, (found.layers_a, found.layers_b), c.pairing
+        gram = "" if c.gram_r is None else f"; Gram r {c.gram_r:.3f}, {p_is(None, c.gram_log10_p)}"
+        what, title = "OV/QK circuit entries", f"circuit sketches: {p_is(None, c.log10_p)}{gram}"
+    elif s is not None and s.grid is not None:
         grid, layers, pairing = s.grid, s.layers, s.pairing
         what, title = "Q/K/V/O values", f"weight sketch: {p_is(None, s.log10_p)} (exact, values)"
+    else:  # circuits without a layer grid both models share (read from stored ids alone)
+        grid, layers, pairing = np.zeros((1, 1)), ((), ()), ()
+        what, title = "nothing drawable", "no layer grid both models share"
     image = heat.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto",
                         interpolation="nearest")
     fig.colorbar(image, ax=heat, label=f"mean |r| over {what}")
@@ -76,19 +82,24 @@ def draw_sketch(fig, verdict, a=None, b=None) -> None:
     heat.set_xlabel(f"layer of {_short(verdict.b)}")
     heat.set_ylabel(f"layer of {_short(verdict.a)}")
     heat.set_title(f"{title}; circles: the layer pairing", fontsize=10)
-    channels = sorted(s.per_channel or {}, key=lambda c: (":" in c, c))
-    values = [(s.per_channel or {})[c] for c in channels]
-    colors = ["tab:blue" if ":" not in c else "tab:grey" for c in channels]
-    bars.barh(range(len(channels)), values, color=colors)
+    per_channel = (s.per_channel if s is not None else None) or {}
+    channels = sorted(per_channel)
+    bars.barh(range(len(channels)), [per_channel[ch] for ch in channels], color="tab:blue")
     bars.set_yticks(range(len(channels)), [c.upper() for c in channels])
     bars.invert_yaxis()
     bars.set_xlim(0, 1)
     bars.axvline(2.0 / math.sqrt(SKETCH_RUNS * SKETCH_RUN), color="tab:red", linewidth=0.8, linestyle="--",
                  label="~2σ if unrelated")
-    bars.set_xlabel("median |r| (blue: tested, grey: Gram)")
-    gram_p = "" if s.gram_log10_p is None else f"; V Gram {p_is(None, s.gram_log10_p)}"
-    bars.set_title(f"per channel{gram_p}", fontsize=10)
+    bars.set_xlabel("median |r| of the values")
+    bars.set_title("per channel" if s is None else f"per channel: values {p_is(None, s.log10_p)}", fontsize=10)
     bars.legend(loc="upper right", bbox_to_anchor=(1.0, -0.16), fontsize=7, frameon=False)
+
+
+def sketch_drawn(verdict) -> bool:
+    """Whether a weight test decided and there is a grid of layer pairs to draw for it."""
+    s = verdict.sketch
+    return (verdict.decided_by == "sketch" and s is not None and s.grid is not None) or (
+        verdict.decided_by in CIRCUIT_TESTS and verdict.circuits is not None)
 
 
 def draw_features(fig, a, b, verdict) -> None:
@@ -155,9 +166,9 @@ def _legend(fig, ax) -> None:
 
 
 def draw_deciding(fig, a, b, verdict) -> None:
-    """The evidence the verdict rests on: the sketch's test that decided (values, or V Gram), else the
+    """The evidence the verdict rests on: the weight test that decided (values, or circuits), else the
     feature curves."""
-    if verdict.decided_by == "sketch" and verdict.sketch is not None and verdict.sketch.grid is not None:
+    if sketch_drawn(verdict):
         draw_sketch(fig, verdict, a, b)
     else:
         draw_features(fig, a, b, verdict)

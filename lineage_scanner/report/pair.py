@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 import shlex
 
-from lineage_scanner.lineage.verdict import ROTATED
 from lineage_scanner.printable import p_is, pvalue
-from lineage_scanner.report.figures import draw_features, draw_seed, draw_sketch, new_figure, svg
+from lineage_scanner.report.figures import draw_features, draw_seed, draw_sketch, new_figure, sketch_drawn, svg
 from lineage_scanner.report.page import esc, page, table
 
 
@@ -75,11 +74,22 @@ def _confidence(v) -> list[tuple[str, str]]:
         rows.append(("weight sketch (values)", esc(f"median |r| {_num(s.score)} over {pairs}, "
                                                    f"{p_is(None, s.log10_p)}: exact null, self-normalised per "
                                                    "position")))
-        if s.gram_log10_p is not None:
-            rows.append(("weight sketch (V Gram)", esc(f"{p_is(None, s.gram_log10_p)}: randomisation over "
-                                                       "V's row signs")))
     else:
         rows.append(("weight sketch", "does not apply: no attention matrix has the same shape in both"))
+    c = v.circuits
+    if c is not None:
+        gram = "" if c.gram_r is None else (f"; their Gram (unchanged by a rotated residual stream) r "
+                                            f"{_num(c.gram_r)}, {p_is(None, c.gram_log10_p)}")
+        rows.append(("circuit sketches", esc(f"OV/QK entries r {_num(c.score)} over {len(c.pairing)} layer pairs, "
+                                             f"{p_is(None, c.log10_p)} (robust {p_is(None, c.robust_log10_p)}): "
+                                             f"exact null, sign symmetry{gram}")))
+    if v.conflict:
+        rows.append(("disagreement", esc(v.conflict)))
+    if v.verification:
+        ver = v.verification
+        rows.append(("verified", esc(f"read again under a fresh key: {ver['values_per_matrix']} values per matrix, "
+                                     f"{ver['bytes_read'] / 1e6:.1f} MB; the stored evidence said "
+                                     f"{ver['stored_verdict']}" if ver.get("ran") else f"not possible: {ver['why']}")))
     null = f"{v.null_size} unrelated pairs from the {v.null.source} null" if v.null else "no reference null"
     surrogate = ("not run: the reference null alone puts the pair among unrelated ones"
                  if v.evidence.surrogate_p is None else p_is(v.evidence.surrogate_p))
@@ -91,26 +101,25 @@ def _confidence(v) -> list[tuple[str, str]]:
 
 
 def _test_name(v) -> str:
-    if v.decided_by == "sketch" and v.sketch is not None:
-        if v.kind == ROTATED:
-            return "the weight sketch's V Gram test (exact: randomisation over V's row signs)"
-        return "the weight sketch's same-shape test (exact null: independent weights)"
-    if v.decided_by == "curves":
-        return "the feature curves (reference null and surrogates)"
-    return "nothing: no evidence applies"
+    names = {"sketch": "the weight sketch's same-shape test (exact null: independent weights)",
+             "circuits": "the circuit sketches' exact test (outputs a reparametrisation keeps)",
+             "circuit gram": "the circuits' Gram (unchanged by a rotated residual stream; calibrated null)",
+             "curves": "the feature curves (reference null and surrogates)"}
+    return names.get(v.decided_by, "nothing: no unforgeable evidence is firm")
 
 
 def _deciding(a, b, v) -> str:
-    if v.decided_by == "sketch" and v.sketch is not None and v.sketch.grid is not None:
+    if sketch_drawn(v):
         return _sketch_figure(v, a, b)
     return _features_figure(a, b, v)
 
 
 def _other(a, b, v) -> str:
-    """The evidence that did not decide: the curves (and for a rotated copy, the values too), or the
-    sketch where the curves decided."""
-    if v.decided_by == "sketch":
-        values = _sketch_figure(v) if v.kind == ROTATED else ""
+    """The evidence that did not decide: the curves (and where the circuits decided, the values too), or
+    the sketch where the curves decided."""
+    if sketch_drawn(v):
+        values = _sketch_figure(v) if v.decided_by != "sketch" and v.sketch is not None and v.sketch.grid is not None \
+            else ""
         return values + _features_figure(a, b, v)
     if v.sketch is not None and v.sketch.grid is not None:
         return _sketch_figure(v)
@@ -118,13 +127,13 @@ def _other(a, b, v) -> str:
 
 
 def _sketch_figure(v, a=None, b=None) -> str:
-    """The sketch's figure: of the values, or with ``a`` and ``b`` of a rotated copy, of the V Gram
-    sketches (the test that decided it)."""
+    """The sketch's figure: of the values, or with ``a`` and ``b`` of a pair the circuits decided, of the
+    circuit sketches."""
     fig = new_figure(11, 4.8)
     draw_sketch(fig, v, a, b)
-    what = ("the V Gram sketches (inner products of V's anchor rows, which a rotation of the residual stream "
-            "keeps)" if a is not None and v.kind == ROTATED else
-            "the weight sketches (values at positions fixed by the matrix shape)")
+    what = ("the circuit sketches (OV and QK entries, which every map that keeps a model's outputs keeps)"
+            if a is not None and v.decided_by != "sketch" else
+            "the weight sketches (values at positions the store's secret key chose)")
     return _figure(svg(fig), f"Left: mean |r| of {what} for every pair of layers; circles mark the pairing the "
                              "test chose. Right: each channel's median |r|; models trained apart sit near 0, "
                              "derived ones near 1.")

@@ -24,8 +24,9 @@ from lineage_scanner.signature.record import EMBED_DIM, FEATURES, Signature
 #: 5: layers.folded_kurtosis, invariants.fkurt_q/k/v; 6: signatures.layout_source, format names the
 #: quantization scheme and family the architecture for GGUF files too; 7: signatures.sketch and
 #: invariant_se, layers.kurtosis_se; 8: signatures.files, weights_digest, content_digest, identical_to;
-#: 9: signatures.reason
-SCHEMA_VERSION = 9
+#: 9: signatures.reason; 10: signatures.sketch_key, sketches at a store's keyed positions with circuit sketches
+#: beside them
+SCHEMA_VERSION = 10
 
 #: storage kind -> DuckDB type; the Arrow type of each kind is in :func:`_arrow_type`
 DUCKDB_TYPES = {

@@ -170,11 +170,11 @@ class Store:
     # ---- reading --------------------------------------------------------------------------------------
 
     def connect(self, database: str = ":memory:", sandbox: bool = False, for_query: str | None = None,
-                edges=None) -> duckdb.DuckDBPyConnection:
+                edges=None, memory_limit: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the store's views (see :func:`lineage_scanner.store.views.open_views`);
         ``edges``: a graph run not stored (a read-only store) that the ``edges`` view shows instead."""
         return open_views(self.data, self.health, database, sandbox, for_query,
-                          None if edges is None else edge_rows(edges))
+                          None if edges is None else edge_rows(edges), memory_limit)
 
     def todo(self, limit: int | None = None) -> list[str]:
         """``hf://model@sha`` sources listed in the catalog and not yet scanned: those deferred by a spent Hub

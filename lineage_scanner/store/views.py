@@ -87,12 +87,14 @@ def needed(names: set[str]) -> set[str]:
 
 
 def open_views(files: Files, health: Health, database: str = ":memory:", sandbox: bool = False,
-               for_query: str | None = None, edges: list[dict] | None = None) -> duckdb.DuckDBPyConnection:
+               for_query: str | None = None, edges: list[dict] | None = None, memory_limit: int | None = None
+               ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the store's views defined (as temporary views: ``database`` may be a file
     that is being filled, and never keeps them); only those ``for_query`` names (and what they read), if
     given. ``sandbox``: then locked so that only the store's data files can be read and nothing written
     (see :mod:`lineage_scanner.store.sql`). ``edges``: rows the ``edges`` table holds instead of its
-    files (a graph run that a read-only store could not take)."""
+    files (a graph run that a read-only store could not take). ``memory_limit``: DuckDB's, in bytes, set
+    before the sandbox locks the configuration."""
     import duckdb
 
     con = duckdb.connect(database, config={"autoinstall_known_extensions": False,
@@ -111,6 +113,8 @@ def open_views(files: Files, health: Health, database: str = ":memory:", sandbox
         con.execute("SET allowed_directories = ?", [[]])
         con.execute("SET enable_external_access = false")
         con.execute("SET python_enable_replacements = false")  # no Python object in reach but the views
+        if memory_limit is not None:
+            con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
         con.execute("SET lock_configuration = true")
     return con
 
