@@ -9,8 +9,9 @@ rescaled (Q·a, K/a, V·b, O/b), norm-folded, heads permuted, residual stream ro
 
 Trained (bench/tiny_train.py): twelve llama-style bases trained from scratch on this CPU with one recipe
 and one corpus, different seeds; four of them with a real fine-tune and a real continued pre-training,
-and from those: a GPTQ copy and a Q4_0 GGUF of the base, the fine-tune rescaled, the continued model
-pruned, the base norm-folded; and five BERT-style encoders of different depths and widths (4-12 layers,
+grandchildren (a fine-tune of each of those, paired here with the base, their ancestor), and from those:
+a GPTQ copy and a Q4_0 GGUF of the base, the fine-tune rescaled, the continued model pruned, the base
+norm-folded; and five BERT-style encoders of different depths and widths (4-12 layers,
 hidden 64-128), trained apart, two with a real fine-tune. Training takes ~90 minutes on 2 cores the first
 time; checkpoints are kept under --trained.
 
@@ -104,7 +105,8 @@ def build(out: Path, trained: Path, trained_bases: int, trained_strangers: int
         family = ensure_family(trained, seed)
         base = family["base"]
         paths[base.name] = str(trained / base.name)
-        for relation in ("finetune", "continued"):
+        for relation in ("finetune", "continued", "continued-finetune", "finetune-finetune"):
+            # children and grandchildren, each paired with the base (its ancestor) as every row here is
             paths[family[relation].name] = str(trained / family[relation].name)
             truth.append((family[relation].name, base.name, f"trained {relation}"))
         made = [

@@ -1,19 +1,23 @@
-"""Small llama-style models actually trained on this CPU, for the accuracy benchmark's hardest negatives.
+"""Small llama-style models actually trained on this CPU, for the accuracy and tree benchmarks.
 
 Generated curves can make unrelated models too easy to tell apart. These are real: one architecture,
 one recipe and one corpus, different seeds; each base gets children by real further training (a short
-fine-tune on other text, a long continued pre-training on a third corpus). The corpus is the Python
-standard library's source, bytes as tokens, split three ways by file name, so everything runs offline.
+fine-tune on other text, a long continued pre-training on a third corpus) and grandchildren (a fine-tune
+of the continued model, a second fine-tune of the fine-tune), so a family is a tree two generations deep,
+as on the Hub. The corpus is the Python standard library's source, bytes as tokens, split three ways by
+file name, so everything runs offline.
 
 Encoders too (BERT-style, masked-byte prediction): five shapes from 4 to 12 layers and hidden 64 to 128,
 each trained from scratch, two of them fine-tuned.
 
     python bench/tiny_train.py --out bench/data/trained --bases 4 --strangers 8 --encoders  # for bench/accuracy.py
+    python bench/tiny_train.py --out bench/data/trained --bases 2 --strangers 2             # for bench/trees.py
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -30,6 +34,8 @@ from torch import nn
 from lineage_scanner.lineage.generator import ToyModel
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN, VOCAB, CONTEXT = 96, 4, 2, 10, 256, 256, 64
+#: Progress lines, shown as they happen even when the output is a file.
+LOG = functools.partial(print, flush=True)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class Recipe:
 PRETRAIN = Recipe(700, 3e-3, 0)
 FINETUNE = Recipe(120, 5e-4, 1)
 CONTINUED = Recipe(600, 2e-3, 2)
+#: A fine-tune of a fine-tune, on the third corpus (what the first fine-tune did not see).
+SECOND_FINETUNE = Recipe(120, 5e-4, 2)
 
 
 def corpus(part: int, limit: int = 8 << 20) -> torch.Tensor:
@@ -145,32 +153,47 @@ def as_toy(model: TinyLlama, name: str) -> ToyModel:
     return toy
 
 
-def trained_family(seed: int, children: bool = True, log=print) -> dict[str, ToyModel]:
-    """A base trained from scratch with ``seed`` and (``children``) its two trained children: {relation: model}."""
+#: Each trained relative: the relative it is trained from and the recipe, in training order.
+RELATIONS: dict[str, tuple[str, Recipe] | None] = {
+    "base": None,
+    "finetune": ("base", FINETUNE),
+    "continued": ("base", CONTINUED),
+    "continued-finetune": ("continued", FINETUNE),
+    "finetune-finetune": ("finetune", SECOND_FINETUNE),
+}
+
+
+def trained_family(seed: int, children: bool = True, log=LOG) -> dict[str, ToyModel]:
+    """A base trained from scratch with ``seed`` and (``children``) its trained children and grandchildren
+    (:data:`RELATIONS`): {relation: model}."""
     name = f"trained-{seed}"
     model = TinyLlama(seed)
     started = time.perf_counter()
     loss = train(model, PRETRAIN, seed)
     out = {"base": as_toy(model, name)}
     log(f"{name}: pre-trained {PRETRAIN.steps} steps, loss {loss:.3f} ({time.perf_counter() - started:.0f} s)")
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    for relation, recipe in (("finetune", FINETUNE), ("continued", CONTINUED)) if children else ():
-        model.load_state_dict(state)
-        loss = train(model, recipe, seed + 1000)
+    states = {"base": {k: v.clone() for k, v in model.state_dict().items()}}
+    for relation, made in RELATIONS.items() if children else ():
+        if made is None:
+            continue
+        parent, recipe = made
+        model.load_state_dict(states[parent])
+        loss = train(model, recipe, seed + (1000 if parent == "base" else 2000))
+        states[relation] = {k: v.clone() for k, v in model.state_dict().items()}
         out[relation] = as_toy(model, f"{name}-{relation}")
-        log(f"{name}-{relation}: {recipe.steps} more steps, loss {loss:.3f}")
+        log(f"{name}-{relation}: {recipe.steps} more steps from {parent}, loss {loss:.3f}")
     return out
 
 
-RELATIONS = ("base", "finetune", "continued")
-
-
-def ensure_family(out: Path, seed: int, children: bool = True) -> dict[str, ToyModel]:
-    """The family of ``seed`` (without ``children``: the base alone): trained and written under ``out``
-    once, read back from there afterwards."""
+def ensure_family(out: Path, seed: int, children: bool = True, only: tuple[str, ...] | None = None
+                  ) -> dict[str, ToyModel]:
+    """The family of ``seed`` (without ``children``: the base alone; with ``only``: those relations): trained
+    and written under ``out`` once, read back from there afterwards (a family trained before a relation
+    was added is trained again only by a caller that needs the new relation)."""
     from lineage_scanner.demo.writers import write_hf
 
-    names = {"base": f"trained-{seed}", **{r: f"trained-{seed}-{r}" for r in RELATIONS[1:] if children}}
+    names = {r: f"trained-{seed}" if r == "base" else f"trained-{seed}-{r}" for r in RELATIONS
+             if (children or r == "base") and (only is None or r in only)}
     if not all((out / name / "config.json").is_file() for name in names.values()):
         for model in trained_family(seed, children).values():
             write_hf(model, out / model.name)
@@ -278,7 +301,7 @@ def write_encoder(model: TinyEncoder, directory: Path) -> Path:
     return directory
 
 
-def ensure_encoders(out: Path, fine_tuned: int = 2, log=print) -> dict[str, tuple[Path, str | None]]:
+def ensure_encoders(out: Path, fine_tuned: int = 2, log=LOG) -> dict[str, tuple[Path, str | None]]:
     """Every encoder of ENCODERS trained from scratch (its own seed) and the first ``fine_tuned`` also
     fine-tuned on other text; written under ``out`` once. Returns {name: (path, parent or None)}."""
     models: dict[str, tuple[Path, str | None]] = {}

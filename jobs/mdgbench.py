@@ -5,10 +5,11 @@
 
 Ground truth (model list, 17 clusters, 131 typed edges) comes from the MDGBench files; models are scanned
 from the Hub (what cannot be read, such as LoRA adapters without full weights, stays a singleton).
-Families are the connected components of pairs judged ``derived``; dependency edges are their maximum
-spanning forest by score (siblings link through their parent). The report gives clustering ARI (over all
-benchmark models, and over those scanned) and edge precision/recall/F1, untyped and typed (the relation
-from our guess of the kind), next to the published results of other methods.
+Every pair is judged; the pairs judged ``derived`` make the family trees `lineage graph` makes (one parent
+per model, each edge typed and directed: :mod:`lineage_scanner.lineage.tree`). The report gives
+clustering ARI (over all benchmark models, and over those scanned) and edge precision/recall/F1 (untyped,
+typed with our kinds mapped to the benchmark's relations, and directed), next to the published results of
+other methods.
 """
 
 from __future__ import annotations
@@ -22,19 +23,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when run by `ray job submit`
 
-from lineage_scanner.lineage.graph import Edge, families, spanning_forest  # noqa: E402
 from lineage_scanner.lineage.null import null_for  # noqa: E402
-from lineage_scanner.lineage.verdict import decide  # noqa: E402
-from lineage_scanner.run.batch import run_batch
+from lineage_scanner.lineage.tree import Link, build  # noqa: E402
+from lineage_scanner.lineage.treescore import PUBLISHED, Edge, adjusted_rand_index, score  # noqa: E402
+from lineage_scanner.lineage.verdict import decide, quantized  # noqa: E402
+from lineage_scanner.run.batch import run_batch  # noqa: E402
 from lineage_scanner.run.ray import RayExecutor  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 
-PUBLISHED = {"ARI": {"seed std method (PDF)": 0.52, "HuRef": 0.69, "MoTHer": 0.50, "REEF": 0.29, "TensorLock": 0.96},
-             "F1": {"TensorLock": 0.78, "MoTHer": 0.04}}
 #: our guess of the kind of derivation -> MDGBench's relation names
 RELATION = {"quantized copy": "qtz", "fine-tune": "finetune", "continued training": "finetune",
-            "pruned or depth up-scaled": "finetune", "MoE upcycle": "merge",
-            "rescaled weights (possible evasion)": "finetune"}
+            "pruned": "finetune", "depth up-scaled": "finetune", "pruned or depth up-scaled": "finetune",
+            "MoE upcycle": "merge", "rescaled weights (possible evasion)": "finetune"}
 
 
 def load_truth(bench: Path) -> tuple[list[str], list[list[str]], list[tuple[str, str, str]]]:
@@ -50,45 +50,27 @@ def load_truth(bench: Path) -> tuple[list[str], list[list[str]], list[tuple[str,
     return models, clusters, edges
 
 
-def adjusted_rand_index(truth: list[list[str]], found: list[list[str]]) -> float:
-    """ARI of two partitions of the same items (items missing from one side are singletons there)."""
-    from sklearn.metrics import adjusted_rand_score
-
-    items = sorted({m for c in truth for m in c} | {m for c in found for m in c})
-    label_t = {m: i for i, c in enumerate(truth) for m in c}
-    label_f = {m: i for i, c in enumerate(found) for m in c}
-    return float(adjusted_rand_score([label_t.get(m, f"only-{m}") for m in items],
-                                     [label_f.get(m, f"only-{m}") for m in items])) if len(items) > 1 else 1.0
-
-
-def prf(found: set, truth: set) -> tuple[float, float, float]:
-    hit = len(found & truth)
-    precision = hit / len(found) if found else 0.0
-    recall = hit / len(truth) if truth else 0.0
-    return precision, recall, (2 * precision * recall / (precision + recall) if hit else 0.0)
-
-
 def evaluate(store: Store, models: list[str], clusters, truth_edges) -> dict:
     sigs = {s.model: s for s in store.signatures() if s.model in set(models)}
-    edges = []
+    links = []
     for a, b in combinations(sorted(sigs), 2):
         v = decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]))
         if v.verdict == "derived":
-            edges.append(Edge(a, b, v.evidence.score, v.p_value, v.kind))
-    edges = spanning_forest(edges)
-    found = families(models, edges)
+            links.append(Link.judged(sigs[a], sigs[b], v))
+    forest = build(sorted(sigs), links, [m for m, s in sigs.items() if quantized(s)],
+                   {m: list(s.declared_base or []) for m, s in sigs.items()})
+    found = [Edge(e.parent, e.child, RELATION.get(e.kind or "", "finetune"), e.direction != "unknown")
+             for e in forest.edges]
+    result = score(found, [Edge(a, b, rel) for a, b, rel in truth_edges], models)
+    families = [list(f.members) for f in forest.families]
     scanned = set(sigs)
-    untyped_truth = {frozenset((a, b)) for a, b, _ in truth_edges}
-    typed_truth = {(frozenset((a, b)), rel) for a, b, rel in truth_edges}
-    untyped = {frozenset((e.a, e.b)) for e in edges}
-    typed = {(frozenset((e.a, e.b)), RELATION.get(e.kind or "", "finetune")) for e in edges}
     return {
-        "models": len(models), "scanned": len(scanned), "detected_edges": len(edges),
-        "ari_all": adjusted_rand_index(clusters, found),
+        "models": len(models), "scanned": len(scanned), "detected_edges": len(found),
+        "ari_all": adjusted_rand_index(clusters, families),
         "ari_scanned": adjusted_rand_index([[m for m in c if m in scanned] for c in clusters],
-                                           [[m for m in c if m in scanned] for c in found]),
-        "edges_untyped": prf(untyped, untyped_truth), "edges_typed": prf(typed, typed_truth),
-        "families": [f for f in found if len(f) > 1],
+                                           [[m for m in c if m in scanned] for c in families]),
+        "edges_untyped": result.untyped, "edges_typed": result.typed, "edges_directed": result.directed,
+        "top1_parent": result.top1_parent, "families": [f for f in families if len(f) > 1],
     }
 
 
@@ -107,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     r = evaluate(store, models, clusters, truth_edges)
     print(f"clustering ARI: {r['ari_all']:.3f} over all {r['models']} models, "
           f"{r['ari_scanned']:.3f} over the {r['scanned']} scanned")
-    for label in ("edges_untyped", "edges_typed"):
+    for label in ("edges_untyped", "edges_typed", "edges_directed"):
         p, rec, f1 = r[label]
         print(f"{label.replace('_', ' ')}: precision {p:.3f} recall {rec:.3f} F1 {f1:.3f}")
-    print("published:", "; ".join(f"{metric} {name} {value}" for metric, table in PUBLISHED.items()
-                                  for name, value in table.items()))
+    print(f"top-1 parent: {r['top1_parent']:.3f}")
+    print("published:", "; ".join(f"{name} {metric} {value}" for name, table in PUBLISHED.items()
+                                  for metric, value in table.items()))
     return 0
 
 

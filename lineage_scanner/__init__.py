@@ -11,3 +11,8 @@ __version__ = "0.1.0"
 # tensors skip the threads altogether). Read when OpenMP starts, so set here, before any kernel runs; an
 # explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The same holds for OpenBLAS's threads (the circuit sketches' products): they spin between calls, and beside
+# busy processes a 512-wide model's products took 18x longer on two threads than on one (measured on the
+# development machine under load). The scan's parallelism is numba's; BLAS runs on the calling thread.
+# Read when numpy loads OpenBLAS: effective where this package is imported first (the `lineage` command).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -10,7 +10,7 @@ never pays for them.
 
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,7 @@ from lineage_scanner.sources.hub import HubCommit
 from lineage_scanner.store.store import Store
 
 if TYPE_CHECKING:  # the scanning stack is imported by scan() alone
-    from lineage_scanner.lineage.graph import Edge
+    from lineage_scanner.lineage.tree import TreeEdge
     from lineage_scanner.run.base import ScanConfig
     from lineage_scanner.run.batch import BatchSummary
 
@@ -42,42 +42,23 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class Match:
-    """One relative of a ``match`` query, as ``match --json`` prints it."""
-
-    model: str
-    revision: str
-    score: float
-    sketch_score: float | None
-    decided_by: str | None
-    p_value: float | None
-    log10_p: float
-    q_value: float | None
-    verdict: str
-    kind: str | None
-    paper_score: float
-
-    @classmethod
-    def of(cls, v: Verdict, q: float | None) -> Match:
-        model, _, revision = v.b.rpartition("@")
-        return cls(model, revision, v.evidence.score, v.sketch.score if v.sketch else None, v.decided_by, v.p_value,
-                   v.log10_p, q, v.verdict, v.kind, v.paper.score)
-
-
-@dataclass(frozen=True)
 class Matches:
+    """A ``match`` query and its relatives' rows (see :meth:`lineage_scanner.lineage.relatives.Relative.row`),
+    parent first."""
+
     query: Signature
-    matches: list[Match]
+    matches: list[dict]
 
 
 @dataclass(frozen=True)
 class LineageGraph:
-    """The detected edges (also written to the store), the exported graph, and where cards and weights
-    disagree, as (model, other, problem) rows."""
+    """The family trees' derivations (also written to the store), the graph, where cards and weights
+    disagree, as (model, other, problem) rows, and the file the graph was written to, if any."""
 
-    edges: list[Edge]
+    edges: list[TreeEdge]
     graph: dict
     disagreements: list[tuple[str, str, str]] = field(default_factory=list)
+    written: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +79,11 @@ def scan(sources: list[str], store: Store, config: ScanConfig | None = None, *, 
     in this process or on Ray (see :func:`lineage_scanner.run.batch.choose_executor`); a
     :class:`~lineage_scanner.run.batch.BatchSummary`."""
     from lineage_scanner.run.batch import choose_executor, run_batch
+    from lineage_scanner.sources import is_hub
 
+    missing = [s for s in sources if not is_hub(s) and not os.path.lexists(os.path.expanduser(s))]
+    if missing:  # a typo, not a model: nothing to record in the store
+        raise UsageError(f"{missing[0]}: no such file or directory")
     sources = list(sources) + (store.todo(limit) if from_catalog else [])
     if not sources:
         raise UsageError("nothing to scan: name sources, or --catalog with unscanned catalog entries")
@@ -120,11 +105,16 @@ def catalog(store: Store, author: str | None = None, search: str | None = None, 
     return Catalog(entries, set(store.todo()), listing.refused, listing.where)
 
 
-def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Path | None = None) -> Comparison:
-    """The verdict on two models, against the store's null; with ``plot``, the evidence that decided drawn
-    above the seed method's curves."""
+def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Path | None = None,
+            verify: str = "auto") -> Comparison:
+    """The verdict on two models, against the store's null, deep-verified at fresh positions as ``verify``
+    says ("auto": when the stored evidence asks for it; "always"; "never": see
+    :func:`lineage_scanner.run.verify.judge`); with ``plot``, the evidence that decided drawn above the seed
+    method's curves."""
+    from lineage_scanner.run.verify import judge
+
     sig_a, sig_b = signature_for(a, store, backend), signature_for(b, store, backend)
-    v = decide(sig_a, sig_b, null_for(store, sig_a, sig_b))
+    v = judge(sig_a, sig_b, store, backend, verify)
     if plot:
         from lineage_scanner.report.plot import plot_evidence
 
@@ -133,11 +123,11 @@ def compare(a: str, b: str, store: Store, backend: str = "auto", plot: str | Pat
     return Comparison(sig_a, sig_b, v)
 
 
-def report(a: str, b: str, store: Store, out: str | Path, backend: str = "auto") -> Comparison:
+def report(a: str, b: str, store: Store, out: str | Path, backend: str = "auto", verify: str = "auto") -> Comparison:
     """:func:`compare`, written to ``out`` as one self-contained HTML page."""
     from lineage_scanner.report.pair import pair_report
 
-    pair = compare(a, b, store, backend)
+    pair = compare(a, b, store, backend, verify=verify)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(pair_report(pair.a, pair.b, pair.verdict), encoding="utf-8")
@@ -145,37 +135,36 @@ def report(a: str, b: str, store: Store, out: str | Path, backend: str = "auto")
 
 
 def match(source: str, store: Store, top: int = 10, prefilter: int = 100, backend: str = "auto") -> Matches:
-    """The ``top`` nearest relatives of a model in the store, strongest evidence first: the SQL pre-filter's
-    ``prefilter`` candidates, each judged exactly, with Benjamini-Hochberg q-values over all of them."""
+    """The ``top`` nearest relatives of a model in the store: the SQL pre-filter's ``prefilter`` candidates,
+    each judged exactly, ranked parent first (see :mod:`lineage_scanner.lineage.relatives`), with
+    Benjamini-Hochberg q-values over all of them."""
+    from lineage_scanner.lineage.relatives import rank
+
     query = signature_for(source, store, backend)
     candidates = store.nearest(query.embedding or [0.0] * EMBED_DIM, (query.model, query.revision), prefilter)
-    verdicts = sorted((decide(query, c, null_for(store, query, c)) for c in candidates), key=_strength)
-    qs = q_values([v.p_value for v in verdicts])
-    return Matches(query, [Match.of(v, q) for v, q in zip(verdicts, qs)][:top])
+    ranked = rank(query, candidates, [decide(query, c, null_for(store, query, c)) for c in candidates])
+    qs = q_values([r.verdict.p_value for r in ranked])
+    return Matches(query, [r.row(q) for r, q in zip(ranked, qs)][:top])
 
 
-def _strength(v: Verdict) -> tuple[float, float]:
-    """Strongest evidence first: the deciding p-value (in logs), then the curve score."""
-    return v.log10_p, -v.evidence.score if math.isfinite(v.evidence.score) else math.inf
-
-
-def graph(store: Store, out: str | Path, min_confidence: float = 0.99, html: str | Path | None = None,
+def graph(store: Store, out: str | Path | None = None, min_confidence: float = 0.99, html: str | Path | None = None,
           title: str | None = None) -> LineageGraph:
-    """Detect lineage edges between the stored models, write them to the store (which fills the ``edges``
-    and ``disagreements`` views) and the graph to ``out`` (GraphML or JSON); with ``html``, a lineage map
-    for a browser."""
-    from lineage_scanner.lineage.graph import detect, export
+    """Build the stored models' family trees (see :mod:`lineage_scanner.lineage.tree`), write their
+    derivations to the store (which fills the ``edges`` and ``disagreements`` views) and, with ``out``,
+    the graph (GraphML or JSON); with ``html``, a lineage map for a browser."""
+    from lineage_scanner.lineage.graph import detect, graph_data, write
 
-    edges = detect(store, min_confidence)
-    saved = store.keep(edges=edges)  # a read-only store: the edges are shown, not stored
-    exported = export(store, edges, out)
+    forest = detect(store, min_confidence)
+    saved = store.keep(edges=forest.edges)  # a read-only store: the derivations are shown, not stored
+    with store.connect(edges=None if saved else forest.edges) as con:
+        exported = graph_data(store, con)
+        disagreements = con.execute(DISAGREEMENTS).fetchall()
+    written = write(exported, out) if out else None
     if html:
         from lineage_scanner.report.lineage_map import lineage_map
 
         Path(html).write_text(lineage_map(exported, title or "Lineage map"), encoding="utf-8")
-    with store.connect(edges=None if saved else edges) as con:
-        disagreements = con.execute(DISAGREEMENTS).fetchall()
-    return LineageGraph(edges, exported, disagreements)
+    return LineageGraph(forest.edges, exported, disagreements, written)
 
 
 def plot(sources: list[str], store: Store, out: str | Path, backend: str = "auto") -> Path:

@@ -17,6 +17,10 @@ class UsageError(LineageError):
     """A command was given something it cannot use (not a scan error): refused SQL, nothing to scan."""
 
 
+class QueryLimitError(LineageError):
+    """A user's SQL query stopped by its time or memory limit (``lineage sql --timeout/--memory-limit``)."""
+
+
 class StoreError(LineageError):
     """The store cannot be written (not a directory, no permission, a full disk): the batch stops here,
     with every model it finished already written."""

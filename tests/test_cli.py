@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
 from lineage_scanner.cli.main import build_parser, main
 from lineage_scanner.demo.zoo import read_truth
+from lineage_scanner.lineage.verdict import REPARAMETRISED, ROTATED
 from tests.helpers import write_llama
 
 
@@ -36,9 +38,10 @@ def test_compare_json_and_plot(capsys, db, zoo_by_name, tmp_path):
     assert set(data) >= {"a", "b", "paper_score", "score", "p_value", "verdict", "decided_by", "sketch", "curves"}
     assert data["a"].startswith("llama-a@") and data["b"].startswith("llama-a-pruned@")
     assert 0.9 < data["paper_score"] <= 1 and set(data["per_role"]) == set("qkvo")
-    assert data["verdict"] == "derived" and data["decided_by"] == "sketch" and data["log10_p"] < -100
+    # the deciding p is the robust test's (what no forgery of a few values can reach): far past 1e-6
+    assert data["verdict"] == "derived" and data["decided_by"] == "sketch" and data["log10_p"] < -20
     assert data["kind"] == "pruned or depth up-scaled" and set(data["sketch"]["per_channel"]) == {
-        "q", "k", "v", "o", "q:gram", "k:gram", "v:gram"}
+        "q", "k", "v", "o"}
     # the sketch pairs each of the pruned copy's 8 layers with the one it came from (every third one dropped)
     assert [(p["a"], p["b"]) for p in data["sketch"]["pairing"]] == [(0, 0), (2, 1), (3, 2), (5, 3), (6, 4),
                                                                       (8, 5), (9, 6), (11, 7)]
@@ -62,8 +65,10 @@ def test_match(capsys, db):
     data = json.loads(out)
     assert code == 0 and data["query"].startswith("gpt2-a-ft@") and len(data["matches"]) == 3
     assert all(m["model"].startswith("gpt2-a") for m in data["matches"])
-    strength = [m["log10_p"] for m in data["matches"]]  # strongest evidence first
-    assert strength == sorted(strength) and data["matches"][0]["decided_by"] == "sketch"
+    parent, *others = data["matches"]  # the parent first, then the nearest relatives: its siblings
+    assert parent["model"] == "gpt2-a" and parent["relation"] == "parent" and parent["direction"] == "card"
+    assert [m["relation"] for m in others] == ["sibling", "sibling"] and parent["decided_by"] == "sketch"
+    assert parent["closeness"] >= max(m["closeness"] for m in others)
 
 
 def test_sql_json_csv_and_table(capsys, db, zoo):
@@ -74,7 +79,7 @@ def test_sql_json_csv_and_table(capsys, db, zoo):
     assert not any(r["family"] == "gguf" for r in rows)  # a GGUF export is judged as its family
     code, out, _ = run(capsys, "sql", "SELECT count(*) AS n FROM signatures WHERE format = 'gguf'", "--db", db,
                        "--json")
-    assert code == 0 and json.loads(out) == [{"n": 5}]
+    assert code == 0 and json.loads(out) == [{"n": sum(any(Path(e.path).glob("*.gguf")) for e in zoo)}]
     code, out, _ = run(capsys, "sql", q, "--db", db, "--csv")
     assert list(csv.reader(io.StringIO(out)))[0] == ["family", "n"]
     code, out, _ = run(capsys, "sql", "SELECT count(*) AS models FROM signatures", "--db", db)
@@ -132,8 +137,7 @@ def test_demo(capsys, tmp_path):
     assert all(r["family_hit"] and r["verdict"] == "derived" for r in data["rows"])
     kinds = {"finetune": "fine-tune", "continued": "continued training", "pruned": "pruned or depth up-scaled",
              "moe_upcycle": "MoE upcycle", "quantized": "quantized copy",
-             "permuted": "possible evasion (permuted or rotated weights)",
-             "rotated": "rotated residual stream (possible evasion)"}
+             "permuted": REPARAMETRISED, "rotated": ROTATED}
     assert [r["kind"] for r in data["rows"]] == [kinds[r["relation"]] for r in data["rows"]]
     assert "derived" not in data["stranger_verdicts"]
     assert (tmp_path / "zoo" / "compare.png").is_file() and (tmp_path / "zoo" / "lineage.csv").is_file()

@@ -86,7 +86,8 @@ def test_an_unavailable_backend_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 #: Exceptions that are signals between two functions of one reader, never an error anyone sees.
-SIGNALS = {("lineage_scanner/readers/gguf_header.py", "NeedMore")}
+SIGNALS = {("lineage_scanner/readers/gguf_header.py", "NeedMore"), ("lineage_scanner/readers/hub_http.py", "_Retry"),
+           ("lineage_scanner/readers/hub_time.py", "Stalled")}
 
 
 def test_every_error_class_is_in_errors_py():

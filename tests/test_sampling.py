@@ -14,11 +14,16 @@ from lineage_scanner.lineage.generator import projection
 from lineage_scanner.lineage.paper import paper_score
 from lineage_scanner.measure.kernels import get_backend
 from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.measure.sketch import SketchKey
 from lineage_scanner.run.batch import ScanConfig, run_batch
 from lineage_scanner.run.scan import scan_strict
 from lineage_scanner.store.store import Store
 
 CPU = get_backend("cpu")
+
+
+#: Disguised copies: every weight moved, the function kept; what catches them (the circuits) is not sampled.
+EVASIONS = ("permuted", "rotated")
 
 
 def write_matrices(directory, seeds, rows=2048, cols=2048):
@@ -56,8 +61,9 @@ def test_spread_runs_beat_row_blocks(tmp_path):
 
 def test_target_error_raises_the_fraction(tmp_path):
     write_matrices(tmp_path / "m", seeds=[7, 8])
-    _, loose = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(fraction=0.005))
-    _, tight = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(target_se=0.004))
+    key = SketchKey(b"where this test's runs lie, fixed")  # the runs' places, so the rounds they need, are the key's
+    _, loose = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(fraction=0.005), sketch_key=key)
+    _, tight = scan_strict(str(tmp_path / "m"), CPU, set(), sample=SamplePlan(target_se=0.004), sketch_key=key)
     assert tight.bytes_read > loose.bytes_read
     assert all(s.std_se <= 0.004 for s in tight.layers)
 
@@ -94,10 +100,13 @@ def test_sampled_zoo_scores_stay_within_002(larger_zoo, tmp_path):
     assert worst <= 0.02, worst
     from tests.helpers import judge
 
-    for e in larger_zoo:  # no verdict changes: every derived model is still judged derived from its parent
-        if e.parent and e.relation != "quantized":
-            a, b = sampled[e.model], sampled[e.parent]
-            assert judge(a, b).verdict == "derived", e.model
+    for e in larger_zoo:  # every derived model is still judged derived from its parent, but the evasions: a
+        if e.parent and e.relation != "quantized":  # sample holds no circuits, so their curves ask to verify
+            v = judge(sampled[e.model], sampled[e.parent])
+            if e.relation in EVASIONS:
+                assert v.verdict == "inconclusive" and v.wants_verification, e.model
+            else:
+                assert v.verdict == "derived", e.model
     for name in (n for n in names if not n.endswith(("-permuted", "-rotated"))):  # the nearest keeps its family
         best = max(  # (by the seed method's score, which the two evasions are built to fool)
             (n for n in names if n != name), key=lambda n: paper_score(sampled[name].curves, sampled[n].curves).score
@@ -133,4 +142,7 @@ def test_sampled_scan_scores_like_its_exact_scan(larger_zoo, fraction):
         if e.parent:
             parent = scan_strict(by_name[e.parent].path, CPU, set())[1]
             want, got = judge(exact, parent), judge(sampled, parent)
-            assert (got.verdict, got.kind) == (want.verdict, want.kind), e.model
+            if e.relation in EVASIONS:  # the circuits that name the disguise need whole matrices
+                assert got.verdict == "inconclusive" and got.wants_verification, e.model
+            else:
+                assert (got.verdict, got.kind) == (want.verdict, want.kind), e.model

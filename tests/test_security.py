@@ -17,7 +17,7 @@ from lineage_scanner.cli.main import main
 from lineage_scanner.run.batch import run_batch
 from lineage_scanner.store.store import Store
 from lineage_scanner.testing.hub_server import HubStandIn, Repo
-from tests.helpers import write_llama
+from tests.helpers import run_cli_process, write_llama
 
 LINEAGE = str(Path(sys.executable).parent / "lineage")
 
@@ -60,6 +60,19 @@ def test_sql_reads_only_the_store(capsys, db, tmp_path, query, problem):
     assert sorted(p for p in Path(db).rglob("*")) == before and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("query, limit, problem", [
+    ("SELECT count(*) FROM range(1e11::BIGINT)", ("--timeout", "2"), "time limit of 2 s"),
+    ("SELECT length(repeat('a', 3000000000))", ("--memory-limit", "512MB"), "memory limit of 0.5 GiB"),
+    ("SELECT list(range) FROM range(300000000)", ("--memory-limit", "512MB"), "memory limit of 0.5 GiB"),
+])
+def test_sql_stops_at_its_limits(db, query, limit, problem):
+    """A query that would run for hours, or take gigabytes (one string DuckDB's own limit does not track
+    among them), stops at its limit with a one-line error, in bounded time and memory."""
+    report, errors, out = run_cli_process("sql", query, "--db", db, *limit, timeout=60)
+    assert report["code"] == 1 and out == "" and len(errors) == 1 and problem in errors[0], errors
+    assert report["rss"] < 1 << 30
+
+
 def test_sql_select_explain_and_bound_parameters(capsys, db, zoo):
     model = zoo[0].model
     code, out, _ = run(capsys, "sql", "SELECT model FROM signatures WHERE model = ?", "-p", model, "--db", db, "--json")
@@ -93,10 +106,10 @@ def test_an_unexpected_exception_is_an_internal_error_row(tmp_path, monkeypatch)
 
     real = build.measure
 
-    def exploding(reader, layout, backend, sample=None):
+    def exploding(reader, layout, backend, *rest):
         if "bad" in reader.path:
             raise KeyError("surprise")
-        return real(reader, layout, backend, sample)
+        return real(reader, layout, backend, *rest)
 
     monkeypatch.setattr(build, "measure", exploding)
     summary = run_batch([str(bad), str(good)], Store(tmp_path / "db"), progress=False)

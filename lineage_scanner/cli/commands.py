@@ -6,12 +6,10 @@ torch, numba, ray or matplotlib.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import sys
 from pathlib import Path
 
-from lineage_scanner.cli.output import fmt, print_json, print_table
+from lineage_scanner.cli.output import compare_lines, fmt_p, plural, print_csv, print_json, print_table, say, tree_lines
 from lineage_scanner.errors import UsageError
 
 
@@ -35,10 +33,10 @@ def cmd_scan(args) -> int:
                        from_catalog=args.catalog, limit=args.limit, workers=args.workers, address=args.address,
                        progress=not args.quiet)
     for record in summary.failed:
-        print(f"Error: {record.error}", file=sys.stderr)
+        say(f"Error: {record.error}", err=True)
     for record in summary.records:
         if record.layout_source == "name-patterns":
-            print(f"note: {record.model}: unknown architecture; attention found by name patterns", file=sys.stderr)
+            say(f"note: {record.model}: unknown architecture; attention found by name patterns", err=True)
     if args.json:
         print_json({"scanned": [r.__dict__ for r in summary.records],
                     "skipped": [{"model": m, "revision": r} for m, r in summary.skipped],
@@ -48,9 +46,12 @@ def cmd_scan(args) -> int:
         if ok:
             print_table(["model", "revision", "layers", "MB read"],
                         [(r.model, r.revision, r.n_layers, f"{r.bytes_read / 1e6:.1f}") for r in ok])
-        print(f"scanned {len(ok)} ({summary.n_copies} exact copies, no weights read), skipped "
-              f"{len(summary.skipped)} already stored, failed {len(summary.failed)}, deferred {summary.n_deferred} "
-              "(Hub budget spent: the next scan --catalog takes them first)", file=sys.stderr)
+        copies = f"; {plural(summary.n_copies, 'exact copy', 'exact copies')} of stored weights" \
+            if summary.n_copies else ""
+        deferred = f", deferred {summary.n_deferred} (Hub budget spent: the next scan --catalog takes them " \
+                   "first)" if summary.n_deferred else ""
+        print(f"scanned {len(ok)} ({summary.bytes_read / 1e6:.1f} MB read{copies}), skipped "
+              f"{len(summary.skipped)} already stored, failed {len(summary.failed)}{deferred}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
@@ -78,36 +79,15 @@ def cmd_catalog(args) -> int:
 def cmd_compare(args) -> int:
     from lineage_scanner import api
 
-    pair = api.compare(args.a, args.b, _store(args), args.backend, plot=args.plot)
+    pair = api.compare(args.a, args.b, _store(args), args.backend, plot=args.plot, verify=args.verify)
     a, b, v = pair.a, pair.b, pair.verdict
     if args.json:
         print_json(v.to_dict())
         return 0
-    print(f"{v.a}  vs  {v.b}  ({a.n_layers} vs {b.n_layers} layers)")
-    print(f"verdict      {v.verdict}{f' ({v.kind})' if v.kind else ''}: {v.reason}")
-    print(f"decided by   {v.decided_by or 'nothing: no evidence applies'}")
-    if v.sketch is not None:
-        s = v.sketch
-        print(f"sketch       |r| = {fmt(s.score)}   p = 1e{s.log10_p:.1f}  (exact null; roles {', '.join(s.roles)}; "
-              f"{len(s.pairing)} layer pairs)")
-        moved = [(i, j) for i, j in s.pairing if i != j]
-        if moved:
-            print(f"  layers paired out of order (a, b): {moved}")
-    else:
-        print("sketch       does not apply: no attention matrix has the same shape in both")
-    print(f"curves       score {fmt(v.evidence.score)}   p = {fmt(v.p_curves)}  (reference: {v.null_size} unrelated "
-          f"pairs from the {v.null.source}, p = {fmt(v.p_null)}; surrogates p = {fmt(v.evidence.surrogate_p)})")
-    for name, r in v.evidence.per_feature.items():
-        print(f"  {name}  r = {fmt(r)}")
-    gaps_a = sorted(set(range(a.n_layers or 0)) - {i for i, _ in v.evidence.alignment})
-    gaps_b = sorted(set(range(b.n_layers or 0)) - {j for _, j in v.evidence.alignment})
-    if gaps_a or gaps_b:
-        print(f"  unaligned layers: {a.model} {gaps_a}, {b.model} {gaps_b}")
-    print(f"paper_score  {fmt(v.paper.score)}  (the seed method, for reference)")
-    for role, r in v.paper.per_role.items():
-        print(f"  {role}  r = {fmt(r)}")
+    for line in compare_lines(a, b, v):
+        print(line)
     if args.plot:
-        print(f"plot written to {args.plot}", file=sys.stderr)
+        say(f"plot written to {args.plot}", err=True)
     return 0
 
 
@@ -115,11 +95,11 @@ def cmd_report(args) -> int:
     from lineage_scanner import api
 
     out = Path(args.out)
-    v = api.report(args.a, args.b, _store(args), out, args.backend).verdict
+    v = api.report(args.a, args.b, _store(args), out, args.backend, args.verify).verdict
     if args.json:
         print_json({"report": str(out), **v.to_dict()})
     else:
-        print(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
+        say(f"{v.verdict}{f' ({v.kind})' if v.kind else ''}: report written to {out}")
     return 0
 
 
@@ -129,12 +109,12 @@ def cmd_match(args) -> int:
     found = api.match(args.source, _store(args), args.top, args.prefilter, args.backend)
     query = f"{found.query.model}@{found.query.revision}"
     if args.json:
-        print_json({"query": query, "matches": [dataclasses.asdict(m) for m in found.matches]})
+        print_json({"query": query, "matches": found.matches})
     else:
-        print(f"nearest to {query}:")
-        print_table(["model", "sketch", "score", "log10 p", "q", "verdict", "kind", "paper_score"],
-                    [(m.model, m.sketch_score, m.score, m.log10_p, m.q_value, m.verdict, m.kind or "",
-                      m.paper_score) for m in found.matches])
+        say(f"nearest to {query} (derived relatives first, the parent on top):")
+        print_table(["model", "relation", "closeness", "p", "q", "verdict", "kind", "paper_score"],
+                    [(r["model"], r["relation"], r["closeness"], fmt_p(r["p_value"], r["log10_p"]),
+                      fmt_p(r["q_value"]), r["verdict"], r["kind"], r["paper_score"]) for r in found.matches])
     return 0
 
 
@@ -150,16 +130,14 @@ def sql_params(given: list[list[str]] | None) -> list[str] | dict[str, str]:
 
 
 def cmd_sql(args) -> int:
-    from lineage_scanner.store.sql import run_sql
+    from lineage_scanner.store.sql import SqlLimits, run_sql
 
     query = args.query if args.query not in (None, "-") else sys.stdin.read()
-    columns, rows = run_sql(_store(args), query, sql_params(args.param))
+    columns, rows = run_sql(_store(args), query, sql_params(args.param), SqlLimits(args.timeout, args.memory_limit))
     if args.json:
         print_json([dict(zip(columns, r)) for r in rows])
     elif args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
+        print_csv(columns, rows)
     else:
         print_table(columns, rows)
     return 0
@@ -187,7 +165,7 @@ def cmd_plot(args) -> int:
     from lineage_scanner import api
 
     api.plot(args.sources, _store(args), args.out, args.backend)
-    print(f"plot written to {args.out}", file=sys.stderr)
+    say(f"plot written to {args.out}", err=True)
     return 0
 
 
@@ -200,14 +178,19 @@ def cmd_graph(args) -> int:
     if args.json:
         print_json({**graph, "disagreements": [dict(zip(("model", "other", "problem"), d)) for d in disagreements]})
         return 0
-    print(f"{len(found.edges)} detected edges, {len(graph['families'])} families; graph written to {args.out}"
-          + (f", map to {args.html}" if args.html else ""))
-    for family in graph["families"]:
-        if len(family) > 1:
-            print("  " + ", ".join(family))
+    directed = [e for e in found.edges if e.direction != "unknown"]
+    by_card = sum(e.direction == "card" for e in directed)
+    say(f"{plural(len(graph['nodes']), 'model')} in {plural(len(graph['families']), 'family', 'families')}; "
+        f"{plural(len(found.edges), 'derivation')}: {len(directed) - by_card} directed by the weights, "
+        f"{by_card} by cards, {len(found.edges) - len(directed)} of unknown direction")
+    for line in tree_lines(graph):
+        print(line)
     if disagreements:
         print("cards and weights disagree:")
         print_table(["model", "other", "problem"], disagreements)
+    written = [str(p) for p in (found.written, args.html) if p]
+    if written:
+        say(f"written: {', '.join(written)}", err=True)
     return 0
 
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 
+from lineage_scanner.cli.output import say
 from lineage_scanner.cli.parser import build_parser
 from lineage_scanner.errors import InternalError, LineageError
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug and not expected:
             raise
         message = str(exc) if expected else str(InternalError.of("lineage " + args.command, exc))
-        print(f"Error: {' '.join(message.split())[:2000]}", file=sys.stderr)
+        say(f"Error: {' '.join(message.split())[:2000]}", err=True)
         return 1
 
 

@@ -20,6 +20,7 @@ from lineage_scanner.cli.commands import (
 )
 from lineage_scanner.measure.kernels import BACKENDS
 from lineage_scanner.readers.hub_time import DEFAULT_DEADLINE_S
+from lineage_scanner.store.limits import MEMORY_BYTES, TIMEOUT_S
 
 
 def _fraction(text: str) -> float:
@@ -41,6 +42,20 @@ def _seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
     return value
+
+
+def _bytes(text: str) -> int:
+    """A size: a number of bytes, or with a unit (KB, MB, GB, TB: powers of 1024; a trailing B optional)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    body = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = body[-1:] if body[-1:] in units and body[-1:] else ""
+    try:
+        value = float(body[: len(body) - len(unit)]) * units[unit]
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a size (for example 4GB or 512MB)")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,14 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.set_defaults(func=cmd_catalog)
 
-    p = sub.add_parser("compare", parents=[scanning], help="score two models (paths or stored ids)")
+    verify = argparse.ArgumentParser(add_help=False)
+    how = verify.add_mutually_exclusive_group()
+    how.add_argument("--verify", dest="verify", action="store_const", const="always", default="auto",
+                     help="read both models again at fresh positions drawn now, and judge by what was read (by "
+                          "default this happens when the stored evidence disagrees or would call weights identical)")
+    how.add_argument("--no-verify", dest="verify", action="store_const", const="never",
+                     help="judge by the stored sketches alone")
+
+    p = sub.add_parser("compare", parents=[scanning, verify], help="score two models (paths or stored ids)")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--plot", metavar="FILE.png", help="draw the evidence that decided (the sketch's layer pairs, or "
                    "the aligned feature curves) and the seed method's curves")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", parents=[scanning], help="a self-contained HTML report of two models' lineage")
+    p = sub.add_parser("report", parents=[scanning, verify], help="a self-contained HTML report of two models' lineage")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--out", default="lineage-report.html", metavar="FILE.html")
@@ -114,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind a parameter: -p VALUE for each ?, or -p NAME VALUE for each $NAME (as text: "
                         "cast in SQL, e.g. ?::INT)")
     p.add_argument("--csv", action="store_true", help="CSV output")
+    p.add_argument("--timeout", type=_seconds, default=TIMEOUT_S, metavar="SECONDS",
+                   help=f"stop the query after this long (default {TIMEOUT_S:g})")
+    p.add_argument("--memory-limit", type=_bytes, default=MEMORY_BYTES, metavar="SIZE",
+                   help=f"memory the query may take, e.g. 512MB (default {MEMORY_BYTES >> 30} GB)")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("store", parents=[common], help="check the store's files, or move damaged ones aside")
@@ -126,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("graph", parents=[common], help="lineage graph of the store: detected and declared edges")
+    p = sub.add_parser("graph", parents=[common], help="family trees of the store's models: each model's parent, "
+                       "each derivation typed and directed, beside what the cards declare")
     p.add_argument("--min-confidence", type=float, default=0.99, help="1 - p-value an edge needs (default 0.99)")
-    p.add_argument("--out", default="lineage-graph.json", help="FILE.graphml or FILE.json")
+    p.add_argument("--out", metavar="FILE", help="also write the graph: FILE.graphml (GraphML) or any other name "
+                   "(JSON)")
     p.add_argument("--html", metavar="FILE.html", help="also a self-contained page of the families, for a browser")
     p.set_defaults(func=cmd_graph)
 

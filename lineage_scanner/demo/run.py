@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineage_scanner.demo.zoo import build_zoo
+from lineage_scanner.demo.zoo import build_zoo, family_roots
 from lineage_scanner.lineage.null import null_for
 from lineage_scanner.lineage.verdict import decide
 from lineage_scanner.report.plot import plot_curves
@@ -24,7 +24,7 @@ class DemoRow:
     score: float
     verdict: str
     kind: str | None
-    #: the best match by score is the parent or a sibling: the lineage family is right
+    #: the best match by score is in the model's family: the lineage family is right
     family_hit: bool
 
 
@@ -46,7 +46,7 @@ def run_demo(out: str | Path, store: Store, backend: str = "auto", progress: boo
         raise RuntimeError(f"demo zoo failed to scan: {summary.failed[0].error}")
     names = {e.model for e in entries}
     sigs = {s.model: s for s in store.signatures() if s.model in names}
-    root = {e.model: e.parent or e.model for e in entries}
+    root = family_roots(entries)
 
     def judge(a: str, b: str):
         return decide(sigs[a], sigs[b], null_for(store, sigs[a], sigs[b]))
@@ -59,7 +59,7 @@ def run_demo(out: str | Path, store: Store, backend: str = "auto", progress: boo
         others = [(judge(e.model, n).evidence.score, n) for n in sigs if n != e.model]
         best = max((s, n) for s, n in others if math.isfinite(s))[1]
         rows.append(DemoRow(e.model, e.relation, e.parent, v.paper.score, v.evidence.score, v.verdict, v.kind,
-                            root[best] == e.parent))
+                            root[best] == root[e.model]))
     strangers = [judge(a, b) for a in sorted(sigs) for b in sorted(sigs) if a < b and root[a] != root[b]]
     verdicts: dict[str, int] = {}
     for v in strangers:

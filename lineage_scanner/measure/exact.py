@@ -9,16 +9,17 @@ from lineage_scanner.layouts.resolve import Layout, Part
 from lineage_scanner.measure.kernels.stats import Moments
 from lineage_scanner.measure.parts import segments
 from lineage_scanner.measure.records import ColumnSums
-from lineage_scanner.measure.sketch import GRAM_ROLES, SKETCH_RUNS, SKETCHED_ROLES, SketchPart, anchor_rows, positions
+from lineage_scanner.measure.sketch import SKETCHED_ROLES, SketchKey, SketchPart, positions
 from lineage_scanner.measure.tally import FOLDED_ROLES, RawSketch, Subject, Tally, checked, stored_rows
 from lineage_scanner.readers.arrays import floats
 
 
 def exact(subject: Subject, batch: list[str], gains: bool = True) -> Tally:
     """Whole tensors through the backend, with what folding the norm needs (column sums, and with ``gains``
-    the layers' norm gains) and each matrix's sketch. A Q/K/V part's moments and column sums come from one
-    read of it (one pass on the CPU; on the GPU, one launch for all of a model's Q/K/V segments and one for
-    the rest)."""
+    the layers' norm gains, the circuit sketches and the digest of every value) and each matrix's value
+    sketch (without ``gains``: a part a sample could not cover, its value sketch only). A Q/K/V part's
+    moments and column sums come from one read of it (one pass on the CPU; on the GPU, one launch for all of
+    a model's Q/K/V segments and one for the rest)."""
     reader, layout, backend = subject.reader, subject.layout, subject.backend
     tensors = {name: reader.read(name) for name in batch}
     pieces = [(name, part, segments(tensors[name], part)) for name in batch for part in subject.parts[name]]
@@ -42,10 +43,15 @@ def exact(subject: Subject, batch: list[str], gains: bool = True) -> Tally:
         for partial in partials:
             total = total + Moments.from_partial(partial)
         stats.append(checked(subject.info(name), part, total))
+        if gains:
+            subject.sketching.record(part, group)
         if _sketched(part, group):
-            sketches.append(_sketch_of(part, group, layout))
+            sketches.append(_sketch_of(part, group, layout, subject.sketching.key))
+            if gains:
+                subject.sketching.matrix(part, group)
         if gains and part.role == "attn_norm" and layout.spec.pre_norm:
             norm_gains[part.layer] = floats(tensors[name], np.float64).reshape(-1) + layout.spec.norm_offset
+            subject.sketching.gain(part.layer, norm_gains[part.layer])
     del tensors, pieces
     for name in batch:
         reader.release(name)
@@ -61,8 +67,8 @@ def _sketched(part: Part, group: list[np.ndarray]) -> bool:
     return part.role in SKETCHED_ROLES and group[0].ndim == 2 and all(g.size for g in group)
 
 
-def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout) -> RawSketch:
-    """The sketches of a part's matrix (its segments laid end to end along the part's axis), taken as
+def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout, key: SketchKey) -> RawSketch:
+    """The value sketch of a part's matrix (its segments laid end to end along the part's axis), taken as
     ``nn.Linear`` holds it ([out, in], rows in the order of the original checkpoint), whatever the format
     stored, so that an export to another format has the same sketch."""
     axis = part.axis
@@ -87,12 +93,7 @@ def _sketch_of(part: Part, group: list[np.ndarray], layout: Layout) -> RawSketch
                 values[sel] = floats(g[rr, cc])
         return values
 
-    flat = positions(rows, cols)
+    flat = positions(rows, cols, key)
     r, c = np.divmod(flat, cols)
     values = take(stored_row(r), c)
-    whole = None
-    if part.role in GRAM_ROLES and rows >= SKETCH_RUNS:
-        anchor = stored_row(anchor_rows(rows, cols))
-        whole = (floats(group[0][anchor]) if len(group) == 1 else  # whole rows: a slice each, not a gather
-                 take(np.repeat(anchor, cols).reshape(-1, cols), np.tile(np.arange(cols), (len(anchor), 1))))
-    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat, whole)
+    return RawSketch(SketchPart(part.layer, part.role, rows, cols, values), flat)

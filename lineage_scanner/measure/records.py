@@ -65,3 +65,5 @@ class Measurement:
     dtype: str
     sampled: bool = False
     sketch: tuple[SketchPart, ...] = ()
+    #: SHA-256 over every attention value read, where the key asked for it and every part was read whole
+    attention_digest: str | None = None

@@ -1,5 +1,6 @@
 """Large 2-D tensors estimated from stratified runs (see :mod:`lineage_scanner.measure.sampling`), each run
-over the sketch's anchor row in its band, so the sketch and the Q/K/V column sums come from the same runs."""
+over the value sketch's run in its band, so the sketch and the Q/K/V column sums come from the same runs. A
+sampled scan has no circuit sketches (they need whole matrices) and no digest of every value."""
 
 from __future__ import annotations
 
@@ -25,15 +26,7 @@ from lineage_scanner.measure.sampling import (
     required_se,
     run_length,
 )
-from lineage_scanner.measure.sketch import (
-    GRAM_ROLES,
-    SKETCH_RUNS,
-    SKETCHED_ROLES,
-    SketchPart,
-    anchors,
-    bands,
-    positions,
-)
+from lineage_scanner.measure.sketch import SKETCHED_ROLES, SketchKey, SketchPart, anchors, bands, positions
 from lineage_scanner.measure.tally import FOLDED_ROLES, RawSketch, Subject, Tally, checked
 from lineage_scanner.readers.arrays import floats
 from lineage_scanner.readers.base import TensorInfo
@@ -74,15 +67,16 @@ def _estimate(subject: Subject, name: str, part: Part, plan: SamplePlan, target:
     info = subject.info(name)
     spans = flat_spans(part, info.shape)
     fraction = plan.fraction if target is None else fraction_for(target, sum(n for _, n in spans))
+    key = subject.sketching.key
     for round_ in range(ROUNDS):
-        starts = _run_starts(spans, info.shape[1], fraction)
+        starts = _run_starts(spans, info.shape[1], fraction, key)
         if starts is None:
             break
         runs = subject.reader.read_runs(name, starts.storage, starts.run)
         total, se, kurtosis_se = pooled([Moments.from_partial(p) for p in subject.backend.partials(list(runs))])
         if target is None or se <= target or round_ == ROUNDS - 1:
             sums = _sampled_column_sums(runs, starts, info.shape, part, subject.layout.spec.transposed)
-            sketch = _sampled_sketch(part, runs, starts)
+            sketch = _sampled_sketch(part, runs, starts, key)
             return Tally((checked(info, part, total, se, kurtosis_se),), (sums,) if sums else (),
                          sketches=(sketch,) if sketch else ())
         fraction = next_fraction(fraction, se, target)
@@ -120,35 +114,30 @@ def _sampled_column_sums(runs: np.ndarray, starts: Runs, shape: tuple[int, ...],
     return ColumnSums(part.layer, part.role, powers, values.size)
 
 
-def _sampled_sketch(part: Part, runs: np.ndarray, starts: Runs) -> RawSketch | None:
-    """The sketch, cut out of the runs that cover it (each run covers its anchor row whole)."""
+def _sampled_sketch(part: Part, runs: np.ndarray, starts: Runs, key: SketchKey) -> RawSketch | None:
+    """The value sketch, cut out of the runs that cover it (each run covers its anchor run)."""
     if part.role not in SKETCHED_ROLES:
         return None
     table = floats(runs)
     index = np.arange(len(starts.anchors))[:, None]
     values = table[index, (starts.anchors - starts.virtual)[:, None] + np.arange(starts.anchor_run)].reshape(-1)
-    flat = positions(starts.rows, starts.cols)
-    whole = None
-    if part.role in GRAM_ROLES and starts.rows >= SKETCH_RUNS:
-        row_starts = starts.anchors // starts.cols * starts.cols
-        whole = table[index, (row_starts - starts.virtual)[:, None] + np.arange(starts.cols)]
-    return RawSketch(SketchPart(part.layer, part.role, starts.rows, starts.cols, values), flat, whole)
+    flat = positions(starts.rows, starts.cols, key)
+    return RawSketch(SketchPart(part.layer, part.role, starts.rows, starts.cols, values), flat)
 
 
-def _run_starts(spans: list[tuple[int, int]], cols: int, fraction: float) -> Runs | None:
-    """One run per band of the part's rows, over the band's anchor row whole (so over the sketch's run),
-    kept inside the span (row range of the stored tensor) that holds it; None means read the part whole."""
+def _run_starts(spans: list[tuple[int, int]], cols: int, fraction: float, key: SketchKey) -> Runs | None:
+    """One run per band of the part's rows, over the band's sketch run, kept inside the span (row range of
+    the stored tensor) that holds it; None means read the part whole."""
     lengths = np.array([n for _, n in spans], dtype=np.int64)
     rows = int(lengths.sum()) // cols
-    anchor, anchor_run = anchors(rows, cols)
-    run = run_length(rows * cols, fraction, SKETCH_RUNS, cols)
+    anchor, anchor_run = anchors(rows, cols, key)
+    run = run_length(rows * cols, fraction, len(anchor), anchor_run)
     if run is None:
         return None
-    row_start = anchor // cols * cols
     cum = np.concatenate([[0], np.cumsum(lengths)])
     k = np.searchsorted(cum, anchor, side="right") - 1  # the span of each anchor
-    low, high = bands(rows, cols)
-    virtual = placed(row_start, cols, np.maximum(low, cum[k]), np.minimum(high, cum[k + 1]), run)
+    low, high = bands(rows, cols, key)
+    virtual = placed(anchor, anchor_run, np.maximum(low, cum[k]), np.minimum(high, cum[k + 1]), run)
     if virtual is None:
         return None
     storage = np.array([s for s, _ in spans], dtype=np.int64)[k] + (virtual - cum[k])

@@ -12,6 +12,7 @@ import json
 from datetime import datetime, timezone
 
 from lineage_scanner import __version__
+from lineage_scanner.printable import printable
 
 CSS = """
 :root { --ink: #1d2330; --muted: #5b6474; --line: #d9dee7; --derived: #1a7f37; --unrelated: #57606a;
@@ -39,8 +40,9 @@ footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
 
 
 def esc(value) -> str:
-    """Text or an attribute value from anywhere, safe in HTML."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Text or an attribute value from anywhere, safe in HTML: escaped, and control characters (which
+    HTML does not allow) written as visible escapes (:func:`lineage_scanner.printable.printable`)."""
+    return html.escape(printable(value), quote=True)
 
 
 def json_script(element_id: str, data) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import shlex
 
-from lineage_scanner.lineage.verdict import ROTATED
-from lineage_scanner.report.figures import draw_features, draw_seed, draw_sketch, new_figure, svg
+from lineage_scanner.printable import p_is, pvalue
+from lineage_scanner.report.figures import draw_features, draw_seed, draw_sketch, new_figure, sketch_drawn, svg
 from lineage_scanner.report.page import esc, page, table
 
 
@@ -67,53 +67,76 @@ def commands(a, b) -> list[str]:
 
 def _confidence(v) -> list[tuple[str, str]]:
     rows = [("decided by", esc(_test_name(v))),
-            ("p-value", f"<strong>{esc(_p(v.log10_p))}</strong>")]
+            ("p-value", f"<strong>{esc(pvalue(v.p_value, v.log10_p))}</strong>")]
     s = v.sketch
     if s is not None:
-        rows.append(("weight sketch (values)", esc(f"median |r| {_num(s.score)} over {len(s.pairing)} layer pairs, "
-                                                   f"p = {_p(s.log10_p)}: exact null, self-normalised per position")))
-        if s.gram_log10_p is not None:
-            rows.append(("weight sketch (V Gram)", esc(f"p = {_p(s.gram_log10_p)}: randomisation over V's row signs")))
+        pairs = f"{len(s.pairing)} layer pair{'s' if len(s.pairing) != 1 else ''}"
+        rows.append(("weight sketch (values)", esc(f"median |r| {_num(s.score)} over {pairs}, "
+                                                   f"{p_is(None, s.log10_p)}: exact null, self-normalised per "
+                                                   "position")))
     else:
         rows.append(("weight sketch", "does not apply: no attention matrix has the same shape in both"))
-    null = f"{v.null_size} unrelated pairs from the {v.null.source}" if v.null else "no reference null"
-    rows.append(("feature curves", esc(f"score {_num(v.evidence.score)}, p = {_num(v.p_curves)} (the larger of: "
-                                       f"{null}, p = {_num(v.p_null)}; surrogates with each model's own depth "
-                                       f"trend, p = {_num(v.evidence.surrogate_p)})")))
+    c = v.circuits
+    if c is not None:
+        gram = "" if c.gram_r is None else (f"; their Gram (unchanged by a rotated residual stream) r "
+                                            f"{_num(c.gram_r)}, {p_is(None, c.gram_log10_p)}")
+        rows.append(("circuit sketches", esc(f"OV/QK entries r {_num(c.score)} over {len(c.pairing)} layer pairs, "
+                                             f"{p_is(None, c.log10_p)} (robust {p_is(None, c.robust_log10_p)}): "
+                                             f"exact null, sign symmetry{gram}")))
+    if v.conflict:
+        rows.append(("disagreement", esc(v.conflict)))
+    if v.verification:
+        ver = v.verification
+        rows.append(("verified", esc(f"read again under a fresh key: {ver['values_per_matrix']} values per matrix, "
+                                     f"{ver['bytes_read'] / 1e6:.1f} MB; the stored evidence said "
+                                     f"{ver['stored_verdict']}" if ver.get("ran") else f"not possible: {ver['why']}")))
+    null = f"{v.null_size} unrelated pairs from the {v.null.source} null" if v.null else "no reference null"
+    surrogate = ("not run: the reference null alone puts the pair among unrelated ones"
+                 if v.evidence.surrogate_p is None else p_is(v.evidence.surrogate_p))
+    rows.append(("feature curves", esc(f"score {_num(v.evidence.score)}, {p_is(v.p_curves)} (the larger of: "
+                                       f"{null}, {p_is(v.p_null)}; surrogates with each model's own depth "
+                                       f"trend: {surrogate})")))
     rows.append(("seed method", esc(f"paper_score {_num(v.paper.score)} (not calibrated; for reference)")))
     return rows
 
 
 def _test_name(v) -> str:
-    if v.decided_by == "sketch" and v.sketch is not None:
-        if v.kind == ROTATED:
-            return "the weight sketch's V Gram test (exact: randomisation over V's row signs)"
-        return "the weight sketch's same-shape test (exact null: independent weights)"
-    if v.decided_by == "curves":
-        return "the feature curves (reference null and surrogates)"
-    return "nothing: no evidence applies"
+    names = {"sketch": "the weight sketch's same-shape test (exact null: independent weights)",
+             "circuits": "the circuit sketches' exact test (outputs a reparametrisation keeps)",
+             "circuit gram": "the circuits' Gram (unchanged by a rotated residual stream; calibrated null)",
+             "curves": "the feature curves (reference null and surrogates)"}
+    return names.get(v.decided_by, "nothing: no unforgeable evidence is firm")
 
 
 def _deciding(a, b, v) -> str:
-    if v.decided_by == "sketch" and v.sketch is not None and v.sketch.grid is not None:
-        return _sketch_figure(v)
+    if sketch_drawn(v):
+        return _sketch_figure(v, a, b)
     return _features_figure(a, b, v)
 
 
 def _other(a, b, v) -> str:
-    if v.decided_by == "sketch":
-        return _features_figure(a, b, v)
+    """The evidence that did not decide: the curves (and where the circuits decided, the values too), or
+    the sketch where the curves decided."""
+    if sketch_drawn(v):
+        values = _sketch_figure(v) if v.decided_by != "sketch" and v.sketch is not None and v.sketch.grid is not None \
+            else ""
+        return values + _features_figure(a, b, v)
     if v.sketch is not None and v.sketch.grid is not None:
         return _sketch_figure(v)
     return ""
 
 
-def _sketch_figure(v) -> str:
-    fig = new_figure(11, 4.6)
-    draw_sketch(fig, v)
-    return _figure(svg(fig), "Left: mean |r| of the weight sketches (values at positions fixed by the matrix "
-                             "shape) for every pair of layers; circles mark the pairing the test chose. Right: each "
-                             "channel's median |r|; models trained apart sit near 0, derived ones near 1.")
+def _sketch_figure(v, a=None, b=None) -> str:
+    """The sketch's figure: of the values, or with ``a`` and ``b`` of a pair the circuits decided, of the
+    circuit sketches."""
+    fig = new_figure(11, 4.8)
+    draw_sketch(fig, v, a, b)
+    what = ("the circuit sketches (OV and QK entries, which every map that keeps a model's outputs keeps)"
+            if a is not None and v.decided_by != "sketch" else
+            "the weight sketches (values at positions the store's secret key chose)")
+    return _figure(svg(fig), f"Left: mean |r| of {what} for every pair of layers; circles mark the pairing the "
+                             "test chose. Right: each channel's median |r|; models trained apart sit near 0, "
+                             "derived ones near 1.")
 
 
 def _features_figure(a, b, v) -> str:
@@ -165,9 +188,3 @@ def _num(x) -> str:
     if x is None:
         return "n/a"
     return "n/a" if isinstance(x, float) and not math.isfinite(x) else f"{x:.4g}"
-
-
-def _p(log10_p: float) -> str:
-    if not math.isfinite(log10_p):
-        return "n/a"
-    return f"{10 ** log10_p:.3g}" if log10_p > -4 else f"1e{log10_p:.0f}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lineage_scanner.printable import printable
 from lineage_scanner.report.figures import close, draw_seed, evidence_figure, new_figure
 
 
@@ -15,7 +16,7 @@ def plot_curves(signatures, out: str | Path, title: str | None = None,
     fig = new_figure(10, 7)
     draw_seed(fig, signatures, alignment, per_role)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(printable(title))
     return _save(fig, out)
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 from lineage_scanner.errors import InternalError, ScanError
 from lineage_scanner.measure.kernels import MomentsBackend, get_backend
 from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.measure.sketch import SketchKey
 from lineage_scanner.readers.hub_time import Timeouts
 from lineage_scanner.readers.open import open_source
 from lineage_scanner.readers.open_hub import HubJob
@@ -58,6 +59,9 @@ class ScanConfig:
     store: str | None = None
     #: how long the Hub may take: per request, per stalled body, and one model's whole scan (``model_s``)
     timeouts: Timeouts = Timeouts()
+    #: the store's secret sketch key (run_batch takes it from the store; it travels to Ray workers with the
+    #: configuration, never in a runtime environment)
+    key: SketchKey | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ class Scanner:
             key = (opened.model, opened.revision)
             if key in self.done and not force:
                 return key, None
-            return key, build(opened, self.backend, self.config.sample)
+            return key, build(opened, self.backend, self.config.sample, self.config.key)
         finally:
             opened.close()
 

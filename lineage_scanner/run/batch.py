@@ -23,6 +23,7 @@ from itertools import islice
 from lineage_scanner.errors import DeferredError, SourceError
 from lineage_scanner.run.base import Executor, Key, Known, ScanConfig, UnitResult, WorkUnit, source_bytes
 from lineage_scanner.signature.record import Signature
+from lineage_scanner.store.key import store_key
 from lineage_scanner.store.store import Store
 
 #: Target bytes per unit: about a few seconds of scanning on one worker.
@@ -133,6 +134,8 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
         from lineage_scanner.run.local import InProcess
 
         executor = InProcess()
+    if config.key is None:
+        config = dataclasses.replace(config, key=store_key(store))
     summary = BatchSummary(keep_records=keep_records)
     started = last_flush = time.perf_counter()
     units = plan_units(sources, unit_bytes)

@@ -17,8 +17,9 @@ def signature_for(text: str, store: Store, backend: str = "auto") -> Signature:
         model, _, revision = text.partition("@")
         return store.load(model, revision or None)
     from lineage_scanner.run.base import Known, ScanConfig, Scanner
+    from lineage_scanner.store.key import store_key
 
-    key, sig = Scanner(ScanConfig(backend), Known(frozenset(store.done()))).strict(text)
+    key, sig = Scanner(ScanConfig(backend, key=store_key(store)), Known(frozenset(store.done()))).strict(text)
     if sig is None:
         return store.load(*key)
     store.keep([sig])

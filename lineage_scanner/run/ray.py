@@ -72,14 +72,19 @@ class ScanWorker:
     batch's store is one every node reaches (``config.store``), the worker writes each unit's originals
     there itself, under the name the driver gave the unit (see :meth:`RayExecutor.run`)."""
 
-    def __init__(self, config: ScanConfig, known: Known, threads: int, in_flight: int = 1):
+    def __init__(self, config: ScanConfig, known: Known | list, threads: int, in_flight: int = 1):
+        """``known``: the batch's :class:`Known`, or a one-element list holding its object reference. Nested
+        so, the reference is not one of the constructor's own arguments: Ray keeps a restartable actor's
+        stored arguments and says so at error level on every start; the driver holds the reference for the
+        whole batch, so a restarted worker still finds it."""
         import numba
+        import ray
 
         # the CPU kernel's threads match the CPUs Ray gave this actor, so workers do not fight for cores
         self.threads = threads
         self.in_flight = in_flight
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        self.reset(config, known)
+        self.reset(config, ray.get(known[0]) if isinstance(known, list) else known)
 
     def reset(self, config: ScanConfig, known: Known) -> None:
         """Serve another batch (a kept worker: its process, imports and loaded kernels stay)."""
@@ -182,7 +187,7 @@ class RayExecutor:
             actors, self._kept = self._kept, []
         else:
             self.close()
-            actors = [remote.options(**slot.options).remote(config, known_ref, slot.threads, self.in_flight)
+            actors = [remote.options(**slot.options).remote(config, [known_ref], slot.threads, self.in_flight)
                       for slot in slots]
         slot_of = dict(zip(actors, slots))
         lost: set = set()
@@ -233,7 +238,7 @@ class RayExecutor:
                     lost.add(actor)  # its node is gone, or Ray could not bring it back: the others go on
                     if not set(slot_of) - lost:  # unless none is left: then one more, wherever it fits
                         slot = slot_of[actor]
-                        replacement = remote.options(**slot.fallback(ray)).remote(config, known_ref, slot.threads,
+                        replacement = remote.options(**slot.fallback(ray)).remote(config, [known_ref], slot.threads,
                                                                                   self.in_flight)
                         slot_of[replacement] = slot
                         idle.extend([replacement] * self.in_flight)

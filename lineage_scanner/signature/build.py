@@ -8,18 +8,22 @@ from lineage_scanner.layouts.resolve import resolve
 from lineage_scanner.measure.kernels import MomentsBackend
 from lineage_scanner.measure.moments import measure
 from lineage_scanner.measure.sampling import SamplePlan
+from lineage_scanner.measure.sketch import SketchKey
 from lineage_scanner.readers.opened import OpenedModel
 from lineage_scanner.signature.features import curves_from, embedding, invariant_errors, invariants
 from lineage_scanner.signature.record import Signature
 
 
-def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | None = None) -> Signature:
-    """Scan an opened checkpoint into a signature; raises ScanError on bad input."""
+def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | None = None,
+          key: SketchKey | None = None) -> Signature:
+    """Scan an opened checkpoint into a signature, its sketches at ``key``'s positions (a store's secret, else
+    this process's own: see :class:`SketchKey`); raises ScanError on bad input."""
+    key = key or SketchKey.of_process()
     tensors = opened.reader.tensors()
     config = complete_config(opened.config, tensors, opened.config_file)  # a Hub commit's: no download counted
     facts = from_config(config, opened.format, opened.source)
     layout = resolve(facts.spec, tensors, facts.shape, config, facts.n_layers, opened.source)
-    result = measure(opened.reader, layout, backend, sample)
+    result = measure(opened.reader, layout, backend, sample, key)
     features = invariants(result.stats, layout.n_layers)
     return Signature(
         model=opened.model, revision=opened.revision, source=opened.source, format=opened.format,
@@ -30,6 +34,7 @@ def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | Non
         layout_source=layout.spec.source, curves=curves_from(result.stats, layout.n_layers),
         invariants=features, invariant_se=invariant_errors(result.stats, layout.n_layers),
         embedding=embedding(features), layers=result.stats, sketch=result.sketch,
+        sketch_key=key.id, attention_digest=result.attention_digest,
         files=sorted({t.file.rsplit("/", 1)[-1] for t in tensors.values()}), weights_digest=opened.weights_digest,
         content_digest=opened.content_digest,
         bytes_read=opened.reader.bytes_read, sampled=result.sampled,

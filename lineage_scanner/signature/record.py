@@ -32,6 +32,9 @@ FEATURES = ("qk", "vo", "kurt_q", "kurt_k", "kurt_v", "kurt_o", "fkurt_q", "fkur
 EMBED_POINTS = 32
 EMBED_FEATURES = ("qk", "vo", "kurt_q", "kurt_k")
 EMBED_DIM = EMBED_POINTS * len(EMBED_FEATURES)
+#: The key id of sketches stored before keys existed (schema 8 and older: NULL), at positions anyone can
+#: compute: evidence a forger could aim at.
+PUBLIC_KEY = "public"
 
 
 def _column(kind: str, default=None):
@@ -69,8 +72,15 @@ class Signature:
     invariant_se: dict[str, list[float]] = field(default_factory=dict, metadata={"column": "invariants"})
     embedding: list[float] | None = _column("embedding")
     layers: tuple[LayerStat, ...] = field(default=(), metadata={"column": None})  # the layers table
-    #: each attention matrix's values at the positions its shape fixes (lineage_scanner.measure.sketch)
+    #: each attention matrix's values at its store key's positions, and the circuit sketches
+    #: (lineage_scanner.measure.sketch, lineage_scanner.measure.circuits)
     sketch: tuple[SketchPart, ...] = field(default=(), metadata={"column": "sketch"})
+    #: the id of the key that placed the sketch (None in stores older than keys: positions anyone can
+    #: compute); sketches compare only under one key
+    sketch_key: str | None = None
+    #: SHA-256 over every attention value, in float32 and nn.Linear's layout (whatever format stored them):
+    #: taken by deep verification only (it reads them all), never stored
+    attention_digest: str | None = field(default=None, metadata={"column": None})
     #: the checkpoint's weight files, by name, as its tensors' headers listed them
     files: list[str] = field(default_factory=list)
     #: SHA-256 over the weight files' own SHA-256s (the Hub's LFS oids, from model info), sorted: equal for

@@ -50,8 +50,10 @@ BOUNDS: dict[str, tuple[tuple[str, str, str], ...]] = {
                    ("embedding", "list_has_any(embedding::FLOAT[], ['inf'::FLOAT, '-inf'::FLOAT])",
                     "'embedding holds an infinite value'"),
                    ("sketch", f"list_bool_or([p.rows NOT BETWEEN 1 AND {MAX_WIDTH} OR p.cols NOT BETWEEN 1 AND "
-                              f"{MAX_WIDTH} OR p.layer NOT BETWEEN 0 AND {MAX_LAYERS - 1} for p in sketch])",
-                    f"'a sketch of a matrix outside 1..{MAX_WIDTH} rows or columns, or layers 0..{MAX_LAYERS - 1}'")),
+                              f"{MAX_WIDTH} OR (p.layer NOT BETWEEN 0 AND {MAX_LAYERS - 1} AND "
+                              "NOT (p.layer = -1 AND p.kind = 'circuit_gram')) for p in sketch])",
+                    f"'a sketch of a matrix outside 1..{MAX_WIDTH} rows or columns, or layers 0..{MAX_LAYERS - 1} (-1: "
+                    "the Gram of every layer)'")),
     "layers": (_between("layer", 0, MAX_LAYERS - 1), ("numel", "numel < 0", "'numel ' || numel || ' is negative'"),
                ("std", "std < 0", "'std ' || std || ' is negative'"),
                *(_infinite(c) for c in ("mean", "std", "min", "max", "absmax", "skew", "kurtosis"))),

@@ -12,7 +12,8 @@ from lineage_scanner.store.schema import SCHEMA_VERSION, arrow_schema
 
 #: What scoring reads of a stored signature (not its layers, provenance or errors).
 SCORED = ("model", "revision", "source", "n_layers", "hidden_size", "family", "format", "dtype", "curves",
-          "invariants", "invariant_se", "declared_base", "embedding", "sketch")
+          "invariants", "invariant_se", "declared_base", "embedding", "sketch", "sketch_key",
+          "weights_digest")
 STORED = [f.name for f in dataclasses.fields(Signature) if f.metadata.get("column", "") is not None]
 #: What :meth:`Store.load` reads: every stored column the ``signatures`` view keeps (an ok scan has no error).
 PROVENANCE = [name for name in STORED if name != "error"]

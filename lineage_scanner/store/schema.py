@@ -24,8 +24,9 @@ from lineage_scanner.signature.record import EMBED_DIM, FEATURES, Signature
 #: 5: layers.folded_kurtosis, invariants.fkurt_q/k/v; 6: signatures.layout_source, format names the
 #: quantization scheme and family the architecture for GGUF files too; 7: signatures.sketch and
 #: invariant_se, layers.kurtosis_se; 8: signatures.files, weights_digest, content_digest, identical_to;
-#: 9: signatures.reason
-SCHEMA_VERSION = 9
+#: 9: signatures.reason; 10: signatures.sketch_key, sketches at a store's keyed positions with circuit sketches
+#: beside them
+SCHEMA_VERSION = 10
 
 #: storage kind -> DuckDB type; the Arrow type of each kind is in :func:`_arrow_type`
 DUCKDB_TYPES = {
@@ -76,9 +77,13 @@ TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     # one row per complete Hub listing: its query and the newest last modification it saw (the next
     # listing of the same query stops there)
     "listings": (("query", "string"), ("high_water", "timestamp"), ("models", "int64"), ("listed_at", "timestamp")),
+    # one row per derivation of a ``lineage graph`` run: a is the parent, b the child (names kept from the
+    # first version, whose rows were undirected pairs); score is their closeness
     "edges": (
         ("a", "string"), ("b", "string"), ("score", "float64"), ("p_value", "float64"), ("kind", "string"),
-        ("computed_at", "timestamp"),
+        ("computed_at", "timestamp"), ("direction", "string"), ("note", "string"), ("evidence", "string"),
+        ("log10_p", "float64"), ("declared", "bool"), ("family", "string"), ("runner_up", "string"),
+        ("runner_up_score", "float64"),
     ),
 }
 

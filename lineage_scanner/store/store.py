@@ -42,8 +42,10 @@ PERMANENT = ("not_found", "unsafe_format", "bad_header", "non_finite", "bad_iden
 def edge_rows(edges) -> list[dict]:
     """Rows of the ``edges`` table for one detection run (one time for all of them)."""
     now = datetime.now(timezone.utc)
-    return [{"a": e.a, "b": e.b, "score": e.score, "p_value": e.p_value, "kind": e.kind, "computed_at": now}
-            for e in edges]
+    return [{"a": e.parent, "b": e.child, "score": e.closeness, "p_value": e.p_value, "kind": e.kind,
+             "computed_at": now, "direction": e.direction, "note": e.note, "evidence": e.evidence,
+             "log10_p": e.log10_p, "declared": e.declared, "family": e.family, "runner_up": e.runner_up,
+             "runner_up_score": e.runner_up_closeness} for e in edges]
 
 
 class Store:
@@ -132,8 +134,8 @@ class Store:
         return len(rows)
 
     def write_edges(self, edges) -> int:
-        """Append one detection run's edges (see :mod:`lineage_scanner.lineage.graph`); the ``edges`` view
-        shows the newest run."""
+        """Append one detection run's derivations (:class:`lineage_scanner.lineage.tree.TreeEdge`); the
+        ``edges`` view shows the newest run."""
         return self._append("edges", edge_rows(edges), keep_empty=True)
 
     def keep(self, sigs: Iterable[Signature] = (), edges=None) -> bool:
@@ -168,11 +170,11 @@ class Store:
     # ---- reading --------------------------------------------------------------------------------------
 
     def connect(self, database: str = ":memory:", sandbox: bool = False, for_query: str | None = None,
-                edges=None) -> duckdb.DuckDBPyConnection:
+                edges=None, memory_limit: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the store's views (see :func:`lineage_scanner.store.views.open_views`);
         ``edges``: a graph run not stored (a read-only store) that the ``edges`` view shows instead."""
         return open_views(self.data, self.health, database, sandbox, for_query,
-                          None if edges is None else edge_rows(edges))
+                          None if edges is None else edge_rows(edges), memory_limit)
 
     def todo(self, limit: int | None = None) -> list[str]:
         """``hf://model@sha`` sources listed in the catalog and not yet scanned: those deferred by a spent Hub

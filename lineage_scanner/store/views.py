@@ -34,25 +34,38 @@ VIEWS = {
     # listed commits without a signature yet (gated repos are left out: they cannot be read)
     "todo": "SELECT c.* FROM catalog c ANTI JOIN signatures s ON c.model = s.model AND c.sha = s.revision "
             "WHERE NOT c.gated",
-    # the newest detection run (lineage graph): pairs of models judged derived
-    "edges": "SELECT * FROM edges_files WHERE computed_at = (SELECT max(computed_at) FROM edges_files)",
-    # where model cards and weights disagree: a declared base the weights do not support (both scanned), or
-    # lineage the weights show that no card declares
+    # the newest detection run (lineage graph): its derivations, parent to child
+    "edges": "SELECT a AS parent, b AS child, kind, coalesce(direction, 'unknown') AS direction, note, "
+             "score AS closeness, evidence, p_value, log10_p, 1 - p_value AS confidence, declared, family, runner_up, "
+             "runner_up_score AS runner_up_closeness, computed_at "
+             "FROM edges_files WHERE computed_at = (SELECT max(computed_at) FROM edges_files)",
+    # where model cards and weights disagree: a declared base (scanned) that the weights' tree does not put
+    # among the model's ancestors, or a derivation the weights show that no card's chain of bases covers
     "disagreements": """
         WITH RECURSIVE declared AS (SELECT model, unnest(declared_base) AS base FROM signatures),
              chain(model, ancestor) AS (
                  SELECT model, model FROM signatures
                  UNION SELECT c.model, d.base FROM chain c JOIN declared d ON d.model = c.ancestor),
-             undirected AS (SELECT a, b FROM edges UNION ALL SELECT b, a FROM edges)
-        SELECT d.model, d.base AS other, 'declared base not supported by the weights' AS problem, NULL AS score
+             lineage(model, ancestor) AS (
+                 SELECT child, parent FROM edges
+                 UNION SELECT l.model, e.parent FROM lineage l JOIN edges e ON e.child = l.ancestor),
+             member AS (SELECT child AS model, family FROM edges UNION SELECT parent, family FROM edges)
+        SELECT d.model, d.base AS other,
+               CASE WHEN EXISTS (SELECT 1 FROM lineage l WHERE l.model = d.base AND l.ancestor = d.model)
+                        THEN 'declared base derived from this model by the weights'
+                    WHEN EXISTS (SELECT 1 FROM member x JOIN member y ON x.family = y.family
+                                 WHERE x.model = d.model AND y.model = d.base)
+                        THEN 'declared base a relative but not an ancestor by the weights'
+                    ELSE 'declared base not related by the weights' END AS problem,
+               NULL::DOUBLE AS closeness
         FROM declared d
         WHERE d.base IN (SELECT model FROM signatures)
-          AND NOT EXISTS (SELECT 1 FROM undirected u WHERE u.a = d.model AND u.b = d.base)
+          AND NOT EXISTS (SELECT 1 FROM lineage l WHERE l.model = d.model AND l.ancestor = d.base)
         UNION ALL
-        SELECT e.a, e.b, 'lineage the weights show but no card declares', e.score
+        SELECT e.child, e.parent, 'derivation the weights show but no card declares', e.closeness
         FROM edges e
         WHERE NOT EXISTS (SELECT 1 FROM chain x JOIN chain y ON x.ancestor = y.ancestor
-                          WHERE x.model = e.a AND y.model = e.b)
+                          WHERE x.model = e.parent AND y.model = e.child)
     """,
 }
 
@@ -74,12 +87,14 @@ def needed(names: set[str]) -> set[str]:
 
 
 def open_views(files: Files, health: Health, database: str = ":memory:", sandbox: bool = False,
-               for_query: str | None = None, edges: list[dict] | None = None) -> duckdb.DuckDBPyConnection:
+               for_query: str | None = None, edges: list[dict] | None = None, memory_limit: int | None = None
+               ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the store's views defined (as temporary views: ``database`` may be a file
     that is being filled, and never keeps them); only those ``for_query`` names (and what they read), if
     given. ``sandbox``: then locked so that only the store's data files can be read and nothing written
     (see :mod:`lineage_scanner.store.sql`). ``edges``: rows the ``edges`` table holds instead of its
-    files (a graph run that a read-only store could not take)."""
+    files (a graph run that a read-only store could not take). ``memory_limit``: DuckDB's, in bytes, set
+    before the sandbox locks the configuration."""
     import duckdb
 
     con = duckdb.connect(database, config={"autoinstall_known_extensions": False,
@@ -98,6 +113,8 @@ def open_views(files: Files, health: Health, database: str = ":memory:", sandbox
         con.execute("SET allowed_directories = ?", [[]])
         con.execute("SET enable_external_access = false")
         con.execute("SET python_enable_replacements = false")  # no Python object in reach but the views
+        if memory_limit is not None:
+            con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
         con.execute("SET lock_configuration = true")
     return con
 
