@@ -56,6 +56,13 @@ def scan_or_typed_error(path) -> None:
         assert str(exc).startswith(str(path.parent)), exc
 
 
+@pytest.fixture(autouse=True)
+def written_files_settle_at_once(monkeypatch):
+    """Each example writes a file and opens it at once: the reader's wait for a file just written to settle
+    (20 ms) would be most of the run; what is fuzzed here is what the file says, not when it was written."""
+    monkeypatch.setattr("lineage_scanner.readers.local.SETTLE_NS", 0)
+
+
 @pytest.fixture(scope="module")
 def rss_guard():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

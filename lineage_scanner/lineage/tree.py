@@ -43,6 +43,10 @@ QUANTIZED_PARENT = 5.0
 #: What a card naming the parent takes off: between two candidates equally near (the parent and an exact
 #: copy of it), the one the card names; far below any difference the weights can resolve.
 CARD_TIE = 1e-6
+#: Per link between the candidate parent and the root: at equal closeness (within 1e-4 in -log r) the parent
+#: nearer the root wins. A model that computes the same function as the root (a permuted copy) is exactly
+#: as close to a third model as the root is; only the shorter story tells them apart.
+HOP_TIE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -198,12 +202,14 @@ def _arborescence(members: list[str], links: list[Link], copies: set[str], decla
         return members[0], []
     index = {m: k for k, m in enumerate(members)}
     root = index[_root(members, links, copies)]
+    hops = _hops(members[root], links)
     arcs: list[tuple[int, int, float]] = []
     carried: list[Link] = []
     for link in links:
         for parent, child in ((link.a, link.b), (link.b, link.a)):
             if index[child] != root:
-                arcs.append((index[parent], index[child], _cost(link, parent, child, copies, declared)))
+                cost = _cost(link, parent, child, copies, declared) + HOP_TIE * hops.get(parent, 0)
+                arcs.append((index[parent], index[child], cost))
                 carried.append(link)
     chosen = min_arborescence(len(members), arcs, root)
     children: dict[int, list[int]] = {}
@@ -303,6 +309,21 @@ def min_arborescence(n: int, arcs: list[tuple[int, int, float]], root: int) -> l
                 chosen[arcs[origin[a]][1]] = origin[a]
         best = chosen
     return best
+
+
+def _hops(root: str, links: list[Link]) -> dict[str, int]:
+    """Each member's number of links from the root (breadth first over the family's links)."""
+    near: dict[str, list[str]] = {}
+    for link in links:
+        near.setdefault(link.a, []).append(link.b)
+        near.setdefault(link.b, []).append(link.a)
+    hops, order = {root: 0}, [root]
+    for m in order:  # grows as it goes: breadth first
+        for n in near.get(m, ()):
+            if n not in hops:
+                hops[n] = hops[m] + 1
+                order.append(n)
+    return hops
 
 
 def _cost(link: Link, parent: str, child: str, copies: set[str], declared: dict[str, list[str]]) -> float:

@@ -197,7 +197,7 @@ class RowSink:
             here = (at >= first) & (at < last)
             self._sliced[here] = floats(block[at[here] - first])
         else:
-            self._sliced[first:last] = floats(block[:, at]) * self._gain[at]
+            self._sliced[first:last] = floats(np.take(block, at, axis=1)) * self._gain[at]  # take: 5x fancy indexing
         if self._all is not None:
             self._all[first:last] = floats(block) * (self._gain if self.role != "o" else 1.0)
 

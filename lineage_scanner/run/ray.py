@@ -72,19 +72,18 @@ class ScanWorker:
     batch's store is one every node reaches (``config.store``), the worker writes each unit's originals
     there itself, under the name the driver gave the unit (see :meth:`RayExecutor.run`)."""
 
-    def __init__(self, config: ScanConfig, known: Known | list, threads: int, in_flight: int = 1):
-        """``known``: the batch's :class:`Known`, or a one-element list holding its object reference. Nested
-        so, the reference is not one of the constructor's own arguments: Ray keeps a restartable actor's
-        stored arguments and says so at error level on every start; the driver holds the reference for the
-        whole batch, so a restarted worker still finds it."""
+    def __init__(self, threads: int, in_flight: int = 1):
+        """Only sizes: the batch (its configuration and what the store holds, which may be megabytes) comes
+        by :meth:`reset`, a call, never as a constructor argument: Ray keeps a restartable actor's stored
+        constructor arguments and says so at error level on every start. A restarted worker is reset again
+        by the executor before it gets work."""
         import numba
-        import ray
 
         # the CPU kernel's threads match the CPUs Ray gave this actor, so workers do not fight for cores
         self.threads = threads
         self.in_flight = in_flight
+        self.scanner, self.store = None, None
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        self.reset(config, ray.get(known[0]) if isinstance(known, list) else known)
 
     def reset(self, config: ScanConfig, known: Known) -> None:
         """Serve another batch (a kept worker: its process, imports and loaded kernels stay)."""
@@ -187,8 +186,8 @@ class RayExecutor:
             actors, self._kept = self._kept, []
         else:
             self.close()
-            actors = [remote.options(**slot.options).remote(config, [known_ref], slot.threads, self.in_flight)
-                      for slot in slots]
+            actors = [remote.options(**slot.options).remote(slot.threads, self.in_flight) for slot in slots]
+            ray.get([actor.reset.remote(config, known_ref) for actor in actors])
         slot_of = dict(zip(actors, slots))
         lost: set = set()
         idle = deque(actor for _ in range(self.in_flight) for actor in actors)  # one entry per free slot
@@ -232,14 +231,14 @@ class RayExecutor:
                         yield UnitResult([failed])
                     if actor in lost:  # another of its units already found it gone
                         continue
-                    if _revived(ray, actor):
+                    if _revived(ray, actor, lambda a: a.reset.remote(config, known_ref)):
                         idle.append(actor)
                         continue
                     lost.add(actor)  # its node is gone, or Ray could not bring it back: the others go on
                     if not set(slot_of) - lost:  # unless none is left: then one more, wherever it fits
                         slot = slot_of[actor]
-                        replacement = remote.options(**slot.fallback(ray)).remote(config, [known_ref], slot.threads,
-                                                                                  self.in_flight)
+                        replacement = remote.options(**slot.fallback(ray)).remote(slot.threads, self.in_flight)
+                        ray.get(replacement.reset.remote(config, known_ref))  # the batch before its first unit
                         slot_of[replacement] = slot
                         idle.extend([replacement] * self.in_flight)
                     continue
@@ -273,11 +272,13 @@ def _less(unit: WorkUnit, landed: list[Signature]) -> WorkUnit:
     return dataclasses.replace(unit, sources=tuple(s for s in unit.sources if name_of(s)[0] not in models))
 
 
-def _revived(ray, actor, wait: float = REVIVE_S) -> bool:
-    """Whether Ray restarted the actor within ``wait`` seconds (so work never lands on a restarting
-    actor); if not, it is killed (a lost node's actor Ray cannot place again would wait forever)."""
+def _revived(ray, actor, reset, wait: float = REVIVE_S) -> bool:
+    """Whether Ray restarted the actor within ``wait`` seconds, and it took the batch again (``reset``: the
+    call that gives it), so work never lands on a restarting or empty actor; if not, it is killed (a lost
+    node's actor Ray cannot place again would wait forever)."""
     try:
         ray.get(actor.ping.remote(), timeout=wait)
+        ray.get(reset(actor), timeout=wait)
         return True
     except ray.exceptions.RayError:
         ray.kill(actor)
