@@ -73,24 +73,24 @@ class Sketching:
         if self.layout.spec.transposed:  # GPT-2's Conv1D stores [in, out]
             group, axis = [g.T for g in group], 1 - axis
         whole = np.concatenate(group, axis=axis) if len(group) > 1 else group[0]
-        sink = self.sink(part, whole.shape)
-        if sink is not None:
-            sink.take(0, whole)
-            sink.close()
+        self._circuits(part.role, whole.shape).add(part.layer, part.role, whole)
 
     def sink(self, part: Part, shape: tuple[int, int]) -> RowSink | None:
         """Where a Q/K/V/O part ([out, in]) goes for the circuit sketches, block of rows by block of rows."""
         if part.role not in CIRCUIT_ROLES or not self.layout.head_dim:
             return None
-        if self.circuits is None:
-            width = shape[0] if part.role == "o" else shape[1]
-            self.circuits = CircuitAccumulator(width, self.layout.head_dim, self.key, self.layout.n_layers)
-        return self.circuits.begin(part.layer, part.role, shape)
+        return self._circuits(part.role, shape).begin(part.layer, part.role, shape)
 
     def gain(self, layer: int, gain: np.ndarray) -> None:
+        if self.layout.head_dim:  # without a head size there are no circuits to fold it into
+            self._circuits("gain", (gain.size, gain.size)).gain(layer, gain)
+
+    def _circuits(self, role: str, shape: tuple[int, int]) -> CircuitAccumulator:
+        """The accumulator, made by the first matrix or gain to arrive (its width: O's rows, else columns)."""
         if self.circuits is None:
-            self.circuits = CircuitAccumulator(gain.size, self.layout.head_dim or 1, self.key, self.layout.n_layers)
-        self.circuits.gain(layer, gain)
+            width = shape[0] if role == "o" else shape[1]
+            self.circuits = CircuitAccumulator(width, self.layout.head_dim, self.key, self.layout.n_layers)
+        return self.circuits
 
     def parts(self) -> tuple[SketchPart, ...]:
         return self.circuits.parts() if self.circuits is not None else ()

@@ -180,14 +180,17 @@ class RayExecutor:
             shared = Shared(actor=state)
             config = dataclasses.replace(config, budget=config.budget or shared, copies=config.copies or shared)
         known_ref = ray.put(known)
+
+        def given_the_batch(actor):  # every worker (new, kept, restarted) gets the batch by this call
+            return actor.reset.remote(config, known_ref)
+
         fence = Shared(actor=state) if state is not None else None  # commits of workers' units
         if len(self._kept) == count:
-            ray.get([actor.reset.remote(config, known_ref) for actor in self._kept])
             actors, self._kept = self._kept, []
         else:
             self.close()
             actors = [remote.options(**slot.options).remote(slot.threads, self.in_flight) for slot in slots]
-            ray.get([actor.reset.remote(config, known_ref) for actor in actors])
+        ray.get([given_the_batch(actor) for actor in actors])
         slot_of = dict(zip(actors, slots))
         lost: set = set()
         idle = deque(actor for _ in range(self.in_flight) for actor in actors)  # one entry per free slot
@@ -231,14 +234,14 @@ class RayExecutor:
                         yield UnitResult([failed])
                     if actor in lost:  # another of its units already found it gone
                         continue
-                    if _revived(ray, actor, lambda a: a.reset.remote(config, known_ref)):
+                    if _revived(ray, actor, given_the_batch):
                         idle.append(actor)
                         continue
                     lost.add(actor)  # its node is gone, or Ray could not bring it back: the others go on
                     if not set(slot_of) - lost:  # unless none is left: then one more, wherever it fits
                         slot = slot_of[actor]
                         replacement = remote.options(**slot.fallback(ray)).remote(slot.threads, self.in_flight)
-                        ray.get(replacement.reset.remote(config, known_ref))  # the batch before its first unit
+                        ray.get(given_the_batch(replacement))  # before its first unit
                         slot_of[replacement] = slot
                         idle.extend([replacement] * self.in_flight)
                     continue
