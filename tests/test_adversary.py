@@ -122,3 +122,32 @@ def test_unrelated_models_are_unrelated_without_reading_them_again(judged, capsy
     out = compare(judged, capsys, "stranger")
     assert out["verdict"] == "unrelated" and out["verification"] is None
     assert {c["name"]: c["says"] for c in out["channels"]}["sketch"] == "unrelated"
+
+
+def test_a_scrub_aimed_with_the_stolen_key_is_read_again(tmp_path, capsys, monkeypatch):
+    """On a narrow model the key's anchor rows are most of each matrix: whoever stole the key replaces them
+    all and every stored weight channel is blank. Curves that do not refute a relation then send the pair
+    to fresh positions, which land on what the scrubber left: never "unrelated"."""
+    monkeypatch.setenv("LINEAGE_SKETCH_KEY", "a1" * 32)
+    store = Store(tmp_path / "db")
+    base = base_model("narrow", "llama", 1, 6, hidden=96, n_heads=4, n_kv_heads=2)
+    tuned = drift(base, "narrow-ft", 11, 0.05, 0.01)
+    scrubbed = attacks.scrub(tuned, 1, 0.0, "anchor rows", store_key(store))
+    scrubbed.name = "narrow-scrubbed"
+    assert attacks.changed_fraction(tuned, scrubbed) > 0.5
+    paths = [str(write_hf(m, tmp_path / m.name)) for m in (base, scrubbed)]
+    db = str(tmp_path / "db")
+    assert main(["scan", *paths, "--db", db, "-q", "--backend", "cpu"]) == 0
+
+    def compare(*flags: str) -> dict:
+        capsys.readouterr()
+        assert main(["compare", "narrow", "narrow-scrubbed", "--db", db, "--json", "--backend", "cpu", *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    stored = compare("--no-verify")
+    says = {c["name"]: c["says"] for c in stored["channels"]}
+    assert stored["verdict"] == "unrelated" and says.pop("curves") == "weak", stored["channels"]
+    assert set(says.values()) == {"unrelated"}  # every stored weight channel blanked
+    checked = compare()
+    assert checked["verification"]["ran"] and checked["verification"]["stored_verdict"] == "unrelated"
+    assert checked["verdict"] != "unrelated", checked["reason"]

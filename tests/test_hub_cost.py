@@ -286,6 +286,27 @@ def _resharded(source, target, metadata: dict | None = None, shards: int = 2):
     return target
 
 
+def test_verification_reads_the_head_size_a_scan_goes_without(hub):
+    """A Hub scan does not fetch config.json (a counted download) and GQA shapes without a Q norm do not
+    tell the head size, so the stored signature has no circuits; deep verification, at a user's query,
+    fetches config.json once per model so that the circuits an adversary cannot reparametrise away are
+    compared too."""
+    from lineage_scanner.run.verify import verify
+
+    server = hub()
+    _, a = scan_strict("hf://acme/llama-a", BACKEND, set())
+    _, b = scan_strict("hf://acme/llama-b", BACKEND, set())
+    assert sum(server.query_files.values()) == 0 and a.head_dim is None
+    assert not [p for p in a.sketch if p.kind != "values"]  # no head size: no circuit sketches
+    server.reset_counts()
+    fresh_a, fresh_b, _ = verify(a, b, BACKEND)
+    assert server.query_files == {"acme/llama-a": 1, "acme/llama-b": 1}
+    for fresh in (fresh_a, fresh_b):
+        assert fresh.head_dim and {p.kind for p in fresh.sketch} >= {"values", "circuit"}
+    verdict = decide(fresh_a, fresh_b, synthetic(a.n_layers, b.n_layers), verification={"ran": True})
+    assert "circuits" in {c.name for c in verdict.channels} and verdict.verdict == "unrelated"
+
+
 def test_resharded_and_reheaded_copies_are_found_by_content(hub, repos, zoo_by_name, tmp_path):
     source = Path(zoo_by_name["llama-a"].path)
     extra = [Repo("mirror/llama-a-sharded", _resharded(source, tmp_path / "sharded")),

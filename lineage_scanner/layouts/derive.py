@@ -6,7 +6,9 @@ the fields that choose the layout (``model_type``, ``architectures``, ``quantiza
 lack, the sizes, the headers' shapes give: the hidden size from O's rows, and where Q/K norms are per head
 (Qwen3, Gemma 3), the head size and so the head counts. config.json is fetched only for what only it holds:
 a fused QKV tensor (split by the head counts), multi-head latent attention (its head sizes), or an
-architecture this scanner does not know (a multimodal config may nest a known one in ``text_config``).
+architecture this scanner does not know (a multimodal config may nest a known one in ``text_config``); and
+for deep verification, which must compare the attention circuits, the head size where no shape tells it
+(one counted download per model verified, at a user's query; a scan never pays it).
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ from lineage_scanner.layouts.families import FamilySpec, Fused, family
 from lineage_scanner.layouts.resolve import LAYER_NAME, NOT_LANGUAGE
 from lineage_scanner.readers.base import TensorInfo
 
+#: Config fields any of which gives the head size (with the hidden size): see lineage_scanner.layouts.arch.
+HEAD_FIELDS = ("head_dim", "num_attention_heads", "n_head", "num_heads")
 
-def complete_config(config: dict, tensors: dict[str, TensorInfo], fetch: Callable[[], dict] | None) -> dict:
+
+def complete_config(config: dict, tensors: dict[str, TensorInfo], fetch: Callable[[], dict] | None,
+                    heads: bool = False) -> dict:
     """``config`` as given, when it is a config.json (``fetch`` None); else the Hub's extract completed from
-    the shapes, or config.json itself (``fetch()``) where the layout needs what only it holds."""
+    the shapes, or config.json itself (``fetch()``) where the layout needs what only it holds, or, with
+    ``heads`` (a read that must carry the attention circuits), where the shapes do not give the head size."""
     if fetch is None:
         return config
     spec = family(str(config.get("model_type", "unknown")))
     if config_needed(spec, tensors):
         return fetch()
-    return {**config, **sizes(spec, tensors)}
+    completed = {**config, **sizes(spec, tensors)}
+    if heads and not any(k in completed for k in HEAD_FIELDS):
+        return fetch()
+    return completed
 
 
 def config_needed(spec: FamilySpec, tensors: dict[str, TensorInfo]) -> str | None:

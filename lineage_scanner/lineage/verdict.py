@@ -138,8 +138,16 @@ class Verdict:
     @property
     def wants_verification(self) -> bool:
         """Whether this verdict should be checked at fresh positions (``compare`` does it where it can read
-        both models): the channels disagree, or only complete evidence could say "identical weights"."""
-        return self.verification is None and (self.conflict is not None or self.kind == NEAR_IDENTICAL)
+        both models): the channels disagree, only complete evidence could say "identical weights", or the
+        stored weights say "unrelated" while the curves cannot rule a relation out. The last is the scrub
+        of a leaked key: whoever knows where a store reads can replace exactly those values (on a narrow
+        model, most of them), leaving every stored weight channel blank while the rest of the copy, and
+        its curves, remain; fresh positions land on what he left."""
+        if self.verification is not None:
+            return False
+        curves = next((c for c in self.channels if c.name == "curves"), None)
+        unrefuted = self.verdict == "unrelated" and curves is not None and curves.says != "unrelated"
+        return self.conflict is not None or self.kind == NEAR_IDENTICAL or unrefuted
 
     def to_dict(self) -> dict:
         """The verdict with every channel's evidence: which one decided, what each said, what disagrees."""

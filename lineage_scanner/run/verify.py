@@ -2,13 +2,14 @@
 read.
 
 A store's key is a secret, but secrets leak, and a store's older sketches may sit at positions anyone can
-compute. So a verdict that rests on channels that disagree, or that would call two models' weights
-identical, is checked by reading both models again (locally by mmap, from the Hub by range reads) under a
-key drawn at query time from the operating system's random source: VERIFY_RUNS runs of VERIFY_RUN values
-per matrix (eight times a stored sketch), every matched residual pair of the circuits, their Gram on as many
-layers as VERIFY_GRAM_BYTES holds, and a SHA-256 of every attention value. The verdict on what was read
-follows the same rules as any other (:func:`lineage_scanner.lineage.verdict.decide`); "identical weights"
-then rests on the two digests, which read everything.
+compute. So a verdict that rests on channels that disagree, that would call two models' weights identical,
+or that says "unrelated" from stored positions alone while the curves do not (all a scrub aimed with a
+leaked key leaves behind), is checked by reading both models again (locally by mmap, from the Hub by range
+reads) under a key drawn at query time from the operating system's random source: VERIFY_RUNS runs of
+VERIFY_RUN values per matrix (eight times a stored sketch), every matched residual pair of the circuits,
+their Gram on as many layers as VERIFY_GRAM_BYTES holds, and a SHA-256 of every attention value. The verdict
+on what was read follows the same rules as any other (:func:`lineage_scanner.lineage.verdict.decide`);
+"identical weights" then rests on the two digests, which read everything.
 
 What it costs: one exact scan of each model (every attention byte: about 2.7 GB for a 7B model in bf16;
 on the Hub, one request per weight file's header and one per run of adjacent tensors), plus the digest and
@@ -93,7 +94,7 @@ def verify(a: Signature, b: Signature, backend: MomentsBackend) -> tuple[Signatu
 
 def judge(a: Signature, b: Signature, store, backend: str = "auto", mode: str = "auto", null=None):
     """The verdict on two signatures, verified at fresh positions when ``mode`` is "always", or "auto" and the
-    stored evidence asks for it (channels that disagree, weights that may be identical); "never" keeps to
+    stored evidence asks for it (:attr:`~lineage_scanner.lineage.verdict.Verdict.wants_verification`); "never" keeps to
     the stored sketches. An automatic verification that cannot read a model again leaves the stored verdict,
     saying why; an asked-for one raises. ``null``: the curves' reference null (default: the store's)."""
     from lineage_scanner.lineage.null import null_for

@@ -20,7 +20,9 @@ def build(opened: OpenedModel, backend: MomentsBackend, sample: SamplePlan | Non
     this process's own: see :class:`SketchKey`); raises ScanError on bad input."""
     key = key or SketchKey.of_process()
     tensors = opened.reader.tensors()
-    config = complete_config(opened.config, tensors, opened.config_file)  # a Hub commit's: no download counted
+    # a Hub commit's config: no download counted, except that a key which reads everything (deep
+    # verification's) fetches config.json for the head size the circuits need when the shapes do not tell it
+    config = complete_config(opened.config, tensors, opened.config_file, heads=key.digest)
     facts = from_config(config, opened.format, opened.source)
     layout = resolve(facts.spec, tensors, facts.shape, config, facts.n_layers, opened.source)
     result = measure(opened.reader, layout, backend, sample, key)
