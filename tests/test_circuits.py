@@ -9,7 +9,7 @@ import pytest
 from lineage_scanner.demo import attacks
 from lineage_scanner.lineage.circuits import circuit_evidence
 from lineage_scanner.lineage.generator import base_model
-from lineage_scanner.measure.circuits import CircuitAccumulator, gram_layers, matching
+from lineage_scanner.measure.circuits import CircuitAccumulator, gram_layers, matching, per_head
 from lineage_scanner.measure.sketch import SketchKey
 
 KEY = SketchKey(b"a store's own secret, for tests.")
@@ -79,7 +79,8 @@ def test_every_map_that_keeps_the_function_keeps_the_circuits(base, disguise):
     a, b = entries(original), entries(disguised)
     for key in a:
         assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-5 * np.abs(a[key]).max()), key
-    assert np.allclose(gram(original), gram(disguised), atol=1e-5)
+    # the per-head Gram: the same cosines, a permutation of heads reordering them within their layers
+    assert np.allclose(np.sort(gram(original)), np.sort(gram(disguised)), atol=1e-5)
     ev = circuit_evidence(original, disguised)
     assert ev.same_function and ev.log10_p < -6 and ev.gram_r > 0.9999
 
@@ -102,7 +103,8 @@ def test_the_entries_exact_null_holds_for_models_trained_apart():
     for level in (0.05, 0.2, 0.5):  # a tail bound: valid (never below its level), conservative near 1
         assert np.mean(p <= level) <= level + 0.05
     assert max(ev.robust_log10_p for ev in evs) == 0.0 or min(ev.robust_log10_p for ev in evs) > -2
-    assert max(ev.gram_log10_p for ev in evs) > -1  # the calibrated Gram: nothing near its threshold
+    # the calibrated per-head Gram, heads matched as for a permuted copy: nothing near its threshold
+    assert max(ev.gram_r for ev in evs) < 0.5 and min(ev.gram_log10_p for ev in evs) > -1
 
 
 def test_a_forger_who_copies_whole_layers_gets_no_robust_circuit_evidence(base):
@@ -115,6 +117,45 @@ def test_a_forger_who_copies_whole_layers_gets_no_robust_circuit_evidence(base):
     forged.layers[3] = {**forged.layers[3], **copied}
     ev = circuit_evidence(circuit_parts(famous), circuit_parts(forged))
     assert ev.log10_p < -3 and ev.robust_log10_p > -2  # one layer of twelve: 8% of attention values
+
+
+def test_the_gram_units_are_the_heads_where_they_fit(base):
+    """Where every head's circuits fit the key's budget, the Gram's units are the heads' own OV and QK (per
+    layer: OV of each head, then QK of each), so a shallow model still has many; else each layer's sums."""
+    hd, per = base.head_dim, base.n_heads // base.n_kv_heads
+    part = next(p for p in circuit_parts(base) if p.kind == "circuit_gram")
+    heads = 2 * base.n_heads
+    assert (part.role, part.rows, part.cols) == ("heads", heads * len(base.layers), heads)
+    units = []
+    for layer in base.layers:
+        g = layer["attn_norm"].astype(np.float64)
+        q, k, v, o = (layer[r].astype(np.float64) for r in "qkvo")
+        group = [slice(h // per * hd, (h // per + 1) * hd) for h in range(base.n_heads)]
+        units += [o[:, h * hd:(h + 1) * hd] @ (v[group[h]] * g) for h in range(base.n_heads)]
+        units += [(q[h * hd:(h + 1) * hd] * g).T @ (k[group[h]] * g) for h in range(base.n_heads)]
+    x = np.stack([u.reshape(-1) for u in units])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    want = (x @ x.T)[np.triu_indices(len(units), 1)]
+    assert np.allclose(part.values, want, atol=1e-5)
+    assert per_head(4, 128, 8, KEY) and not per_head(32, 4096, 32, KEY)
+    small = SketchKey(KEY.secret, gram_bytes=2 * 4 * 128 * 128 * 4)  # the layer sums fit, the heads do not
+    part = next(p for p in circuit_parts(base, small) if p.kind == "circuit_gram")
+    assert (part.role, part.rows, part.cols) == ("units", 8, 8)
+
+
+def test_a_shallow_copy_disguised_then_fine_tuned_is_found_by_its_heads():
+    """Four layers give a layer-sum Gram 8 units, too few once their shared trend is removed; their heads
+    give 64. Every map combined (heads permuted too) and then a fine-tune: derived by the Gram alone."""
+    from lineage_scanner.demo.derive import drift
+
+    famous = base_model("f", "llama", 24, 4, hidden=128, n_heads=8, n_kv_heads=2)
+    disguised = attacks.disguise_all(drift(famous, "ft", 25, 0.05, 0.01), 26, 100.0)
+    ev = circuit_evidence(circuit_parts(famous), circuit_parts(disguised))
+    assert ev.log10_p > -3  # the residual rotation moved every entry
+    assert 0.98 < ev.gram_r < 0.999 and ev.gram_log10_p < -6  # trained further, the same circuits by heads
+    unrelated = circuit_evidence(circuit_parts(famous), circuit_parts(base_model("s", "llama", 27, 4, hidden=128,
+                                                                                 n_heads=8, n_kv_heads=2)))
+    assert unrelated.gram_r < 0.5 and unrelated.gram_log10_p > -1
 
 
 def test_the_gram_covers_the_layers_its_budget_holds():

@@ -22,7 +22,10 @@ Two models' circuit sketches (:mod:`lineage_scanner.measure.circuits`) are compa
   one, honestly calibrated rather than exact: a correlation of at most SHARED_R between the residuals, judged
   with Fisher's z as if CALIBRATED_SHARE of the entries were independent, and no verdict below
   GRAM_DERIVED_R. It decides only where the exact tests cannot see (a rotated residual stream, and small
-  models whose few residual pairs cap the exact test's power).
+  models whose few residual pairs cap the exact test's power). Where the sketch holds every head's own
+  circuits (shallow models), heads are matched first, as a permutation may have reordered them, and each
+  entry is taken less its block's mean (:func:`_head_residuals`): models trained apart then agree up to
+  0.21 (trained here) and 0.16 (generated), a fine-tuned copy disguised by every map 0.996.
 """
 
 from __future__ import annotations
@@ -215,10 +218,14 @@ def _gram(a: tuple[SketchPart, ...], b: tuple[SketchPart, ...]) -> tuple[float, 
     docstring)."""
     ga = next((p for p in a if p.kind == "circuit_gram"), None)
     gb = next((p for p in b if p.kind == "circuit_gram"), None)
-    if ga is None or gb is None or ga.values.size != gb.values.size or ga.values.size < MIN_GRAM:
+    if ga is None or gb is None or (ga.role, ga.rows, ga.cols) != (gb.role, gb.rows, gb.cols) \
+            or ga.values.size != gb.values.size or ga.values.size < MIN_GRAM:
         return None
-    design = _trend(ga.rows)
-    ra, rb = (_residual(g.values, design) for g in (ga, gb))
+    if ga.role == "heads":
+        ra, rb = _head_residuals(ga, gb)
+    else:
+        design = _trend(ga.rows)
+        ra, rb = (_residual(g.values, design) for g in (ga, gb))
     if ra.std() == 0 or rb.std() == 0:
         return None
     r = float(np.corrcoef(ra, rb)[0, 1])
@@ -245,3 +252,42 @@ def _residual(values: np.ndarray, design: np.ndarray) -> np.ndarray:
     g = values.astype(np.float64)
     beta, *_ = np.linalg.lstsq(design, g, rcond=None)
     return g - design @ beta
+
+
+def _head_residuals(ga: SketchPart, gb: SketchPart) -> tuple[np.ndarray, np.ndarray]:
+    """Two per-head Gram sketches, ``b``'s heads matched to ``a``'s and each entry less the mean of its block.
+
+    Units come in blocks of H (a layer's OV heads, then its QK heads). A head permutation reorders a layer's
+    heads, OV and QK alike, so each head is described by what no permutation moves: its cosines summed over
+    every block. Heads are matched per layer by those descriptors (least squares, Hungarian). What models of
+    one recipe share sits in the blocks' levels (depth trends, how alike a layer's heads are), so each
+    entry is taken less its block pair's mean; what is left is which heads resemble which, a model's own.
+    Matching picks the best of H! orders, which lifts r between models trained apart (up to 0.21 measured,
+    against 0.41 for the layer sums): the calibration's margin (SHARED_R) covers it."""
+    from scipy.optimize import linear_sum_assignment
+
+    n, heads = ga.rows, ga.cols // 2
+    block = np.arange(n) // heads
+    onehot = np.eye(n // heads)[block]
+    full = []
+    for g in (ga, gb):
+        m = np.eye(n)
+        m[np.triu_indices(n, 1)] = g.values
+        m = np.triu(m, 1) + np.triu(m, 1).T + np.eye(n)
+        full.append(m)
+    describe = [m @ onehot for m in full]  # [units, blocks]: cosines summed per block
+    order = np.arange(n)
+    for first in range(0, n, 2 * heads):
+        ov, qk = np.arange(first, first + heads), np.arange(first + heads, first + 2 * heads)
+        fa, fb = (np.concatenate([d[ov], d[qk]], axis=1) for d in describe)
+        _, match = linear_sum_assignment(((fa[:, None, :] - fb[None, :, :]) ** 2).sum(axis=2))
+        order[ov], order[qk] = ov[match], qk[match]
+    full[1] = full[1][np.ix_(order, order)]
+    u, v = np.triu_indices(n, 1)
+    pair = block[u] * (n // heads) + block[v]
+    out = []
+    for m in full:
+        x = m[u, v]
+        means = np.bincount(pair, x) / np.maximum(np.bincount(pair), 1)
+        out.append(x - means[pair])
+    return out[0], out[1]

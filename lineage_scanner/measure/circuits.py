@@ -19,11 +19,15 @@ Two sketches are taken from them, both per layer, from slices read while the mat
   residual coordinate's sign flip (a symmetry of training) multiplies entry (i, j) by s_i·s_j, so for two
   models trained apart each matched pair is a fair coin, the same in every layer: the exact test of
   :mod:`lineage_scanner.lineage.circuits`. An entry costs one dot product; no D x D product is formed.
-- ``circuit_gram`` (role "units"): the cosines between every two circuits of the model (OV and QK of every
-  layer), which a residual rotation leaves exactly as they were. Inner products of D x D circuits cost
-  D²·(heads' width) each, so the Gram covers every layer while their circuits fit in the key's
-  ``gram_bytes`` (models up to about a billion parameters for a store's key), else a subset of layers the
-  key draws; deep verification reads with a larger budget.
+- ``circuit_gram``: the cosines between every two circuits of the model, which a residual rotation leaves
+  exactly as they were. Role "heads" where every head's own circuits (O_h V_g(h) and Q_hᵀ K_g(h), which the
+  per-head and RoPE-commuting maps leave as they were too) are few (MAX_HEAD_UNITS) and fit in the key's
+  ``gram_bytes``: a shallow model then has L·2H units rather than 2L, which a shallow model needs (4 layers
+  give 8 layer sums, too few to decide anything once their shared trend is removed; their 64 heads give
+  2,016 cosines). A head permutation only reorders a layer's units: the test matches heads first
+  (:mod:`lineage_scanner.lineage.circuits`). Else role "units": each layer's summed OV and QK, over every
+  layer while they fit (models up to about a billion parameters for a store's key), else a subset of layers
+  the key draws; deep verification reads with a larger budget.
 """
 
 from __future__ import annotations
@@ -60,6 +64,18 @@ def gram_layers(n_layers: int, width: int, key: SketchKey) -> frozenset[int]:
     return frozenset(int(i) for i in key.rng("gram layers", n_layers, width).choice(n_layers, fit, replace=False))
 
 
+#: The most units a per-head Gram sketch may have: 8,128 cosines, 16 KB stored. Shallow models need the heads
+#: (their layer sums are too few); deep ones have layer sums enough, and a stored sketch stays small.
+MAX_HEAD_UNITS = 128
+
+
+def per_head(n_layers: int, width: int, heads: int, key: SketchKey) -> bool:
+    """Whether the Gram sketch's units are every head's circuits (at most MAX_HEAD_UNITS, all of them within
+    the key's budget) rather than each layer's sums."""
+    units = 2 * heads * n_layers
+    return 0 < units <= MAX_HEAD_UNITS and units * 4 * width * width <= key.gram_bytes
+
+
 @dataclass
 class _Layer:
     """What one layer's matrices left behind, until all four are in."""
@@ -87,7 +103,9 @@ class CircuitAccumulator:
     gains: dict[int, np.ndarray] = field(default_factory=dict)
     _layers: dict[int, _Layer] = field(default_factory=dict)
     _entries: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
-    _units: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    _units: dict[tuple, np.ndarray] = field(default_factory=dict)
+    #: query heads per layer where the Gram's units are the heads' own circuits (see :func:`per_head`)
+    _unit_heads: int = 0
 
     def __post_init__(self):
         i, j = matching(self.width, self.key)
@@ -142,8 +160,13 @@ class CircuitAccumulator:
             # OV[i_k, j_k], then OV[j_k, i_k]: one dot product each
             self._entries[(layer, "ov")] = np.concatenate([_dots(rows[i], cols[j]), _dots(rows[j], cols[i])])
             if s.o_side is not None and s.v_side is not None:
-                o_side = _group_sum(s.o_side, groups).reshape(self.width, -1).astype(np.float32)
-                self._units[(layer, "ov")] = o_side @ s.v_side.reshape(-1, self.width).astype(np.float32)
+                if self._heads(s.o_side.shape[1]):  # O_h V_g(h) for each query head h
+                    per = s.o_side.shape[1] // groups
+                    for h in range(s.o_side.shape[1]):
+                        self._units[(layer, "ov", h)] = s.o_side[:, h].astype(np.float32) @ s.v_side[h // per]
+                else:
+                    o_side = _group_sum(s.o_side, groups).reshape(self.width, -1).astype(np.float32)
+                    self._units[(layer, "ov")] = o_side @ s.v_side.reshape(-1, self.width).astype(np.float32)
             s.o_rows = s.v_cols = s.o_side = s.v_side = None
         if s.q_cols is not None and s.k_cols is not None:
             groups = s.k_cols.shape[0]
@@ -152,13 +175,25 @@ class CircuitAccumulator:
             # QK[i_k, j_k], then QK[j_k, i_k]
             self._entries[(layer, "qk")] = np.concatenate([_dots(q[i], k[j]), _dots(q[j], k[i])])
             if s.q_side is not None and s.k_side is not None:
-                q_side = _group_sum(s.q_side, groups, axis=0).reshape(-1, self.width).astype(np.float32)
-                self._units[(layer, "qk")] = q_side.T @ s.k_side.reshape(-1, self.width).astype(np.float32)
+                if self._heads(s.q_side.shape[0]):  # Q_hᵀ K_g(h) for each query head h
+                    per = s.q_side.shape[0] // groups
+                    for h in range(s.q_side.shape[0]):
+                        self._units[(layer, "qk", h)] = s.q_side[h].T.astype(np.float32) @ s.k_side[h // per]
+                else:
+                    q_side = _group_sum(s.q_side, groups, axis=0).reshape(-1, self.width).astype(np.float32)
+                    self._units[(layer, "qk")] = q_side.T @ s.k_side.reshape(-1, self.width).astype(np.float32)
             s.q_cols = s.k_cols = s.q_side = s.k_side = None
+
+    def _heads(self, heads: int) -> bool:
+        """Whether this layer's Gram units are its heads' own circuits (the same answer for every layer)."""
+        if self._unit_heads == 0 and per_head(self.n_layers, self.width, heads, self.key):
+            self._unit_heads = heads
+        return self._unit_heads == heads
 
     def parts(self) -> tuple[SketchPart, ...]:
         """The circuit sketches: per layer whose circuits are complete, and the Gram of all of them (units in
-        depth order, OV before QK in each layer)."""
+        depth order; in each layer OV before QK, and per head where they are the heads' own: role "heads",
+        ``cols`` the units of one layer)."""
         out = [SketchPart(layer, role, self.width, self.width, v.astype(np.float32), "circuit")
                for (layer, role), v in sorted(self._entries.items())]
         units = [v.reshape(-1) for _, v in sorted(self._units.items())]
@@ -167,7 +202,8 @@ class CircuitAccumulator:
             norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
             cos = (x @ x.T).astype(np.float64) / np.maximum(np.outer(norms, norms), np.finfo(float).tiny)
             n = len(units)
-            out.append(SketchPart(-1, "units", n, n, cos[np.triu_indices(n, 1)].astype(np.float32), "circuit_gram"))
+            role, cols = ("heads", 2 * self._unit_heads) if self._unit_heads else ("units", n)
+            out.append(SketchPart(-1, role, n, cols, cos[np.triu_indices(n, 1)].astype(np.float32), "circuit_gram"))
         return tuple(out)
 
 

@@ -159,8 +159,8 @@ class SketchPart:
     """One sketch of one model: ``kind`` "values" (one attention matrix's values at the key's positions,
     Q/K/V with the layer's input-norm gain folded in, so that a model published with its gains folded has
     the same sketch; ``rows`` x ``cols`` is the matrix's shape, [out, in]), or one of the circuit sketches of
-    :mod:`lineage_scanner.measure.circuits` (``role`` "ov"/"qk" kind "circuit", ``role`` "units" kind
-    "circuit_gram")."""
+    :mod:`lineage_scanner.measure.circuits` (``role`` "ov"/"qk" kind "circuit", ``role`` "units" or "heads"
+    kind "circuit_gram")."""
 
     layer: int
     role: str
