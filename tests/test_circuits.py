@@ -9,7 +9,7 @@ import pytest
 from lineage_scanner.demo import attacks
 from lineage_scanner.lineage.circuits import circuit_evidence
 from lineage_scanner.lineage.generator import base_model
-from lineage_scanner.measure.circuits import CircuitAccumulator, gram_layers, matching, per_head
+from lineage_scanner.measure.circuits import CircuitAccumulator, gram_layers, matching, units_per_layer
 from lineage_scanner.measure.sketch import SketchKey
 
 KEY = SketchKey(b"a store's own secret, for tests.")
@@ -137,24 +137,29 @@ def test_the_gram_units_are_the_heads_where_they_fit(base):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     want = (x @ x.T)[np.triu_indices(len(units), 1)]
     assert np.allclose(part.values, want, atol=1e-5)
-    assert per_head(4, 128, 8, KEY) and not per_head(32, 4096, 32, KEY)
+    assert units_per_layer(4, 128, 8, 2, KEY) == 8 and units_per_layer(32, 4096, 32, 8, KEY) == 1
+    assert units_per_layer(8, 128, 32, 4, KEY) == 4  # too many heads: their KV groups
     small = SketchKey(KEY.secret, gram_bytes=2 * 4 * 128 * 128 * 4)  # the layer sums fit, the heads do not
     part = next(p for p in circuit_parts(base, small) if p.kind == "circuit_gram")
     assert (part.role, part.rows, part.cols) == ("units", 8, 8)
 
 
-def test_a_shallow_copy_disguised_then_fine_tuned_is_found_by_its_heads():
+@pytest.mark.parametrize("heads, groups, units", [(8, 2, 8), (32, 4, 4)], ids=["by heads", "by KV groups"])
+def test_a_shallow_copy_disguised_then_fine_tuned_is_found_by_its_heads(heads, groups, units):
     """Four layers give a layer-sum Gram 8 units, too few once their shared trend is removed; their heads
-    give 64. Every map combined (heads permuted too) and then a fine-tune: derived by the Gram alone."""
+    (or, where heads are many, their KV groups) give far more. Every map combined (heads permuted too) and
+    then a fine-tune: derived by the Gram alone."""
     from lineage_scanner.demo.derive import drift
 
-    famous = base_model("f", "llama", 24, 4, hidden=128, n_heads=8, n_kv_heads=2)
+    shape = {"hidden": 128, "n_heads": heads, "n_kv_heads": groups}
+    famous = base_model("f", "llama", 24, 4, **shape)
     disguised = attacks.disguise_all(drift(famous, "ft", 25, 0.05, 0.01), 26, 100.0)
-    ev = circuit_evidence(circuit_parts(famous), circuit_parts(disguised))
+    parts = circuit_parts(famous)
+    assert next(p.cols for p in parts if p.kind == "circuit_gram") == 2 * units
+    ev = circuit_evidence(parts, circuit_parts(disguised))
     assert ev.log10_p > -3  # the residual rotation moved every entry
     assert 0.98 < ev.gram_r < 0.999 and ev.gram_log10_p < -6  # trained further, the same circuits by heads
-    unrelated = circuit_evidence(circuit_parts(famous), circuit_parts(base_model("s", "llama", 27, 4, hidden=128,
-                                                                                 n_heads=8, n_kv_heads=2)))
+    unrelated = circuit_evidence(parts, circuit_parts(base_model("s", "llama", 27, 4, **shape)))
     assert unrelated.gram_r < 0.5 and unrelated.gram_log10_p > -1
 
 

@@ -257,7 +257,8 @@ def _residual(values: np.ndarray, design: np.ndarray) -> np.ndarray:
 def _head_residuals(ga: SketchPart, gb: SketchPart) -> tuple[np.ndarray, np.ndarray]:
     """Two per-head Gram sketches, ``b``'s heads matched to ``a``'s and each entry less the mean of its block.
 
-    Units come in blocks of H (a layer's OV heads, then its QK heads). A head permutation reorders a layer's
+    Units come in blocks of H (a layer's OV heads, then its QK heads; or its KV groups, which a permutation
+    reorders alike). A head permutation reorders a layer's
     heads, OV and QK alike, so each head is described by what no permutation moves: its cosines summed over
     every block. Heads are matched per layer by those descriptors (least squares, Hungarian). What models of
     one recipe share sits in the blocks' levels (depth trends, how alike a layer's heads are), so each

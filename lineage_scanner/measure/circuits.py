@@ -24,10 +24,11 @@ Two sketches are taken from them, both per layer, from slices read while the mat
   per-head and RoPE-commuting maps leave as they were too) are few (MAX_HEAD_UNITS) and fit in the key's
   ``gram_bytes``: a shallow model then has L·2H units rather than 2L, which a shallow model needs (4 layers
   give 8 layer sums, too few to decide anything once their shared trend is removed; their 64 heads give
-  2,016 cosines). A head permutation only reorders a layer's units: the test matches heads first
-  (:mod:`lineage_scanner.lineage.circuits`). Else role "units": each layer's summed OV and QK, over every
-  layer while they fit (models up to about a billion parameters for a store's key), else a subset of layers
-  the key draws; deep verification reads with a larger budget.
+  2,016 cosines); where heads are too many, each KV group's (its heads summed). A head permutation only
+  reorders a layer's units: the test matches heads first (:mod:`lineage_scanner.lineage.circuits`). Else
+  role "units": each layer's summed OV and QK, over every layer while they fit (models up to about a billion
+  parameters for a store's key), else a subset of layers the key draws; deep verification reads with a
+  larger budget.
 """
 
 from __future__ import annotations
@@ -64,16 +65,20 @@ def gram_layers(n_layers: int, width: int, key: SketchKey) -> frozenset[int]:
     return frozenset(int(i) for i in key.rng("gram layers", n_layers, width).choice(n_layers, fit, replace=False))
 
 
-#: The most units a per-head Gram sketch may have: 8,128 cosines, 16 KB stored. Shallow models need the heads
+#: The most units a Gram sketch by heads may have: 8,128 cosines, 16 KB stored. Shallow models need them
 #: (their layer sums are too few); deep ones have layer sums enough, and a stored sketch stays small.
 MAX_HEAD_UNITS = 128
 
 
-def per_head(n_layers: int, width: int, heads: int, key: SketchKey) -> bool:
-    """Whether the Gram sketch's units are every head's circuits (at most MAX_HEAD_UNITS, all of them within
-    the key's budget) rather than each layer's sums."""
-    units = 2 * heads * n_layers
-    return 0 < units <= MAX_HEAD_UNITS and units * 4 * width * width <= key.gram_bytes
+def units_per_layer(n_layers: int, width: int, heads: int, groups: int, key: SketchKey) -> int:
+    """How many units of each circuit a layer gives the Gram sketch: its query heads' own circuits, else its
+    KV groups' (the heads of a group summed), whichever first has at most MAX_HEAD_UNITS in all within the
+    key's budget; else 1, the layer's sum."""
+    for units in (heads, groups):
+        total = 2 * units * n_layers
+        if units > 1 and total <= MAX_HEAD_UNITS and total * 4 * width * width <= key.gram_bytes:
+            return units
+    return 1
 
 
 @dataclass
@@ -104,8 +109,8 @@ class CircuitAccumulator:
     _layers: dict[int, _Layer] = field(default_factory=dict)
     _entries: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     _units: dict[tuple, np.ndarray] = field(default_factory=dict)
-    #: query heads per layer where the Gram's units are the heads' own circuits (see :func:`per_head`)
-    _unit_heads: int = 0
+    #: units of each circuit per layer in the Gram sketch (:func:`units_per_layer`; 0 until a layer tells)
+    _per_layer: int = 0
 
     def __post_init__(self):
         i, j = matching(self.width, self.key)
@@ -159,14 +164,9 @@ class CircuitAccumulator:
             cols = s.v_cols.reshape(-1, 2 * pairs).T  # [2P, groups·d]
             # OV[i_k, j_k], then OV[j_k, i_k]: one dot product each
             self._entries[(layer, "ov")] = np.concatenate([_dots(rows[i], cols[j]), _dots(rows[j], cols[i])])
-            if s.o_side is not None and s.v_side is not None:
-                if self._heads(s.o_side.shape[1]):  # O_h V_g(h) for each query head h
-                    per = s.o_side.shape[1] // groups
-                    for h in range(s.o_side.shape[1]):
-                        self._units[(layer, "ov", h)] = s.o_side[:, h].astype(np.float32) @ s.v_side[h // per]
-                else:
-                    o_side = _group_sum(s.o_side, groups).reshape(self.width, -1).astype(np.float32)
-                    self._units[(layer, "ov")] = o_side @ s.v_side.reshape(-1, self.width).astype(np.float32)
+            if s.o_side is not None and s.v_side is not None:  # O_u V_g(u) for each unit u
+                o = self._units_of(s.o_side, groups, axis=1)
+                self._unit_products(layer, "ov", [o[:, u] for u in range(o.shape[1])], s.v_side)
             s.o_rows = s.v_cols = s.o_side = s.v_side = None
         if s.q_cols is not None and s.k_cols is not None:
             groups = s.k_cols.shape[0]
@@ -174,25 +174,31 @@ class CircuitAccumulator:
             k = s.k_cols.reshape(-1, 2 * pairs).T
             # QK[i_k, j_k], then QK[j_k, i_k]
             self._entries[(layer, "qk")] = np.concatenate([_dots(q[i], k[j]), _dots(q[j], k[i])])
-            if s.q_side is not None and s.k_side is not None:
-                if self._heads(s.q_side.shape[0]):  # Q_hᵀ K_g(h) for each query head h
-                    per = s.q_side.shape[0] // groups
-                    for h in range(s.q_side.shape[0]):
-                        self._units[(layer, "qk", h)] = s.q_side[h].T.astype(np.float32) @ s.k_side[h // per]
-                else:
-                    q_side = _group_sum(s.q_side, groups, axis=0).reshape(-1, self.width).astype(np.float32)
-                    self._units[(layer, "qk")] = q_side.T @ s.k_side.reshape(-1, self.width).astype(np.float32)
+            if s.q_side is not None and s.k_side is not None:  # Q_uᵀ K_g(u) for each unit u
+                q = self._units_of(s.q_side, groups, axis=0)
+                self._unit_products(layer, "qk", [q[u].T for u in range(q.shape[0])], s.k_side)
             s.q_cols = s.k_cols = s.q_side = s.k_side = None
 
-    def _heads(self, heads: int) -> bool:
-        """Whether this layer's Gram units are its heads' own circuits (the same answer for every layer)."""
-        if self._unit_heads == 0 and per_head(self.n_layers, self.width, heads, self.key):
-            self._unit_heads = heads
-        return self._unit_heads == heads
+    def _units_of(self, side: np.ndarray, groups: int, axis: int) -> np.ndarray:
+        """O [D, heads, d] or Q [heads, d, D] as the Gram's units: per query head, or summed per KV group
+        (also where the units are the layer's sum: :meth:`_unit_products` adds the groups up)."""
+        if not self._per_layer:
+            self._per_layer = units_per_layer(self.n_layers, self.width, side.shape[axis], groups, self.key)
+        return side if self._per_layer == side.shape[axis] else _group_sum(side, groups, axis=axis)
+
+    def _unit_products(self, layer: int, circuit: str, left: list[np.ndarray], right: np.ndarray) -> None:
+        """Each unit's circuit, left[u] [D, d] times its KV group's right side [d, D]; summed where the units
+        are the layer's sum."""
+        per = len(left) // right.shape[0]
+        products = [left[u].astype(np.float32) @ right[u // per].astype(np.float32) for u in range(len(left))]
+        if self._per_layer == 1:
+            products = [np.sum(products, axis=0)]
+        for u, x in enumerate(products):
+            self._units[(layer, circuit, u)] = x
 
     def parts(self) -> tuple[SketchPart, ...]:
         """The circuit sketches: per layer whose circuits are complete, and the Gram of all of them (units in
-        depth order; in each layer OV before QK, and per head where they are the heads' own: role "heads",
+        depth order; in each layer OV before QK; role "heads" where they are heads' or KV groups' own,
         ``cols`` the units of one layer)."""
         out = [SketchPart(layer, role, self.width, self.width, v.astype(np.float32), "circuit")
                for (layer, role), v in sorted(self._entries.items())]
@@ -202,7 +208,7 @@ class CircuitAccumulator:
             norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
             cos = (x @ x.T).astype(np.float64) / np.maximum(np.outer(norms, norms), np.finfo(float).tiny)
             n = len(units)
-            role, cols = ("heads", 2 * self._unit_heads) if self._unit_heads else ("units", n)
+            role, cols = ("heads", 2 * self._per_layer) if self._per_layer > 1 else ("units", n)
             out.append(SketchPart(-1, role, n, cols, cos[np.triu_indices(n, 1)].astype(np.float32), "circuit_gram"))
         return tuple(out)
 
