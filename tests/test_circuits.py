@@ -163,6 +163,21 @@ def test_a_shallow_copy_disguised_then_fine_tuned_is_found_by_its_heads(heads, g
     assert unrelated.gram_r < 0.5 and unrelated.gram_log10_p > -1
 
 
+@pytest.mark.parametrize("heads", [8, 32], ids=["by heads", "by layer sums"])
+def test_models_up_scaled_alike_share_repeated_circuits_not_lineage(heads):
+    """Depth up-scaling repeats layers, so two unrelated models up-scaled the same way both have cosines of 1
+    at the same places in their Gram: left out, what remains is as unrelated as they are."""
+    from lineage_scanner.demo.derive import upscale
+
+    shape = {"hidden": 128, "n_heads": heads, "n_kv_heads": heads // 4}
+    a, b = (upscale(base_model(n, "llama", seed, 6, **shape), f"{n}-up") for n, seed in (("a", 31), ("b", 32)))
+    parts = circuit_parts(a), circuit_parts(b)
+    assert {p.role for p in parts[0] if p.kind == "circuit_gram"} == {"heads" if heads == 8 else "units"}
+    assert max(gram(parts[0])) > 0.999  # the repeated layers
+    ev = circuit_evidence(*parts)
+    assert ev.gram_r < 0.5 and ev.gram_log10_p > -1
+
+
 def test_the_gram_covers_the_layers_its_budget_holds():
     key = SketchKey(KEY.secret, gram_bytes=2 * 4 * 512 * 512 * 5)
     assert gram_layers(4, 512, key) == frozenset(range(4))

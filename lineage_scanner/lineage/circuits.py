@@ -59,6 +59,8 @@ SAME_FUNCTION_R = 0.999
 #: MIN_GRAM entries (three layers), and decides only from GRAM_DERIVED_R up: a rotated copy, or one lightly
 #: trained after its rotation; heavier training after a disguise is for deep verification.
 CALIBRATED_SHARE = 0.25
+#: A cosine between two of a model's circuits at least this high is one circuit held twice (see _distinct).
+REPEATED = 0.999
 SHARED_R = 0.6
 MIN_GRAM = 15
 GRAM_DERIVED_R = 0.98
@@ -224,9 +226,10 @@ def _gram(a: tuple[SketchPart, ...], b: tuple[SketchPart, ...]) -> tuple[float, 
     if ga.role == "heads":
         ra, rb = _head_residuals(ga, gb)
     else:
-        design = _trend(ga.rows)
-        ra, rb = (_residual(g.values, design) for g in (ga, gb))
-    if ra.std() == 0 or rb.std() == 0:
+        keep = _distinct(ga.values, gb.values)
+        design = _trend(ga.rows)[keep]
+        ra, rb = (_residual(g.values[keep], design) for g in (ga, gb))
+    if ra.size < MIN_GRAM or ra.std() == 0 or rb.std() == 0:
         return None
     r = float(np.corrcoef(ra, rb)[0, 1])
     effective = CALIBRATED_SHARE * ra.size
@@ -285,6 +288,8 @@ def _head_residuals(ga: SketchPart, gb: SketchPart) -> tuple[np.ndarray, np.ndar
         order[ov], order[qk] = ov[match], qk[match]
     full[1] = full[1][np.ix_(order, order)]
     u, v = np.triu_indices(n, 1)
+    keep = _distinct(full[0][u, v], full[1][u, v])
+    u, v = u[keep], v[keep]
     pair = block[u] * (n // heads) + block[v]
     out = []
     for m in full:
@@ -292,3 +297,10 @@ def _head_residuals(ga: SketchPart, gb: SketchPart) -> tuple[np.ndarray, np.ndar
         means = np.bincount(pair, x) / np.maximum(np.bincount(pair), 1)
         out.append(x - means[pair])
     return out[0], out[1]
+
+
+def _distinct(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The Gram entries between units that neither model repeats: a cosine near 1 is a circuit a model holds
+    twice (a layer duplicated by depth up-scaling, a head copied), which every model made the same way
+    shares whatever its lineage (two unrelated models up-scaled alike agreed at r 0.99 through them)."""
+    return (a < REPEATED) & (b < REPEATED)
