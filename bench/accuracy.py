@@ -174,8 +174,8 @@ def report(title: str, sigs: dict, truth: list[tuple[str, str, str]], root: dict
         top1 = np.mean([max(candidates, key=lambda b: _finite(get(judge(m, b)))) == parent
                         for m, parent, _, _ in positives])
         print(f"{method:12} {auroc(pos, neg):7.4f} {tpr_at(pos, neg):10.3f} {top1:13.3f}")
-    print(f"highest unrelated curve score {max(v.evidence.score for v in negatives):.3f}, "
-          f"highest unrelated paper_score {max(v.paper.score for v in negatives):.3f}")
+    print(f"highest unrelated curve score {np.nanmax([v.evidence.score for v in negatives]):.3f}, "
+          f"highest unrelated paper_score {np.nanmax([v.paper.score for v in negatives]):.3f}")  # nan: flat curves
     for label, judge in judges.items():
         verdicts = [judge(a, b) for a, b in unrelated]
         counts: dict[str, int] = {}
