@@ -12,8 +12,8 @@ and one corpus, different seeds; four of them with a real fine-tune and a real c
 grandchildren (a fine-tune of each of those, paired here with the base, their ancestor), and from those:
 a GPTQ copy and a Q4_0 GGUF of the base, the fine-tune rescaled, the continued model pruned, the base
 norm-folded; and five BERT-style encoders of different depths and widths (4-12 layers,
-hidden 64-128), trained apart, two with a real fine-tune. Training takes ~90 minutes on 2 cores the first
-time; checkpoints are kept under --trained.
+hidden 64-128), trained apart, two with a real fine-tune. Training takes about 80 core-minutes the first
+time (measured one thread per model); checkpoints are kept under --trained.
 
 Verdicts are reported twice: against the built-in synthetic null, and against the null of a store
 holding the whole zoo with each derived model's card declaring its parent.

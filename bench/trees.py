@@ -39,15 +39,23 @@ from lineage_scanner.demo.writers import write_card, write_gguf, write_hf  # noq
 from lineage_scanner.demo.zoo import build_zoo  # noqa: E402
 from lineage_scanner.lineage.graph import detect  # noqa: E402
 from lineage_scanner.lineage.treescore import PUBLISHED, Edge, TreeScore, score  # noqa: E402
+from lineage_scanner.lineage.verdict import (  # noqa: E402
+    IDENTICAL,
+    NEAR_IDENTICAL,
+    REPARAMETRISED,
+    REPARAMETRISED_TRAINED,
+    ROTATED,
+    ROTATED_TRAINED,
+)
 from lineage_scanner.run.batch import run_batch  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 
 #: Our kinds of derivation and the zoos' relations, in the classes typed F1 compares.
 KIND_CLASS = {"fine-tune": "fine-tune", "continued training": "fine-tune", "rescaled weights (possible evasion)":
-              "fine-tune", "quantized copy": "quantized", "identical weights": "quantized", "pruned": "pruned",
-              "pruned or depth up-scaled": "pruned", "depth up-scaled": "up-scaled", "MoE upcycle": "MoE",
-              "possible evasion (permuted or rotated weights)": "evasion",
-              "rotated residual stream (possible evasion)": "evasion"}
+              "fine-tune", "quantized copy": "quantized", IDENTICAL: "quantized", NEAR_IDENTICAL: "quantized",
+              "pruned": "pruned", "pruned or depth up-scaled": "pruned", "depth up-scaled": "up-scaled",
+              "MoE upcycle": "MoE", REPARAMETRISED: "evasion", REPARAMETRISED_TRAINED: "evasion", ROTATED: "evasion",
+              ROTATED_TRAINED: "evasion"}
 RELATION_CLASS = {"finetune": "fine-tune", "continued": "fine-tune", "quantized": "quantized", "pruned": "pruned",
                   "upscaled": "up-scaled", "moe_upcycle": "MoE", "permuted": "evasion", "rotated": "evasion"}
 
@@ -102,7 +110,7 @@ def evaluate(name: str, paths: list[str], truth: list[Edge], db: Path) -> tuple[
     started = time.perf_counter()
     forest = detect(store)
     seconds = time.perf_counter() - started
-    found = [Edge(e.parent, e.child, KIND_CLASS.get(e.kind or "", "fine-tune"), e.direction != "unknown")
+    found = [Edge(e.parent, e.child, KIND_CLASS[e.kind or "fine-tune"], e.direction != "unknown")
              for e in forest.edges]
     models = [s.model for s in store.signatures()]
     return score(found, truth, models), seconds

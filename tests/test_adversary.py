@@ -118,7 +118,14 @@ def test_a_forger_with_the_stolen_key_is_caught_by_fresh_positions(judged, capsy
     assert json.loads(capsys.readouterr().out)["verification"] is None
 
 
-def test_unrelated_models_are_unrelated_without_reading_them_again(judged, capsys):
+def test_unrelated_models_are_read_again_only_where_it_is_cheap(judged, capsys, monkeypatch):
+    """A stored "unrelated" between models of one shape is what a scrub aimed with a stolen key would leave:
+    small models are read again at fresh positions (and stay unrelated); large ones only where the curves
+    do not agree with it, as here."""
+    out = compare(judged, capsys, "stranger")
+    assert out["verdict"] == "unrelated" and out["verification"]["ran"]
+    assert out["verification"]["stored_verdict"] == "unrelated"
+    monkeypatch.setattr("lineage_scanner.run.verify.CHEAP_VALUES", 0)  # as if both were too large
     out = compare(judged, capsys, "stranger")
     assert out["verdict"] == "unrelated" and out["verification"] is None
     assert {c["name"]: c["says"] for c in out["channels"]}["sketch"] == "unrelated"
@@ -144,6 +151,7 @@ def test_a_scrub_aimed_with_the_stolen_key_is_read_again(tmp_path, capsys, monke
         assert main(["compare", "narrow", "narrow-scrubbed", "--db", db, "--json", "--backend", "cpu", *flags]) == 0
         return json.loads(capsys.readouterr().out)
 
+    monkeypatch.setattr("lineage_scanner.run.verify.CHEAP_VALUES", 0)  # the curves' trigger alone
     stored = compare("--no-verify")
     says = {c["name"]: c["says"] for c in stored["channels"]}
     assert stored["verdict"] == "unrelated" and says.pop("curves") == "weak", stored["channels"]

@@ -65,7 +65,7 @@ def submit(dashboard: str, *args: str) -> subprocess.Popen:
     agent may not answer yet: `ray job submit` is retried for that alone)."""
     loopback = json.dumps({"env_vars": {LOOPBACK: "0"}})  # the driver takes 127.0.0.1 as given (no secret)
     return subprocess.Popen([RAY, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
-                             "--runtime-env-json", loopback, "--", "python", "jobs/nightly_scan.py", *args],
+                             "--runtime-env-json", loopback, "--", sys.executable, "jobs/nightly_scan.py", *args],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

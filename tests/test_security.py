@@ -73,6 +73,13 @@ def test_sql_stops_at_its_limits(db, query, limit, problem):
     assert report["rss"] < 1 << 30
 
 
+def test_sql_output_carries_no_progress_bar(capsys, db):
+    """DuckDB draws a progress bar on standard output once a query passes two seconds (seen under load, in
+    the middle of the output the limits above expect empty): the store's connections turn it off."""
+    code, out, _ = run(capsys, "sql", "SELECT current_setting('enable_progress_bar') AS bar", "--db", db)
+    assert code == 0 and "false" in out.lower() and "true" not in out.lower(), out
+
+
 def test_sql_select_explain_and_bound_parameters(capsys, db, zoo):
     model = zoo[0].model
     code, out, _ = run(capsys, "sql", "SELECT model FROM signatures WHERE model = ?", "-p", model, "--db", db, "--json")

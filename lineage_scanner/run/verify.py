@@ -3,13 +3,14 @@ read.
 
 A store's key is a secret, but secrets leak, and a store's older sketches may sit at positions anyone can
 compute. So a verdict that rests on channels that disagree, that would call two models' weights identical,
-or that says "unrelated" from stored positions alone while the curves do not (all a scrub aimed with a
-leaked key leaves behind), is checked by reading both models again (locally by mmap, from the Hub by range
-reads) under a key drawn at query time from the operating system's random source: VERIFY_RUNS runs of
-VERIFY_RUN values per matrix (eight times a stored sketch), every matched residual pair of the circuits,
-their Gram on as many layers as VERIFY_GRAM_BYTES holds, and a SHA-256 of every attention value. The verdict
-on what was read follows the same rules as any other (:func:`lineage_scanner.lineage.verdict.decide`);
-"identical weights" then rests on the two digests, which read everything.
+or that says "unrelated" from stored positions alone while the curves do not or the models are small (all a
+scrub aimed with a leaked key leaves behind), is checked by reading both models again (locally by mmap, from
+the Hub by range reads) under a key drawn at query time from the operating system's random source:
+VERIFY_RUNS runs of VERIFY_RUN values per matrix (eight times a stored sketch), every matched residual pair
+of the circuits, their Gram on as many layers as VERIFY_GRAM_BYTES holds, and a SHA-256 of every attention
+value. The verdict on what was read follows the same rules as any other
+(:func:`lineage_scanner.lineage.verdict.decide`); "identical weights" then rests on the two digests, which
+read everything.
 
 What it costs: one exact scan of each model (every attention byte: about 2.7 GB for a 7B model in bf16;
 on the Hub, one request per weight file's header and one per run of adjacent tensors), plus the digest and
@@ -92,18 +93,29 @@ def verify(a: Signature, b: Signature, backend: MomentsBackend) -> tuple[Signatu
                                           time.perf_counter() - started, identical)
 
 
+#: Attention values per model up to which ``compare`` re-reads a stored "unrelated" between models of one shape
+#: even where the curves agree with it (about 128 MB of bf16, a model up to about a billion parameters: a
+#: few seconds). Whoever holds a store's key can blank every stored weight channel by replacing what the key
+#: reads; on a narrow model that is most of the attention and can move the curves too, but fresh positions
+#: still land on what is left. Beyond this size "unrelated" is re-read where the curves do not agree with it.
+CHEAP_VALUES = 64 << 20
+
+
 def judge(a: Signature, b: Signature, store, backend: str = "auto", mode: str = "auto", null=None):
     """The verdict on two signatures, verified at fresh positions when ``mode`` is "always", or "auto" and the
-    stored evidence asks for it (:attr:`~lineage_scanner.lineage.verdict.Verdict.wants_verification`); "never" keeps to
-    the stored sketches. An automatic verification that cannot read a model again leaves the stored verdict,
-    saying why; an asked-for one raises. ``null``: the curves' reference null (default: the store's)."""
+    stored evidence asks for it (:attr:`~lineage_scanner.lineage.verdict.Verdict.wants_verification`, or an
+    "unrelated" between models of one shape small enough to re-read cheaply: :data:`CHEAP_VALUES`); "never"
+    keeps to the stored sketches. An automatic verification that cannot read a model again leaves the stored
+    verdict, saying why; an asked-for one raises. ``null``: the curves' reference null (default: the
+    store's)."""
     from lineage_scanner.lineage.null import null_for
     from lineage_scanner.lineage.verdict import decide
     from lineage_scanner.measure.kernels import get_backend
 
     null = null if null is not None else null_for(store, a, b)
     stored = decide(a, b, null)
-    if mode == "never" or (mode == "auto" and not stored.wants_verification):
+    cheap = stored.verdict == "unrelated" and stored.sketch is not None and max(_values(a), _values(b)) <= CHEAP_VALUES
+    if mode == "never" or (mode == "auto" and not (stored.wants_verification or cheap)):
         return stored
     try:
         fresh_a, fresh_b, report = verify(a, b, get_backend(backend))
@@ -117,3 +129,8 @@ def judge(a: Signature, b: Signature, store, backend: str = "auto", mode: str = 
     verified = decide(fresh_a, fresh_b, null, verification=found)
     verified.a, verified.b = stored.a, stored.b
     return verified
+
+
+def _values(sig: Signature) -> int:
+    """How many attention values a model holds (its value sketches carry each matrix's shape)."""
+    return sum(p.rows * p.cols for p in sig.sketch or () if p.kind == "values")

@@ -86,17 +86,19 @@ class MatchIndex:
     def connection(self) -> duckdb.DuckDBPyConnection:
         import duckdb
 
+        from lineage_scanner.store.views import quiet
+
         path = self.path()
         if self._open is None or self._open[0] != path:  # keep it open: its pages stay in DuckDB's cache
             if path.startswith("memory:"):
-                con = duckdb.connect(":memory:")
+                con = quiet(duckdb.connect(":memory:"))
                 with self._connect(":memory:") as views:
                     rows = views.execute(f"SELECT {', '.join(SCORED)} FROM signatures").to_arrow_table()
                     con.register("incoming", rows)
                     con.execute("CREATE TABLE signatures AS SELECT * FROM incoming")
                     con.unregister("incoming")
             else:
-                con = duckdb.connect(path, read_only=True)
+                con = quiet(duckdb.connect(path, read_only=True))
             self._open = (path, con)
         return self._open[1]
 

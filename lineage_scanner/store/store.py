@@ -28,7 +28,7 @@ from lineage_scanner.store.health import Health
 from lineage_scanner.store.index import MatchIndex
 from lineage_scanner.store.rows import PROVENANCE, SCORED, STORED, layer_table, signature_table, signatures_from
 from lineage_scanner.store.schema import TABLES, arrow_schema, columns
-from lineage_scanner.store.views import open_views
+from lineage_scanner.store.views import open_views, quiet
 
 if TYPE_CHECKING:  # writing signatures needs no DuckDB: it is imported by what queries
     import duckdb
@@ -274,7 +274,7 @@ class Store:
         import duckdb
 
         problems = []
-        with duckdb.connect() as con:
+        with quiet(duckdb.connect()) as con:
             for table in TABLES:
                 files = self.data.list(table)
                 damaged = self.health.damage(con, table, files)

@@ -75,6 +75,13 @@ DEPENDS = {"scans": ("signatures_files",), "latest": ("scans",), "signatures": (
            "todo": ("catalog", "signatures"), "edges": ("edges_files",), "disagreements": ("signatures", "edges")}
 
 
+def quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """``con`` without DuckDB's progress bar, which it draws on standard output for a query past two
+    seconds: in the middle of a command's output (`lineage sql`'s CSV or JSON)."""
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def needed(names: set[str]) -> set[str]:
     """``names`` with every view and files table they read, transitively."""
     out, todo = set(), [n.lower() for n in names]
@@ -97,8 +104,8 @@ def open_views(files: Files, health: Health, database: str = ":memory:", sandbox
     before the sandbox locks the configuration."""
     import duckdb
 
-    con = duckdb.connect(database, config={"autoinstall_known_extensions": False,
-                                           "autoload_known_extensions": False})
+    con = quiet(duckdb.connect(database, config={"autoinstall_known_extensions": False,
+                                                 "autoload_known_extensions": False}))
     wanted = {*VIEWS, *(f"{t}_files" for t in TABLES)}
     if for_query is not None:
         with contextlib.suppress(duckdb.Error):  # a query DuckDB cannot parse gets every view (and its error)
