@@ -54,7 +54,8 @@ class S3Server:
         import pyarrow.fs as pafs
 
         return pafs.S3FileSystem(access_key=self.env["AWS_ACCESS_KEY_ID"], secret_key=self.secret,
-                                 endpoint_override=self.endpoint, region="us-east-1", allow_bucket_creation=True)
+                                 endpoint_override=self.endpoint, region="us-east-1", allow_bucket_creation=True,
+                                 request_timeout=30, connect_timeout=10)
 
     def bucket(self, name: str) -> str:
         self.filesystem().create_dir(name)
