@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from lineage_scanner.signature.record import EMBED_DIM, Signature
+from lineage_scanner.store import views
 from lineage_scanner.store.files import Files
 from lineage_scanner.store.rows import SCORED, signatures_from
 
@@ -84,21 +85,17 @@ class MatchIndex:
         return path
 
     def connection(self) -> duckdb.DuckDBPyConnection:
-        import duckdb
-
-        from lineage_scanner.store.views import quiet
-
         path = self.path()
         if self._open is None or self._open[0] != path:  # keep it open: its pages stay in DuckDB's cache
             if path.startswith("memory:"):
-                con = quiet(duckdb.connect(":memory:"))
-                with self._connect(":memory:") as views:
-                    rows = views.execute(f"SELECT {', '.join(SCORED)} FROM signatures").to_arrow_table()
+                con = views.connect()
+                with self._connect(":memory:") as source:
+                    rows = source.execute(f"SELECT {', '.join(SCORED)} FROM signatures").to_arrow_table()
                     con.register("incoming", rows)
                     con.execute("CREATE TABLE signatures AS SELECT * FROM incoming")
                     con.unregister("incoming")
             else:
-                con = quiet(duckdb.connect(path, read_only=True))
+                con = views.connect(path, read_only=True)
             self._open = (path, con)
         return self._open[1]
 

@@ -28,7 +28,7 @@ from lineage_scanner.store.health import Health
 from lineage_scanner.store.index import MatchIndex
 from lineage_scanner.store.rows import PROVENANCE, SCORED, STORED, layer_table, signature_table, signatures_from
 from lineage_scanner.store.schema import TABLES, arrow_schema, columns
-from lineage_scanner.store.views import open_views, quiet
+from lineage_scanner.store.views import connect, open_views
 
 if TYPE_CHECKING:  # writing signatures needs no DuckDB: it is imported by what queries
     import duckdb
@@ -271,10 +271,8 @@ class Store:
     def check(self) -> list[tuple[str, str]]:
         """(file, problem) for every damaged or foreign data file in the store, and every file holding rows
         out of bounds (see :data:`lineage_scanner.store.health.BOUNDS`)."""
-        import duckdb
-
         problems = []
-        with quiet(duckdb.connect()) as con:
+        with connect() as con:
             for table in TABLES:
                 files = self.data.list(table)
                 damaged = self.health.damage(con, table, files)

@@ -75,9 +75,13 @@ DEPENDS = {"scans": ("signatures_files",), "latest": ("scans",), "signatures": (
            "todo": ("catalog", "signatures"), "edges": ("edges_files",), "disagreements": ("signatures", "edges")}
 
 
-def quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """``con`` without DuckDB's progress bar, which it draws on standard output for a query past two
-    seconds: in the middle of a command's output (`lineage sql`'s CSV or JSON)."""
+def connect(database: str = ":memory:", **kwargs) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for the store (every one it opens comes from here), without DuckDB's progress
+    bar, which it draws on standard output for a query past two seconds: in the middle of a command's
+    output (`lineage sql`'s CSV or JSON)."""
+    import duckdb
+
+    con = duckdb.connect(database, **kwargs)
     con.execute("SET enable_progress_bar = false")
     return con
 
@@ -104,8 +108,7 @@ def open_views(files: Files, health: Health, database: str = ":memory:", sandbox
     before the sandbox locks the configuration."""
     import duckdb
 
-    con = quiet(duckdb.connect(database, config={"autoinstall_known_extensions": False,
-                                                 "autoload_known_extensions": False}))
+    con = connect(database, config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     wanted = {*VIEWS, *(f"{t}_files" for t in TABLES)}
     if for_query is not None:
         with contextlib.suppress(duckdb.Error):  # a query DuckDB cannot parse gets every view (and its error)
