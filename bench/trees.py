@@ -40,19 +40,23 @@ from lineage_scanner.demo.zoo import build_zoo  # noqa: E402
 from lineage_scanner.lineage.graph import detect  # noqa: E402
 from lineage_scanner.lineage.treescore import PUBLISHED, Edge, TreeScore, score  # noqa: E402
 from lineage_scanner.lineage.verdict import (  # noqa: E402
+    CONTINUED,
+    FINE_TUNE,
     IDENTICAL,
     NEAR_IDENTICAL,
     REPARAMETRISED,
     REPARAMETRISED_TRAINED,
     ROTATED,
     ROTATED_TRAINED,
+    TRAINED_FURTHER,
 )
 from lineage_scanner.run.batch import run_batch  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 
 #: Our kinds of derivation and the zoos' relations, in the classes typed F1 compares.
-KIND_CLASS = {"fine-tune": "fine-tune", "continued training": "fine-tune", "rescaled weights (possible evasion)":
-              "fine-tune", "quantized copy": "quantized", IDENTICAL: "quantized", NEAR_IDENTICAL: "quantized",
+KIND_CLASS = {FINE_TUNE: "fine-tune", CONTINUED: "fine-tune", TRAINED_FURTHER: "fine-tune",
+              "rescaled weights (possible evasion)": "fine-tune", "quantized copy": "quantized", IDENTICAL: "quantized",
+              NEAR_IDENTICAL: "quantized",
               "pruned": "pruned", "pruned or depth up-scaled": "pruned", "depth up-scaled": "up-scaled",
               "MoE upcycle": "MoE", REPARAMETRISED: "evasion", REPARAMETRISED_TRAINED: "evasion", ROTATED: "evasion",
               ROTATED_TRAINED: "evasion"}

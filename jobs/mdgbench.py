@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir,
 from lineage_scanner.lineage.null import null_for  # noqa: E402
 from lineage_scanner.lineage.tree import Link, build  # noqa: E402
 from lineage_scanner.lineage.treescore import PUBLISHED, Edge, adjusted_rand_index, score  # noqa: E402
-from lineage_scanner.lineage.verdict import decide, quantized  # noqa: E402
+from lineage_scanner.lineage.verdict import CONTINUED, FINE_TUNE, TRAINED_FURTHER, decide, quantized  # noqa: E402
 from lineage_scanner.run.batch import run_batch  # noqa: E402
 from lineage_scanner.run.ray import RayExecutor  # noqa: E402
 from lineage_scanner.store.store import Store  # noqa: E402
 
 #: our guess of the kind of derivation -> MDGBench's relation names
-RELATION = {"quantized copy": "qtz", "fine-tune": "finetune", "continued training": "finetune",
+RELATION = {"quantized copy": "qtz", FINE_TUNE: "finetune", CONTINUED: "finetune", TRAINED_FURTHER: "finetune",
             "pruned": "finetune", "depth up-scaled": "finetune", "pruned or depth up-scaled": "finetune",
             "MoE upcycle": "merge", "rescaled weights (possible evasion)": "finetune"}
 

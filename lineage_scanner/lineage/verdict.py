@@ -62,6 +62,12 @@ IDENTICAL = "identical weights"
 NEAR_IDENTICAL = "copy (equal at every sketched position; not verified in full)"
 #: A fine-tune moves each projection's std by a few percent at most; continued training moves it more.
 FINE_TUNE_DRIFT = 0.03
+FINE_TUNE, CONTINUED = "fine-tune", "continued training"
+#: Named when the stds, as measured, cannot say which side of FINE_TUNE_DRIFT the move lies (a sampled scan's
+#: errors are as large as the line itself): either guess would be a coin toss that a re-scan could flip.
+TRAINED_FURTHER = "fine-tune or continued training (too close to tell)"
+#: Re-measurements that size the drift's error (see _std_drift).
+DRIFT_DRAWS = 256
 #: A quantized copy keeps its parent's weights this closely (sketch |r|, or the curve score without one).
 COPY_R = 0.98
 #: Storage types of unquantized weights; anything else (GGUF Q*/IQ*, GPTQ, AWQ, fp8, bitsandbytes) is quantized.
@@ -348,16 +354,54 @@ def _kind(a, b, ev: Evidence, paper: PaperScore, sketch: SketchEvidence | None, 
         complete = (a.weights_digest is not None and a.weights_digest == getattr(b, "weights_digest", None)) or \
             bool(verification and verification.get("identical"))
         return IDENTICAL if complete else NEAR_IDENTICAL
-    return "fine-tune" if _std_drift(a, b, pairing) < FINE_TUNE_DRIFT else "continued training"
+    return training_kind(a, b, pairing)
 
 
-def _std_drift(a, b, alignment: list[tuple[int, int]]) -> float:
+def training_kind(a, b, alignment: list[tuple[int, int]]) -> str:
+    """Fine-tune or continued training, by how far the stds moved (see :func:`_std_drift`); said to be too
+    close to tell where the line lies within two standard errors of the measured drift."""
+    drift, error = _std_drift(a, b, alignment)
+    if abs(drift - FINE_TUNE_DRIFT) < 2.0 * error:
+        return TRAINED_FURTHER
+    return FINE_TUNE if drift < FINE_TUNE_DRIFT else CONTINUED
+
+
+def _std_drift(a, b, alignment: list[tuple[int, int]]) -> tuple[float, float]:
     """Median over aligned layers of how far the projections' stds moved (|Δ log std| per matrix, from the
-    rescaling-invariant ``qk`` and ``vo`` products); infinite when they cannot be compared."""
-    moves = [abs(a.invariants[f][i] - b.invariants[f][j]) / 2 for f in ("qk", "vo") for i, j in alignment
-             if f in (a.invariants or {}) and f in (b.invariants or {})]
-    moves = [m for m in moves if math.isfinite(m)]
-    return float(np.median(moves)) if moves else math.inf
+    rescaling-invariant ``qk`` and ``vo`` products), and that median's standard error; infinite (and 0)
+    when they cannot be compared.
+
+    Each move is measured through both signatures' errors (``invariant_se``: a sample's, else the floor of
+    a matrix's finite size), which add to |Δ| on average: a fine-tune scanned at 2% would otherwise look as
+    far moved as continued training. So each move is taken net of that noise (sqrt(Δ² - σ²), at least 0).
+    The median's error is found by measuring again with the same noise added (a parametric bootstrap): the
+    net moves near zero are far from normal, and a formula for the median of normal values undercounts it
+    several times over."""
+    deltas, sigmas = [], []
+    for f in ("qk", "vo"):
+        if f not in (a.invariants or {}) or f not in (b.invariants or {}):
+            continue
+        for i, j in alignment:
+            delta = a.invariants[f][i] - b.invariants[f][j]
+            if math.isfinite(delta):
+                deltas.append(delta)
+                sigmas.append(math.hypot(_se(a, f, i), _se(b, f, j)))
+    if not deltas:
+        return math.inf, 0.0
+    delta, sigma = np.array(deltas), np.array(sigmas)
+
+    def net(d: np.ndarray) -> np.ndarray:
+        return np.median(np.sqrt(np.maximum(d * d - sigma * sigma, 0.0)), axis=-1) / 2
+
+    again = delta + np.random.default_rng(0).standard_normal((DRIFT_DRAWS, delta.size)) * sigma
+    return float(net(delta)), float(np.std(net(again)))
+
+
+def _se(sig, feature: str, layer: int) -> float:
+    """One point's standard error; 0 where the signature carries none (stored before errors were)."""
+    errors = (getattr(sig, "invariant_se", None) or {}).get(feature) or ()
+    se = errors[layer] if layer < len(errors) else 0.0
+    return se if se is not None and math.isfinite(se) else 0.0
 
 
 def quantized(sig) -> bool:
