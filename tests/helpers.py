@@ -29,6 +29,18 @@ def judge(a, b) -> Verdict:
     return decide(a, b, synthetic(a.n_layers or 0, b.n_layers or 0))
 
 
+def unrelated_by_chance(verdict: Verdict | dict) -> bool:
+    """Whether a pair trained apart got the verdict the design gives it: "unrelated", or "inconclusive" with no
+    channel saying "related". "unrelated" needs every weight channel's exact-null p >= 1e-3, and the keys
+    (a store's, a verification's) are random per run, so about one unrelated pair in a few hundred is left
+    inconclusive by a chance agreement: a test that demanded "unrelated" of one pair would fail that often."""
+    if isinstance(verdict, dict):
+        return verdict["verdict"] == "unrelated" or (
+            verdict["verdict"] == "inconclusive" and all(c["says"] != "related" for c in verdict["channels"]))
+    return verdict.verdict == "unrelated" or (
+        verdict.verdict == "inconclusive" and all(c.says != "related" for c in verdict.channels))
+
+
 def llama_config(n_layers: int = 2, hidden: int = 64, heads: int = 4, kv: int = 2) -> dict:
     return {
         "model_type": "llama",

@@ -20,6 +20,7 @@ from lineage_scanner.run.batch import run_batch
 from lineage_scanner.run.scan import scan_strict
 from lineage_scanner.store.store import Store
 from lineage_scanner.testing.hub_server import HubStandIn, Limits, Repo
+from tests.helpers import unrelated_by_chance
 
 pytestmark = pytest.mark.hub
 
@@ -304,7 +305,7 @@ def test_verification_reads_the_head_size_a_scan_goes_without(hub):
     for fresh in (fresh_a, fresh_b):
         assert fresh.head_dim and {p.kind for p in fresh.sketch} >= {"values", "circuit"}
     verdict = decide(fresh_a, fresh_b, synthetic(a.n_layers, b.n_layers), verification={"ran": True})
-    assert "circuits" in {c.name for c in verdict.channels} and verdict.verdict == "unrelated"
+    assert "circuits" in {c.name for c in verdict.channels} and unrelated_by_chance(verdict), verdict.reason
 
 
 def test_resharded_and_reheaded_copies_are_found_by_content(hub, repos, zoo_by_name, tmp_path):

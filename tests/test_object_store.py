@@ -20,7 +20,7 @@ from lineage_scanner.run.batch import run_batch
 from lineage_scanner.run.ray import RayExecutor
 from lineage_scanner.store.store import Store
 from lineage_scanner.testing.s3_server import S3Server
-from tests.helpers import crashing_worker, write_llama
+from tests.helpers import crashing_worker, unrelated_by_chance, write_llama
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 LINEAGE = str(Path(sys.executable).parent / "lineage")
@@ -70,7 +70,7 @@ def test_every_command_on_a_store_in_a_bucket(s3, models, tmp_path):
     out = lineage(s3, "sql", "SELECT model FROM signatures ORDER BY model", "--db", db, "--json", cache=cache)
     assert [r["model"] for r in json.loads(out.stdout)] == ["base-a", "base-b", "base-c"], out.stderr
     out = lineage(s3, "compare", "base-a", "base-b", "--db", db, "--json", cache=cache)
-    assert out.returncode == 0 and json.loads(out.stdout)["verdict"] == "unrelated", out.stderr
+    assert out.returncode == 0 and unrelated_by_chance(json.loads(out.stdout)), out.stdout + out.stderr
     out = lineage(s3, "match", "base-a", "--db", db, "--json", cache=cache)
     assert {m["model"] for m in json.loads(out.stdout)["matches"]} == {"base-b", "base-c"}, out.stderr
     out = lineage(s3, "report", "base-a", "base-c", "--db", db, "--out", str(tmp_path / "r.html"), cache=cache)

@@ -22,7 +22,7 @@ import pytest
 
 from lineage_scanner.run.batch import run_batch
 from lineage_scanner.store.store import Store
-from tests.helpers import write_llama
+from tests.helpers import unrelated_by_chance, write_llama
 
 LINEAGE = str(Path(sys.executable).parent / "lineage")
 
@@ -106,7 +106,7 @@ def test_read_commands_work_on_a_read_only_store(db, models, tmp_path):
         out = lineage("sql", "SELECT model FROM signatures ORDER BY model", "--db", str(db), "--json", cache=cache)
         assert out.returncode == 0 and [r["model"] for r in json.loads(out.stdout)] == ["base-a", "base-b"], out.stderr
         out = lineage("compare", "base-a", "base-b", "--db", str(db), "--json", cache=cache)
-        assert out.returncode == 0 and json.loads(out.stdout)["verdict"] == "unrelated", out.stderr
+        assert out.returncode == 0 and unrelated_by_chance(json.loads(out.stdout)), out.stdout + out.stderr
         out = lineage("match", "base-a", "--db", str(db), "--json", cache=cache)
         assert out.returncode == 0 and [m["model"] for m in json.loads(out.stdout)["matches"]] == ["base-b"], out.stderr
         out = lineage("report", "base-a", "base-b", "--db", str(db), "--out", str(tmp_path / "r.html"), cache=cache)
