@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ import pytest
 from lineage_scanner.cli.main import build_parser, main
 from lineage_scanner.demo.zoo import read_truth
 from lineage_scanner.lineage.verdict import REPARAMETRISED, ROTATED
+from lineage_scanner.run.batch import run_batch
+from lineage_scanner.store.store import Store
 from tests.helpers import write_llama
 
 
@@ -130,6 +134,23 @@ def test_scan_json_and_skip(capsys, tmp_path):
     assert again["scanned"] == []
     assert again["skipped"] == [{"model": "tiny", "revision": data["scanned"][0]["revision"]}]
 
+
+
+def test_scan_progress_rate_is_over_the_batchs_time(capsys, tmp_path):
+    """The rate counts the batch's time from its start: a batch whose one unit brings every model at once
+    once printed its bytes over the microsecond since that first result (100 GB/s on the demo)."""
+    model = str(write_llama(tmp_path / "tiny"))
+    planning_s = 0.3
+
+    def slow_sources():
+        time.sleep(planning_s)  # listing a catalog, say: part of the batch's time
+        yield model
+
+    summary = run_batch(slow_sources(), Store(tmp_path / "db"))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    rate = float(re.search(r"\(([\d.]+) MB/s\)", line).group(1))
+    assert line.startswith("[lineage] done 1 ") and summary.bytes_read > 0
+    assert rate <= summary.bytes_read / planning_s / 1e6 + 0.1, line
 
 @pytest.mark.ray
 def test_demo(capsys, tmp_path):

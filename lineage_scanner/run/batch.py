@@ -155,7 +155,7 @@ def run_batch(sources: Iterable[str], store: Store, executor: Executor | None = 
         known = Known(frozenset(store.done()), store.digests())
         for result in executor.run(islice(units, max_units), config, known):
             if result.scanned or result.skipped:  # else a heartbeat: a slow model is still being scanned
-                shown = shown or (_Progress() if progress else None)
+                shown = shown or (_Progress(started) if progress else None)
                 settled = copies.settle(result.scanned)
                 pending.extend(s for s in settled if not (result.stored and s.identical_to is None))
                 summary.add(UnitResult(settled, result.skipped))
@@ -271,10 +271,12 @@ class _Copies:
 
 
 class _Progress:
-    """A bar on a terminal; elsewhere (a Ray job's log, say) one ``[lineage]`` line per result."""
+    """A bar on a terminal; elsewhere (a Ray job's log, say) one ``[lineage]`` line per result. The rate is
+    over the batch's time since ``started``, not since the first result: a batch whose first result brings
+    every model (one unit) would otherwise divide its bytes by a microsecond."""
 
-    def __init__(self):
-        self.started = time.perf_counter()
+    def __init__(self, started: float):
+        self.started = started
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
