@@ -135,7 +135,6 @@ def test_scan_json_and_skip(capsys, tmp_path):
     assert again["skipped"] == [{"model": "tiny", "revision": data["scanned"][0]["revision"]}]
 
 
-
 def test_scan_progress_rate_is_over_the_batchs_time(capsys, tmp_path):
     """The rate counts the batch's time from its start: a batch whose one unit brings every model at once
     once printed its bytes over the microsecond since that first result (100 GB/s on the demo)."""
@@ -151,6 +150,7 @@ def test_scan_progress_rate_is_over_the_batchs_time(capsys, tmp_path):
     rate = float(re.search(r"\(([\d.]+) MB/s\)", line).group(1))
     assert line.startswith("[lineage] done 1 ") and summary.bytes_read > 0
     assert rate <= summary.bytes_read / planning_s / 1e6 + 0.1, line
+
 
 @pytest.mark.ray
 def test_demo(capsys, tmp_path):
