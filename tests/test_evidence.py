@@ -98,8 +98,9 @@ def test_norm_folding_changes_nothing_in_sampled_scans(zoo_by_name, tmp_path):
 
     plan = SamplePlan(fraction=0.25)
     path = zoo_by_name["llama-a"].path
-    parent = scan_strict(path, CPU, set(), sample=plan)[1]
-    folded = scan_strict(str(transformed(zoo_by_name, tmp_path, "folded", fold_norms)), CPU, set(), sample=plan)[1]
+    parent = scan_strict(path, CPU, set(), sample=plan, sketch_key=KEY)[1]
+    folded = scan_strict(str(transformed(zoo_by_name, tmp_path, "folded", fold_norms)), CPU, set(), sample=plan,
+                         sketch_key=KEY)[1]
     exact = {(s.layer, s.role): s.folded_std for s in scan(path).layers}
     sampled = [s for s in parent.layers if s.role in "qkv" and s.std_se > 0]
     assert sampled and all(s.folded_std is not None for s in sampled)
